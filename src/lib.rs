@@ -1,0 +1,19 @@
+//! profilo-gateway: a Raspberry Pi field gateway for the Profilometre API.
+//!
+//! Data flows one way: sensors -> sampler -> queue -> uploader -> api -> server,
+//! with auth beside the uploader. Nothing upstream knows about anything downstream.
+//!
+//! - [`config`]: typed settings, loaded from TOML and `PROFILO_GATEWAY__*` env, validated.
+//! - [`reading`]: a reading (capture time + values) and its wire JSON.
+//! - [`sensors`]: the `Sensor` trait and one module per sensor type.
+//! - [`sampler`]: ticks, reads sensors, hands readings to the queue.
+//! - [`queue`]: the SQLite store: enqueue, claim, ack, dead letters, stats.
+//! - [`api`]: the HTTP client for the server's endpoints, classifying every answer.
+//! - [`auth`]: the token manager, JWT payload decoding, password sources.
+//! - [`uploader`]: drains the queue through api + auth with the retry policy.
+//! - [`backoff`]: exponential backoff with full jitter.
+//! - [`daemon`]: wires the tasks together, shutdown, systemd notification.
+//! - [`cli`]: the command line and one handler per subcommand.
+
+pub mod reading;
+pub mod sensors;

@@ -1,0 +1,106 @@
+//! A reading: the moment it was captured and the values measured then, and its wire JSON
+//! (the body of `POST /api/send/data/`, see shared/API.md).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Payload field names of the Profilometre server.
+pub mod field {
+    pub const TEMPERATURE: &str = "temperature";
+    pub const HUMIDITY: &str = "humidite";
+    pub const ACCELERATION: &str = "accelerometre";
+    pub const TIMESTAMP: &str = "timestamp";
+}
+
+/// One reading: capture time plus the payload fields measured at that tick.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// Capture time, milliseconds since the Unix epoch (UTC).
+    pub captured_at_ms: i64,
+    /// Payload field name -> value, e.g. `"temperature" -> 23.4`.
+    pub fields: BTreeMap<String, f64>,
+}
+
+impl Reading {
+    pub fn new(captured_at: SystemTime) -> Self {
+        Reading {
+            captured_at_ms: unix_ms(captured_at),
+            fields: BTreeMap::new(),
+        }
+    }
+
+    /// The capture time as RFC 3339 UTC with millisecond precision.
+    pub fn timestamp(&self) -> String {
+        format_rfc3339_ms(self.captured_at_ms)
+    }
+
+    /// The JSON body the server expects: the fields plus `timestamp` (capture time).
+    pub fn to_wire_json(&self) -> serde_json::Value {
+        let mut map = serde_json::Map::with_capacity(self.fields.len() + 1);
+        for (name, value) in &self.fields {
+            map.insert(name.clone(), json_number(*value));
+        }
+        map.insert(field::TIMESTAMP.to_owned(), self.timestamp().into());
+        serde_json::Value::Object(map)
+    }
+}
+
+/// Non-finite values have no JSON form; they become `null` rather than an invalid body.
+fn json_number(v: f64) -> serde_json::Value {
+    serde_json::Number::from_f64(v)
+        .map(serde_json::Value::Number)
+        .unwrap_or(serde_json::Value::Null)
+}
+
+pub fn unix_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+pub fn from_unix_ms(ms: i64) -> SystemTime {
+    if ms >= 0 {
+        UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+    }
+}
+
+/// `2026-11-23T22:48:49.123Z`; times before 1970 are clamped to the epoch.
+pub fn format_rfc3339_ms(ms: i64) -> String {
+    humantime::format_rfc3339_millis(from_unix_ms(ms.max(0))).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_json_has_server_field_names_and_capture_time() {
+        let mut r = Reading::new(UNIX_EPOCH + Duration::from_millis(1_795_474_129_123));
+        r.fields.insert(field::TEMPERATURE.into(), 23.4);
+        r.fields.insert(field::HUMIDITY.into(), 51.2);
+        r.fields.insert(field::ACCELERATION.into(), 0.98);
+        let json = r.to_wire_json();
+        assert_eq!(
+            json,
+            serde_json::json!({"temperature": 23.4, "humidite": 51.2, "accelerometre": 0.98,
+                               "timestamp": "2026-11-23T22:48:49.123Z"})
+        );
+    }
+
+    #[test]
+    fn non_finite_values_become_null() {
+        let mut r = Reading::new(UNIX_EPOCH);
+        r.fields.insert("temperature".into(), f64::NAN);
+        assert_eq!(r.to_wire_json()["temperature"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn unix_ms_round_trips() {
+        for ms in [0, 1, 1_795_474_129_123, -5000] {
+            assert_eq!(unix_ms(from_unix_ms(ms)), ms);
+        }
+    }
+}
