@@ -17,3 +17,4 @@
 
 pub mod reading;
 pub mod sensors;
+pub mod config;
