@@ -18,3 +18,4 @@
 pub mod reading;
 pub mod sensors;
 pub mod config;
+pub mod queue;

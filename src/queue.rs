@@ -1,0 +1,819 @@
+//! The SQLite store: readings wait here until the server acknowledges them.
+//!
+//! A reading leaves `readings` only on a 2xx (deleted) or a permanent rejection (moved to
+//! `dead_letters` with the status and the server's answer). Nothing here knows about HTTP.
+//!
+//! Durability: WAL with `synchronous = FULL`. In WAL mode FULL syncs the log at every
+//! commit, so a reading survives a power cut once its group commit returned; NORMAL would
+//! only sync at checkpoints and could lose the last seconds on an SD card that loses power.
+//! Because the daemon groups a whole `commit_interval` of readings into one transaction
+//! (see `store`), FULL costs one fsync per group, not per reading.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde::Serialize;
+
+use crate::config::{OverflowPolicy, QueueConfig};
+use crate::reading::{format_rfc3339_ms, unix_ms, Reading};
+
+const SCHEMA_VERSION: i64 = 1;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("cannot create the queue directory {path}: {source} (the service user needs write access to its StateDirectory)")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open queue {path}: {source}{hint}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+        hint: &'static str,
+    },
+    #[error("queue {path} has schema version {found}, newer than this binary knows ({SCHEMA_VERSION}): upgrade profilo-gateway or move the file aside")]
+    NewerSchema { path: PathBuf, found: i64 },
+    #[error("no queue at {0} (the daemon has not stored anything there yet; check queue.path)")]
+    Missing(PathBuf),
+    #[error("queue database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("stored reading {id} is unreadable: {detail}")]
+    BadRow { id: i64, detail: String },
+}
+
+impl QueueError {
+    /// The disk (or the filesystem's quota) is full: writes fail but the file is intact.
+    pub fn is_disk_full(&self) -> bool {
+        self.sqlite_code() == Some(rusqlite::ErrorCode::DiskFull)
+    }
+
+    /// The file is damaged or not a database at all.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(
+            self.sqlite_code(),
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+        )
+    }
+
+    fn sqlite_code(&self) -> Option<rusqlite::ErrorCode> {
+        match self {
+            QueueError::Sql(e) | QueueError::Open { source: e, .. } => e.sqlite_error_code(),
+            _ => None,
+        }
+    }
+}
+
+/// A reading as stored, with its queue id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub id: i64,
+    pub reading: Reading,
+}
+
+/// A reading the server refused for good.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub reading_id: i64,
+    pub captured_at: String,
+    pub fields: serde_json::Value,
+    pub status: u16,
+    pub response: String,
+    pub failed_at: String,
+}
+
+/// What `enqueue` did with a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Enqueued {
+    pub inserted: u64,
+    /// Readings dropped to respect the bounds (old ones or new ones, per policy).
+    pub dropped: u64,
+}
+
+/// The figures of `queue stats`. Keys are a contract: extend, do not rename.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Stats {
+    pub path: String,
+    pub pending: u64,
+    pub dead: u64,
+    pub in_flight: u64,
+    pub dropped_total: u64,
+    pub uploaded_total: u64,
+    pub oldest_captured_at: Option<String>,
+    pub newest_captured_at: Option<String>,
+    /// Size of the database file plus its WAL, in bytes.
+    pub db_bytes: u64,
+    pub last_upload_at: Option<String>,
+    pub last_error: Option<String>,
+    pub uploader_state: Option<String>,
+    pub sensors: Option<serde_json::Value>,
+    pub daemon_updated_at: Option<String>,
+}
+
+/// Names in the `status` table, written by the daemon, read by `queue stats`.
+pub mod status_key {
+    pub const IN_FLIGHT: &str = "in_flight";
+    pub const LAST_UPLOAD_AT: &str = "last_upload_at";
+    pub const LAST_ERROR: &str = "last_error";
+    pub const UPLOADER_STATE: &str = "uploader_state";
+    pub const SENSORS: &str = "sensors";
+    pub const UPDATED_AT: &str = "updated_at";
+}
+
+const COUNTER_DROPPED: &str = "dropped_total";
+const COUNTER_UPLOADED: &str = "uploaded_total";
+
+pub struct Queue {
+    conn: Connection,
+    path: PathBuf,
+    max_readings: u64,
+    max_bytes: u64,
+    overflow: OverflowPolicy,
+}
+
+impl Queue {
+    /// Opens (creating if needed) the queue for the daemon. A corrupt file is moved aside
+    /// (`queue.db.corrupt-<unix time>`) and a fresh queue started, so a damaged SD card
+    /// never turns into a crash loop.
+    pub fn open(config: &QueueConfig) -> Result<Queue, QueueError> {
+        let path = config.path.clone();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| QueueError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let conn = match Self::open_checked(&path) {
+            Ok(conn) => conn,
+            Err(e) if e.is_corrupt() => {
+                let aside = move_aside(&path)?;
+                tracing::error!(
+                    queue = %path.display(),
+                    moved_to = %aside.display(),
+                    "queue database is corrupt ({e}); moved it aside and started a fresh queue"
+                );
+                Self::open_checked(&path)?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Queue {
+            conn,
+            path,
+            max_readings: config.max_readings,
+            max_bytes: config.max_bytes,
+            overflow: config.overflow,
+        })
+    }
+
+    fn open_checked(path: &Path) -> Result<Connection, QueueError> {
+        let conn = Connection::open(path).map_err(|source| open_error(path, source))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(|source| open_error(path, source))?;
+        if check != "ok" {
+            return Err(QueueError::Sql(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some(check),
+            )));
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|source| open_error(path, source))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        migrate(&conn, path)?;
+        Ok(conn)
+    }
+
+    /// Opens an existing queue for reading only (`queue stats`, `list`, `export`), so a
+    /// command run as root never creates a file the service user cannot write.
+    pub fn open_read_only(path: &Path) -> Result<Queue, QueueError> {
+        if !path.exists() {
+            return Err(QueueError::Missing(path.to_path_buf()));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| open_error(path, source))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(Queue {
+            conn,
+            path: path.to_path_buf(),
+            max_readings: u64::MAX,
+            max_bytes: 0,
+            overflow: OverflowPolicy::DropOldest,
+        })
+    }
+
+    /// Opens an existing queue for maintenance commands (`retry-dead`, `purge`).
+    pub fn open_existing(config: &QueueConfig) -> Result<Queue, QueueError> {
+        if !config.path.exists() {
+            return Err(QueueError::Missing(config.path.clone()));
+        }
+        Self::open(config)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Starts a transaction that groups the following calls into one commit.
+    pub fn begin(&self) -> Result<(), QueueError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    pub fn commit(&self) -> Result<(), QueueError> {
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    /// Abandons an open transaction, if any (after a failed commit, e.g. disk full).
+    pub fn rollback(&self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+
+    /// Runs `f` atomically, inside the caller's transaction when one is open.
+    fn atomically<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, QueueError>,
+    ) -> Result<T, QueueError> {
+        self.conn.execute_batch("SAVEPOINT queue_op")?;
+        match f(&self.conn) {
+            Ok(v) => {
+                self.conn.execute_batch("RELEASE queue_op")?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self
+                    .conn
+                    .execute_batch("ROLLBACK TO queue_op; RELEASE queue_op");
+                Err(e)
+            }
+        }
+    }
+
+    /// Stores readings, enforcing `max_readings` / `max_bytes` with the overflow policy.
+    pub fn enqueue(&self, readings: &[Reading]) -> Result<Enqueued, QueueError> {
+        self.enqueue_with_origin(readings, None)
+    }
+
+    /// Like `enqueue`, recording the boot id and monotonic time of each capture, so that
+    /// timestamps taken before the clock was synchronised can be corrected later.
+    pub fn enqueue_with_origin(
+        &self,
+        readings: &[Reading],
+        origin: Option<(&str, &[i64], bool)>,
+    ) -> Result<Enqueued, QueueError> {
+        if readings.is_empty() {
+            return Ok(Enqueued::default());
+        }
+        self.atomically(|conn| {
+            let incoming = readings.len() as u64;
+            // An exact count scans the table; the id span bounds it from above in O(1),
+            // so the scan only happens when the queue may actually be near its bound.
+            let pending = match id_span(conn)? {
+                span if span.saturating_add(incoming) <= self.max_readings => span,
+                _ => count_pending(conn)?,
+            };
+            let room = self.max_readings.saturating_sub(pending);
+            let (to_insert, mut dropped) = match self.overflow {
+                OverflowPolicy::DropOldest => {
+                    let excess = (pending + incoming).saturating_sub(self.max_readings);
+                    let from_old = excess.min(pending);
+                    delete_oldest(conn, from_old)?;
+                    // A single batch larger than the bound keeps only its newest part.
+                    let skip = (excess - from_old) as usize;
+                    (&readings[skip..], excess)
+                }
+                OverflowPolicy::DropNewest => {
+                    let keep = room.min(incoming) as usize;
+                    (&readings[..keep], incoming - keep as u64)
+                }
+            };
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO readings (captured_at_ms, fields, boot_id, monotonic_ms, clock_synced)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (i, r) in to_insert.iter().enumerate() {
+                let fields = serde_json::to_string(&r.fields).map_err(|e| QueueError::BadRow {
+                    id: 0,
+                    detail: e.to_string(),
+                })?;
+                let (boot, mono, synced) = match origin {
+                    Some((boot, monos, synced)) => (Some(boot), monos.get(i).copied(), synced),
+                    None => (None, None, true),
+                };
+                stmt.execute(params![r.captured_at_ms, fields, boot, mono, synced])?;
+            }
+            drop(stmt);
+            if self.max_bytes > 0 {
+                dropped += self.enforce_max_bytes(conn)?;
+            }
+            if dropped > 0 {
+                bump_counter(conn, COUNTER_DROPPED, dropped)?;
+            }
+            Ok(Enqueued {
+                inserted: to_insert.len() as u64,
+                dropped,
+            })
+        })
+    }
+
+    /// Deletes the oldest readings while the live pages exceed `max_bytes`. Freed pages are
+    /// reused by SQLite, so the file stops growing at about that size.
+    fn enforce_max_bytes(&self, conn: &Connection) -> Result<u64, QueueError> {
+        let mut dropped = 0;
+        loop {
+            let used = live_bytes(conn)?;
+            if used <= self.max_bytes {
+                return Ok(dropped);
+            }
+            let pending = count_pending(conn)?;
+            if pending == 0 {
+                return Ok(dropped);
+            }
+            // Drop roughly the share by which we are over, at least one reading.
+            let share = (used - self.max_bytes) as f64 / used as f64;
+            let n = ((pending as f64 * share).ceil() as u64).clamp(1, pending);
+            let n = match self.overflow {
+                OverflowPolicy::DropOldest => delete_oldest(conn, n)?,
+                OverflowPolicy::DropNewest => delete_newest(conn, n)?,
+            };
+            dropped += n;
+        }
+    }
+
+    /// The oldest pending readings with an id above `after_id`, at most `limit`.
+    pub fn peek(&self, after_id: i64, limit: usize) -> Result<Vec<Stored>, QueueError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, captured_at_ms, fields FROM readings WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after_id, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, captured_at_ms, fields) = row?;
+            let fields = serde_json::from_str(&fields).map_err(|e| QueueError::BadRow {
+                id,
+                detail: e.to_string(),
+            })?;
+            out.push(Stored {
+                id,
+                reading: Reading {
+                    captured_at_ms,
+                    fields,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// The server took these readings: they leave the queue.
+    pub fn ack(&self, ids: &[i64]) -> Result<u64, QueueError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.atomically(|conn| {
+            let mut stmt = conn.prepare_cached("DELETE FROM readings WHERE id = ?1")?;
+            let mut n = 0;
+            for id in ids {
+                n += stmt.execute([id])? as u64;
+            }
+            drop(stmt);
+            bump_counter(conn, COUNTER_UPLOADED, n)?;
+            Ok(n)
+        })
+    }
+
+    /// The server refused this reading for good: keep it with the answer, out of the way.
+    pub fn dead_letter(&self, id: i64, status: u16, response: &str) -> Result<bool, QueueError> {
+        self.atomically(|conn| {
+            let moved = conn.execute(
+                "INSERT INTO dead_letters (reading_id, captured_at_ms, fields, status, response, failed_at_ms)
+                 SELECT id, captured_at_ms, fields, ?2, ?3, ?4 FROM readings WHERE id = ?1",
+                params![id, status, truncate(response, 4096), unix_ms(SystemTime::now())],
+            )?;
+            conn.execute("DELETE FROM readings WHERE id = ?1", [id])?;
+            Ok(moved > 0)
+        })
+    }
+
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, reading_id, captured_at_ms, fields, status, response, failed_at_ms
+             FROM dead_letters ORDER BY id LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            let fields: String = r.get(3)?;
+            Ok(DeadLetter {
+                id: r.get(0)?,
+                reading_id: r.get(1)?,
+                captured_at: format_rfc3339_ms(r.get(2)?),
+                fields: serde_json::from_str(&fields).unwrap_or(serde_json::Value::String(fields)),
+                status: r.get(4)?,
+                response: r.get(5)?,
+                failed_at: format_rfc3339_ms(r.get(6)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Puts dead letters (one, or all) back into the pending queue; returns how many.
+    pub fn retry_dead(&self, id: Option<i64>) -> Result<u64, QueueError> {
+        self.atomically(|conn| {
+            // `?1 IS NULL` selects every row when no id is given.
+            let filter = if id.is_some() { "WHERE id = ?1" } else { "WHERE ?1 IS NULL" };
+            let n = conn.execute(
+                &format!(
+                    "INSERT INTO readings (captured_at_ms, fields, clock_synced)
+                     SELECT captured_at_ms, fields, 1 FROM dead_letters {filter} ORDER BY id"
+                ),
+                [id],
+            )?;
+            conn.execute(&format!("DELETE FROM dead_letters {filter}"), [id])?;
+            Ok(n as u64)
+        })
+    }
+
+    /// Deletes dead letters, and with `all` the pending readings too; returns how many.
+    pub fn purge(&self, all: bool) -> Result<u64, QueueError> {
+        self.atomically(|conn| {
+            let mut n = conn.execute("DELETE FROM dead_letters", [])? as u64;
+            if all {
+                n += conn.execute("DELETE FROM readings", [])? as u64;
+            }
+            Ok(n)
+        })
+    }
+
+    /// Records daemon state for `queue stats` in other processes.
+    pub fn set_status(&self, key: &str, value: &str) -> Result<(), QueueError> {
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO status (name, value) VALUES (?1, ?2)")?
+            .execute(params![key, value])?;
+        Ok(())
+    }
+
+    pub fn pending(&self) -> Result<u64, QueueError> {
+        count_pending(&self.conn)
+    }
+
+    pub fn stats(&self) -> Result<Stats, QueueError> {
+        let conn = &self.conn;
+        let (pending, oldest, newest): (u64, Option<i64>, Option<i64>) = conn.query_row(
+            "SELECT count(*), min(captured_at_ms), max(captured_at_ms) FROM readings",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let dead: u64 = conn.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))?;
+        let status = |key: &str| -> Result<Option<String>, QueueError> {
+            Ok(conn
+                .query_row("SELECT value FROM status WHERE name = ?1", [key], |r| r.get(0))
+                .optional()?)
+        };
+        let in_flight = status(status_key::IN_FLIGHT)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ok(Stats {
+            path: self.path.display().to_string(),
+            pending,
+            dead,
+            in_flight,
+            dropped_total: counter(conn, COUNTER_DROPPED)?,
+            uploaded_total: counter(conn, COUNTER_UPLOADED)?,
+            oldest_captured_at: oldest.map(format_rfc3339_ms),
+            newest_captured_at: newest.map(format_rfc3339_ms),
+            db_bytes: file_len(&self.path) + file_len(&wal_path(&self.path)),
+            last_upload_at: status(status_key::LAST_UPLOAD_AT)?,
+            last_error: status(status_key::LAST_ERROR)?,
+            uploader_state: status(status_key::UPLOADER_STATE)?,
+            sensors: status(status_key::SENSORS)?.and_then(|s| serde_json::from_str(&s).ok()),
+            daemon_updated_at: status(status_key::UPDATED_AT)?,
+        })
+    }
+}
+
+fn open_error(path: &Path, source: rusqlite::Error) -> QueueError {
+    let hint = match source.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::PermissionDenied)
+        | Some(rusqlite::ErrorCode::ReadOnly) => {
+            " (the service user needs write access to the queue file and its directory, the StateDirectory)"
+        }
+        Some(rusqlite::ErrorCode::DiskFull) => " (the disk is full: free some space)",
+        _ => "",
+    };
+    QueueError::Open {
+        path: path.to_path_buf(),
+        source,
+        hint,
+    }
+}
+
+fn migrate(conn: &Connection, path: &Path) -> Result<(), QueueError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(QueueError::NewerSchema {
+            path: path.to_path_buf(),
+            found: version,
+        });
+    }
+    if version < 1 {
+        // AUTOINCREMENT: an id is never reused, so a late ack can never delete a newer reading.
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE IF NOT EXISTS readings (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 captured_at_ms INTEGER NOT NULL,
+                 fields TEXT NOT NULL,
+                 boot_id TEXT,
+                 monotonic_ms INTEGER,
+                 clock_synced INTEGER NOT NULL DEFAULT 1
+             );
+             CREATE TABLE IF NOT EXISTS dead_letters (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 reading_id INTEGER NOT NULL,
+                 captured_at_ms INTEGER NOT NULL,
+                 fields TEXT NOT NULL,
+                 status INTEGER NOT NULL,
+                 response TEXT NOT NULL,
+                 failed_at_ms INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS status (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+             PRAGMA user_version = 1;
+             COMMIT;",
+        )?;
+    }
+    Ok(())
+}
+
+fn count_pending(conn: &Connection) -> Result<u64, QueueError> {
+    Ok(conn.query_row("SELECT count(*) FROM readings", [], |r| r.get(0))?)
+}
+
+/// `max(id) - min(id) + 1`: at least the number of pending readings, read from the rowid index.
+fn id_span(conn: &Connection) -> Result<u64, QueueError> {
+    let (min, max): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT min(id), max(id) FROM readings", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(match (min, max) {
+        (Some(min), Some(max)) => (max - min + 1) as u64,
+        _ => 0,
+    })
+}
+
+fn delete_oldest(conn: &Connection, n: u64) -> Result<u64, QueueError> {
+    if n == 0 {
+        return Ok(0);
+    }
+    Ok(conn.execute(
+        "DELETE FROM readings WHERE id IN (SELECT id FROM readings ORDER BY id LIMIT ?1)",
+        [n as i64],
+    )? as u64)
+}
+
+fn delete_newest(conn: &Connection, n: u64) -> Result<u64, QueueError> {
+    Ok(conn.execute(
+        "DELETE FROM readings WHERE id IN (SELECT id FROM readings ORDER BY id DESC LIMIT ?1)",
+        [n as i64],
+    )? as u64)
+}
+
+fn live_bytes(conn: &Connection) -> Result<u64, QueueError> {
+    let pages: u64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let free: u64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    let size: u64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    Ok(pages.saturating_sub(free) * size)
+}
+
+fn counter(conn: &Connection, name: &str) -> Result<u64, QueueError> {
+    Ok(conn
+        .query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+fn bump_counter(conn: &Connection, name: &str, by: u64) -> Result<(), QueueError> {
+    conn.prepare_cached(
+        "INSERT INTO counters (name, value) VALUES (?1, ?2)
+         ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+    )?
+    .execute(params![name, by as i64])?;
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn wal_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push("-wal");
+    PathBuf::from(p)
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Renames a damaged queue (and its WAL and shared-memory files) out of the way.
+fn move_aside(path: &Path) -> Result<PathBuf, QueueError> {
+    let stamp = unix_ms(SystemTime::now()) / 1000;
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".corrupt-{stamp}"));
+    let aside = PathBuf::from(aside);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut from = path.as_os_str().to_owned();
+        from.push(suffix);
+        let mut to = aside.as_os_str().to_owned();
+        to.push(suffix);
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(QueueError::CreateDir {
+                    path: PathBuf::from(from),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(aside)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn config(dir: &Path, max: u64, overflow: OverflowPolicy) -> QueueConfig {
+        QueueConfig {
+            path: dir.join("q.db"),
+            max_readings: max,
+            overflow,
+            ..QueueConfig::default()
+        }
+    }
+
+    fn reading(ms: i64) -> Reading {
+        let mut fields = BTreeMap::new();
+        fields.insert("temperature".to_owned(), ms as f64 / 10.0);
+        Reading {
+            captured_at_ms: ms,
+            fields,
+        }
+    }
+
+    fn open(dir: &Path, max: u64, overflow: OverflowPolicy) -> Queue {
+        match Queue::open(&config(dir, max, overflow)) {
+            Ok(q) => q,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn enqueue_peek_ack_round_trip_and_survives_reopen() -> Result<(), QueueError> {
+        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow { id: 0, detail: e.to_string() })?;
+        {
+            let q = open(dir.path(), 100, OverflowPolicy::DropOldest);
+            q.enqueue(&[reading(1), reading(2), reading(3)])?;
+            let batch = q.peek(0, 2)?;
+            assert_eq!(batch.len(), 2);
+            assert_eq!(batch[0].reading, reading(1));
+            assert_eq!(q.ack(&[batch[0].id])?, 1);
+        }
+        let q = open(dir.path(), 100, OverflowPolicy::DropOldest);
+        let rest = q.peek(0, 10)?;
+        assert_eq!(
+            rest.iter().map(|s| s.reading.captured_at_ms).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        let stats = q.stats()?;
+        assert_eq!((stats.pending, stats.uploaded_total), (2, 1));
+        assert_eq!(stats.oldest_captured_at.as_deref(), Some("1970-01-01T00:00:00.002Z"));
+        Ok(())
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_newest_and_counts() -> Result<(), QueueError> {
+        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow { id: 0, detail: e.to_string() })?;
+        let q = open(dir.path(), 3, OverflowPolicy::DropOldest);
+        q.enqueue(&[reading(1), reading(2)])?;
+        let r = q.enqueue(&[reading(3), reading(4), reading(5)])?;
+        assert_eq!(r, Enqueued { inserted: 3, dropped: 2 });
+        let kept: Vec<i64> = q.peek(0, 10)?.iter().map(|s| s.reading.captured_at_ms).collect();
+        assert_eq!(kept, vec![3, 4, 5]);
+        // One batch larger than the bound keeps only its newest part.
+        let r = q.enqueue(&[reading(6), reading(7), reading(8), reading(9)])?;
+        assert_eq!(r, Enqueued { inserted: 3, dropped: 4 });
+        let kept: Vec<i64> = q.peek(0, 10)?.iter().map(|s| s.reading.captured_at_ms).collect();
+        assert_eq!(kept, vec![7, 8, 9]);
+        assert_eq!(q.stats()?.dropped_total, 6);
+        Ok(())
+    }
+
+    #[test]
+    fn drop_newest_keeps_what_is_queued() -> Result<(), QueueError> {
+        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow { id: 0, detail: e.to_string() })?;
+        let q = open(dir.path(), 3, OverflowPolicy::DropNewest);
+        let r = q.enqueue(&[reading(1), reading(2), reading(3), reading(4)])?;
+        assert_eq!(r, Enqueued { inserted: 3, dropped: 1 });
+        let kept: Vec<i64> = q.peek(0, 10)?.iter().map(|s| s.reading.captured_at_ms).collect();
+        assert_eq!(kept, vec![1, 2, 3]);
+        assert_eq!(q.stats()?.dropped_total, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn max_bytes_bounds_the_live_pages() -> Result<(), QueueError> {
+        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow { id: 0, detail: e.to_string() })?;
+        let mut cfg = config(dir.path(), 1_000_000, OverflowPolicy::DropOldest);
+        cfg.max_bytes = 64 * 1024;
+        let q = Queue::open(&cfg)?;
+        for chunk in 0..50 {
+            let batch: Vec<Reading> = (0..100).map(|i| reading(chunk * 100 + i)).collect();
+            q.enqueue(&batch)?;
+        }
+        let stats = q.stats()?;
+        assert!(stats.dropped_total > 0);
+        assert_eq!(stats.pending + stats.dropped_total, 5000);
+        assert!(live_bytes(&q.conn)? <= 64 * 1024);
+        // The newest reading is always kept under drop_oldest.
+        assert_eq!(stats.newest_captured_at.as_deref(), Some("1970-01-01T00:00:04.999Z"));
+        Ok(())
+    }
+
+    #[test]
+    fn dead_letters_keep_status_and_answer_and_can_be_retried() -> Result<(), QueueError> {
+        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow { id: 0, detail: e.to_string() })?;
+        let q = open(dir.path(), 100, OverflowPolicy::DropOldest);
+        q.enqueue(&[reading(1), reading(2)])?;
+        let first = q.peek(0, 1)?[0].id;
+        assert!(q.dead_letter(first, 400, r#"{"temperature":["bad"]}"#)?);
+        let dead = q.dead_letters(10)?;
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].status, 400);
+        assert!(dead[0].response.contains("bad"));
+        assert_eq!(q.stats()?.pending, 1);
+        assert_eq!(q.retry_dead(Some(dead[0].id))?, 1);
+        let stats = q.stats()?;
+        assert_eq!((stats.pending, stats.dead), (2, 0));
+        q.dead_letter(q.peek(0, 1)?[0].id, 422, "x")?;
+        assert_eq!(q.purge(false)?, 1);
+        assert_eq!(q.purge(true)?, 1);
+        assert_eq!(q.stats()?.pending, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn corrupt_file_is_moved_aside_and_a_fresh_queue_starts() -> Result<(), QueueError> {
+        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow { id: 0, detail: e.to_string() })?;
+        let path = dir.path().join("q.db");
+        std::fs::write(&path, vec![0x5a; 8192]).map_err(|e| QueueError::BadRow { id: 0, detail: e.to_string() })?;
+        let q = open(dir.path(), 100, OverflowPolicy::DropOldest);
+        q.enqueue(&[reading(1)])?;
+        assert_eq!(q.pending()?, 1);
+        let aside = std::fs::read_dir(dir.path())
+            .map_err(|e| QueueError::BadRow { id: 0, detail: e.to_string() })?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+            .count();
+        assert_eq!(aside, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn read_only_open_of_a_missing_queue_says_so() {
+        let err = Queue::open_read_only(Path::new("/nonexistent/q.db")).err();
+        assert!(matches!(err, Some(QueueError::Missing(_))));
+    }
+
+    #[test]
+    fn group_commit_is_one_transaction() -> Result<(), QueueError> {
+        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow { id: 0, detail: e.to_string() })?;
+        let q = open(dir.path(), 100, OverflowPolicy::DropOldest);
+        q.begin()?;
+        q.enqueue(&[reading(1)])?;
+        q.enqueue(&[reading(2)])?;
+        q.rollback();
+        assert_eq!(q.pending()?, 0);
+        q.begin()?;
+        q.enqueue(&[reading(1)])?;
+        q.commit()?;
+        assert_eq!(q.pending()?, 1);
+        Ok(())
+    }
+}
