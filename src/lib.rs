@@ -19,3 +19,4 @@ pub mod reading;
 pub mod sensors;
 pub mod config;
 pub mod queue;
+pub mod api;

@@ -1,3 +1,4 @@
+from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 from django.utils import timezone
@@ -39,4 +40,14 @@ class ReadingSerializer(serializers.ModelSerializer):
     def to_representation(self, instance):
         data = super().to_representation(instance)
         data["timestamp_parsed"] = instance.timestamp.isoformat()
+        data["timestamp_us"] = _epoch_us(instance.timestamp)
+        data["received_at_us"] = _epoch_us(instance.received_at)
         return data
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=dt_timezone.utc)
+
+
+def _epoch_us(value):
+    """Microseconds since the Unix epoch, exact (no float rounding)."""
+    return (value - _EPOCH) // timedelta(microseconds=1)

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# THE test command: prepares the test server, then runs every test (unit + integration).
+# Extra arguments go to `cargo test` (e.g. scripts/test.sh --test e2e_basic).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+scripts/setup-test-env.sh
+echo "test.sh: cargo test --all-targets $*"
+cargo test --all-targets "$@"

@@ -1,0 +1,360 @@
+//! The HTTP client for the Profilometre endpoints (shared/API.md), classifying every answer
+//! into what the caller should do: accept, refresh, give up on the reading, or retry later.
+//! Knows nothing of SQLite or of how tokens are kept.
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::{header, StatusCode, Url};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The longest piece of a server answer kept for logs and dead letters.
+const MAX_BODY_KEPT: usize = 2048;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("api.base_url {0:?} cannot be used: {1}")]
+    BadBaseUrl(String, String),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+/// Why a call did not give what was asked.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    /// 401: credentials refused (login) or token dead (refresh, protected call).
+    #[error("401 unauthorized: {detail}")]
+    Unauthorized { detail: String, code: Option<String> },
+    /// Another 4xx the same request will always get (400, 403, 404, 413, 415, 422, ...).
+    #[error("{status} refused: {detail}")]
+    Refused { status: u16, detail: String },
+    /// Worth retrying later: network error, timeout, 408, 429, 5xx, or a 2xx whose body is
+    /// not what the contract says (a proxy's page, a truncated answer).
+    #[error("{detail}")]
+    Transient {
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        detail: String,
+    },
+}
+
+/// What became of one reading sent to `/api/send/data/`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendOutcome {
+    Accepted,
+    Unauthorized,
+    /// The server will never accept this reading; keep it as a dead letter.
+    Rejected { status: u16, body: String },
+    Transient {
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        detail: String,
+    },
+}
+
+/// The two tokens of a login or a refresh, still raw.
+pub struct RawTokens {
+    pub access: SecretString,
+    /// Present on login, and on refresh when the server rotates refresh tokens.
+    pub refresh: Option<SecretString>,
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    access: String,
+    refresh: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Api {
+    client: reqwest::Client,
+    base: Url,
+}
+
+impl Api {
+    pub fn new(base_url: &str, timeout: Duration) -> Result<Api, ApiError> {
+        let mut base =
+            Url::parse(base_url).map_err(|e| ApiError::BadBaseUrl(base_url.into(), e.to_string()))?;
+        // Endpoints are joined relative to the base, which keeps a path prefix like /profilo/.
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_keepalive(Duration::from_secs(30))
+            .user_agent(concat!("profilo-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ApiError::Client(e.to_string()))?;
+        Ok(Api { client, base })
+    }
+
+    fn url(&self, path: &str) -> Url {
+        // `path` is one of our constant relative paths, which always join.
+        self.base.join(path).unwrap_or_else(|_| self.base.clone())
+    }
+
+    /// `POST /api/token/`.
+    pub async fn login(&self, username: &str, password: &SecretString) -> Result<RawTokens, CallError> {
+        let body = serde_json::json!({"username": username, "password": password.expose_secret()});
+        self.token_call("api/token/", &body).await
+    }
+
+    /// `POST /api/token/refresh/`.
+    pub async fn refresh(&self, refresh: &SecretString) -> Result<RawTokens, CallError> {
+        let body = serde_json::json!({"refresh": refresh.expose_secret()});
+        self.token_call("api/token/refresh/", &body).await
+    }
+
+    async fn token_call(&self, path: &str, body: &serde_json::Value) -> Result<RawTokens, CallError> {
+        let response = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .map_err(network_error)?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let text = response.text().await.map_err(network_error)?;
+        if status.is_success() {
+            let tokens: TokenBody = serde_json::from_str(&text).map_err(|_| CallError::Transient {
+                status: Some(status.as_u16()),
+                retry_after: None,
+                detail: format!("{status} with a body that holds no tokens: {}", snippet(&text)),
+            })?;
+            return Ok(RawTokens {
+                access: tokens.access.into(),
+                refresh: tokens.refresh.map(Into::into),
+            });
+        }
+        Err(classify_failure(status, retry_after, &text))
+    }
+
+    /// `GET /api/auth/profile/`.
+    pub async fn profile(&self, access: &SecretString) -> Result<serde_json::Value, CallError> {
+        let response = self
+            .client
+            .get(self.url("api/auth/profile/"))
+            .bearer_auth(access.expose_secret())
+            .send()
+            .await
+            .map_err(network_error)?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let text = response.text().await.map_err(network_error)?;
+        if status.is_success() {
+            return serde_json::from_str(&text).map_err(|_| CallError::Transient {
+                status: Some(status.as_u16()),
+                retry_after: None,
+                detail: format!("{status} with a body that is not JSON: {}", snippet(&text)),
+            });
+        }
+        Err(classify_failure(status, retry_after, &text))
+    }
+
+    /// `POST /api/send/data/` with one reading's wire JSON.
+    pub async fn send_reading(&self, access: &SecretString, reading: &serde_json::Value) -> SendOutcome {
+        let response = match self
+            .client
+            .post(self.url("api/send/data/"))
+            .bearer_auth(access.expose_secret())
+            .json(reading)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return transient(network_error(e)),
+        };
+        let status = response.status();
+        if status.is_success() {
+            // Any 2xx acknowledges; the body is not needed, but reading it lets the
+            // connection go back to the pool.
+            let _ = response.bytes().await;
+            return SendOutcome::Accepted;
+        }
+        let retry_after = retry_after(response.headers());
+        let text = response.text().await.unwrap_or_default();
+        match classify_failure(status, retry_after, &text) {
+            CallError::Unauthorized { .. } => SendOutcome::Unauthorized,
+            CallError::Refused { status, .. } => SendOutcome::Rejected {
+                status,
+                body: snippet(&text),
+            },
+            e @ CallError::Transient { .. } => transient(e),
+        }
+    }
+}
+
+fn transient(e: CallError) -> SendOutcome {
+    match e {
+        CallError::Transient {
+            status,
+            retry_after,
+            detail,
+        } => SendOutcome::Transient {
+            status,
+            retry_after,
+            detail,
+        },
+        other => SendOutcome::Transient {
+            status: None,
+            retry_after: None,
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// Maps a non-2xx answer to what to do about it. HTML pages from a proxy count by their status.
+pub fn classify_failure(status: StatusCode, retry_after: Option<Duration>, body: &str) -> CallError {
+    let (detail, code) = error_detail(body);
+    let detail = detail.unwrap_or_else(|| format!("{status}: {}", snippet(body)));
+    match status.as_u16() {
+        401 => CallError::Unauthorized { detail, code },
+        408 | 425 | 429 | 500..=599 => CallError::Transient {
+            status: Some(status.as_u16()),
+            retry_after,
+            detail: format!("server answered {status}: {detail}"),
+        },
+        s @ 400..=499 => CallError::Refused { status: s, detail },
+        // 1xx/3xx are not part of the contract: something in between misbehaves.
+        s => CallError::Transient {
+            status: Some(s),
+            retry_after,
+            detail: format!("unexpected {status}: {detail}"),
+        },
+    }
+}
+
+/// SimpleJWT's `{"detail": ..., "code": ...}`, when the body is that.
+fn error_detail(body: &str) -> (Option<String>, Option<String>) {
+    #[derive(Deserialize)]
+    struct Detail {
+        detail: Option<serde_json::Value>,
+        code: Option<String>,
+    }
+    match serde_json::from_str::<Detail>(body) {
+        Ok(d) => (
+            d.detail.map(|v| match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            }),
+            d.code,
+        ),
+        Err(_) => (None, None),
+    }
+}
+
+fn network_error(e: reqwest::Error) -> CallError {
+    let what = if e.is_timeout() {
+        "no answer within api.request_timeout"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    // reqwest's Display names the URL, never the headers or body, so no secret leaks here.
+    CallError::Transient {
+        status: None,
+        retry_after: None,
+        detail: format!("{what}: {}", error_chain(&e)),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// `Retry-After` as seconds or as an HTTP date.
+pub fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    parse_retry_after(value, SystemTime::now())
+}
+
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The start of a body, on one line, for logs and dead letters.
+pub fn snippet(body: &str) -> String {
+    let mut end = body.len().min(MAX_BODY_KEPT);
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
+    body[..end].split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_follows_the_contract() {
+        let s = |n| StatusCode::from_u16(n).unwrap_or(StatusCode::IM_A_TEAPOT);
+        assert!(matches!(
+            classify_failure(s(401), None, r#"{"detail":"Token is blacklisted","code":"token_not_valid"}"#),
+            CallError::Unauthorized { ref detail, ref code } if detail == "Token is blacklisted" && code.as_deref() == Some("token_not_valid")
+        ));
+        for permanent in [400, 413, 415, 422] {
+            assert!(matches!(classify_failure(s(permanent), None, "{}"), CallError::Refused { .. }));
+        }
+        for transient in [429, 500, 502, 503, 504] {
+            assert!(matches!(classify_failure(s(transient), None, "<html>"), CallError::Transient { .. }));
+        }
+        assert!(matches!(classify_failure(s(302), None, ""), CallError::Transient { .. }));
+    }
+
+    #[test]
+    fn html_error_pages_count_by_their_status() {
+        let html = "<html><body><h1>502 Bad Gateway</h1>\n<hr>nginx</body></html>";
+        match classify_failure(StatusCode::BAD_GATEWAY, Some(Duration::from_secs(3)), html) {
+            CallError::Transient { status, retry_after, detail } => {
+                assert_eq!(status, Some(502));
+                assert_eq!(retry_after, Some(Duration::from_secs(3)));
+                assert!(detail.contains("502 Bad Gateway"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds_and_http_date() {
+        let now = httpdate::parse_http_date("Wed, 25 Nov 2026 10:00:00 GMT").unwrap_or(SystemTime::UNIX_EPOCH);
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("Wed, 25 Nov 2026 10:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(parse_retry_after("Wed, 25 Nov 2026 09:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn base_url_with_a_path_prefix_keeps_it() {
+        let api = match Api::new("https://example.com/profilo", Duration::from_secs(1)) {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(api.url("api/token/").as_str(), "https://example.com/profilo/api/token/");
+    }
+
+    #[test]
+    fn snippet_is_bounded_and_on_one_line() {
+        let long = "é".repeat(5000);
+        assert!(snippet(&long).len() <= MAX_BODY_KEPT);
+        assert_eq!(snippet("a\n  b\tc"), "a b c");
+    }
+}
