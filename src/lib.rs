@@ -20,3 +20,6 @@ pub mod sensors;
 pub mod config;
 pub mod queue;
 pub mod api;
+pub mod auth;
+pub mod backoff;
+pub mod clock;

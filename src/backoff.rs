@@ -1,0 +1,78 @@
+//! Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff And
+//! Jitter"): the n-th wait is uniform in [0, min(cap, base * 2^n)], so many gateways that
+//! failed together do not retry together. Twenty lines, so no crate for it.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Backoff {
+            base,
+            cap: cap.max(base),
+            attempt: 0,
+        }
+    }
+
+    /// The ceiling of the next wait, before jitter.
+    pub fn ceiling(&self) -> Duration {
+        let factor = 1u32.checked_shl(self.attempt.min(20)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+
+    /// The next wait, at least `floor` (e.g. a server's `Retry-After`).
+    pub fn next_wait(&mut self, floor: Option<Duration>) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        let jittered = ceiling.mul_f64(fastrand::f64());
+        jittered.max(floor.unwrap_or(Duration::ZERO))
+    }
+
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_to_the_cap_with_jitter_below_the_ceiling() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut ceilings = Vec::new();
+        for _ in 0..8 {
+            let ceiling = b.ceiling();
+            let wait = b.next_wait(None);
+            assert!(wait <= ceiling);
+            ceilings.push(ceiling.as_millis());
+        }
+        assert_eq!(ceilings, vec![100, 200, 400, 800, 1600, 2000, 2000, 2000]);
+        b.reset();
+        assert_eq!(b.ceiling(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn retry_after_is_a_floor() {
+        let mut b = Backoff::new(Duration::from_millis(1), Duration::from_millis(2));
+        assert!(b.next_wait(Some(Duration::from_secs(5))) >= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn huge_attempt_counts_do_not_overflow() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        for _ in 0..1000 {
+            assert!(b.next_wait(None) <= Duration::from_secs(60));
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Harness shared by the integration tests: a real Django + SimpleJWT test server
+//! ([`TestServer`]) and the gateway binary run as a child process ([`Gateway`]).
+//!
+//! Use it from a test file with `mod common;` and `use common::*;`.
+//!
+//! ```ignore
+//! let server = TestServer::start(ServerOptions {
+//!     access_lifetime: Duration::from_secs(2),
+//!     ..Default::default()
+//! });
+//! server.create_user("iot_device@example.com", "device-secret");
+//! let mut gw = Gateway::new(&server.base_url(), GatewayOptions::default());
+//! gw.spawn();
+//! gw.wait_until("10 readings on the server", Duration::from_secs(20), || {
+//!     server.readings().len() >= 10
+//! });
+//! let exit = gw.sigterm(Duration::from_secs(5));
+//! assert!(exit.status.success());
+//! ```
+//!
+//! Prerequisite: `scripts/setup-test-env.sh` (run by `scripts/test.sh`), which builds
+//! `tests/server/.venv` and the template DB. Every test gets its own port and
+//! temporary directory, so tests run in parallel. Nothing outlives a test: the
+//! server and the gateway are killed when their handle is dropped, and when the test
+//! panics their log tails are printed (cargo shows them with the failure).
+//!
+//! Environment variables:
+//! - `PROFILO_TEST_PYTHON`: the Python that has the server's requirements
+//!   (default `tests/server/.venv/bin/python`).
+//! - `PROFILO_TEST_TEMPLATE_DB`: the migrated template DB
+//!   (default `tests/server/template.sqlite3`).
+//! - `PROFILO_TEST_KEEP=1`: keep the temporary directories (their paths are printed).
+
+// Each test crate uses only part of the harness.
+#![allow(dead_code)]
+
+pub mod gateway;
+pub mod server;
+
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use gateway::{Exit, Gateway, GatewayOptions, QueueCounts};
+pub use server::{Faults, Reading, ServerOptions, Stats, TestServer};
+
+/// The user that [`GatewayOptions::default`] logs in as.
+pub const DEFAULT_USERNAME: &str = "iot_device@example.com";
+/// The password that [`GatewayOptions::default`] uses.
+pub const DEFAULT_PASSWORD: &str = "device-secret-Ω";
+
+/// How often the polling helpers re-check their condition.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Polls `cond` every [`POLL_INTERVAL`] until it returns true; panics after `timeout`
+/// with "timed out after ...: waiting for {what}". Use this instead of sleeping.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    if !poll_until(timeout, &mut cond) {
+        panic!("timed out after {timeout:?}: waiting for {what}");
+    }
+}
+
+/// Polls `cond` every [`POLL_INTERVAL`] until it returns true (then returns true) or
+/// `timeout` passes (then returns false). The condition is always checked at least
+/// once, and once more after the deadline.
+pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return cond();
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Microseconds since the Unix epoch, now (the unit of [`Reading::timestamp_us`]).
+pub fn now_us() -> i64 {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock before 1970");
+    i64::try_from(d.as_micros()).expect("time overflow")
+}
+
+/// The root of the crate (`CARGO_MANIFEST_DIR`).
+pub fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The last `max_lines` lines of `text` (for log excerpts in panic messages).
+pub fn tail(text: &str, max_lines: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(max_lines);
+    lines[start..].join("\n")
+}
+
+/// A temporary directory for one server or gateway; kept when `PROFILO_TEST_KEEP=1`.
+fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    let mut dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("cannot create a temporary directory");
+    if std::env::var_os("PROFILO_TEST_KEEP").is_some_and(|v| v == "1") {
+        eprintln!("PROFILO_TEST_KEEP=1: keeping {}", dir.path().display());
+        dir.disable_cleanup(true);
+    }
+    dir
+}
