@@ -24,7 +24,10 @@ pub enum ApiError {
 pub enum CallError {
     /// 401: credentials refused (login) or token dead (refresh, protected call).
     #[error("401 unauthorized: {detail}")]
-    Unauthorized { detail: String, code: Option<String> },
+    Unauthorized {
+        detail: String,
+        code: Option<String>,
+    },
     /// Another 4xx the same request will always get (400, 403, 404, 413, 415, 422, ...).
     #[error("{status} refused: {detail}")]
     Refused { status: u16, detail: String },
@@ -44,7 +47,10 @@ pub enum SendOutcome {
     Accepted,
     Unauthorized,
     /// The server will never accept this reading; keep it as a dead letter.
-    Rejected { status: u16, body: String },
+    Rejected {
+        status: u16,
+        body: String,
+    },
     Transient {
         status: Option<u16>,
         retry_after: Option<Duration>,
@@ -73,8 +79,8 @@ pub struct Api {
 
 impl Api {
     pub fn new(base_url: &str, timeout: Duration) -> Result<Api, ApiError> {
-        let mut base =
-            Url::parse(base_url).map_err(|e| ApiError::BadBaseUrl(base_url.into(), e.to_string()))?;
+        let mut base = Url::parse(base_url)
+            .map_err(|e| ApiError::BadBaseUrl(base_url.into(), e.to_string()))?;
         // Endpoints are joined relative to the base, which keeps a path prefix like /profilo/.
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
@@ -97,7 +103,11 @@ impl Api {
     }
 
     /// `POST /api/token/`.
-    pub async fn login(&self, username: &str, password: &SecretString) -> Result<RawTokens, CallError> {
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &SecretString,
+    ) -> Result<RawTokens, CallError> {
         let body = serde_json::json!({"username": username, "password": password.expose_secret()});
         self.token_call("api/token/", &body).await
     }
@@ -108,7 +118,11 @@ impl Api {
         self.token_call("api/token/refresh/", &body).await
     }
 
-    async fn token_call(&self, path: &str, body: &serde_json::Value) -> Result<RawTokens, CallError> {
+    async fn token_call(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<RawTokens, CallError> {
         let response = self
             .client
             .post(self.url(path))
@@ -120,11 +134,15 @@ impl Api {
         let retry_after = retry_after(response.headers());
         let text = response.text().await.map_err(network_error)?;
         if status.is_success() {
-            let tokens: TokenBody = serde_json::from_str(&text).map_err(|_| CallError::Transient {
-                status: Some(status.as_u16()),
-                retry_after: None,
-                detail: format!("{status} with a body that holds no tokens: {}", snippet(&text)),
-            })?;
+            let tokens: TokenBody =
+                serde_json::from_str(&text).map_err(|_| CallError::Transient {
+                    status: Some(status.as_u16()),
+                    retry_after: None,
+                    detail: format!(
+                        "{status} with a body that holds no tokens: {}",
+                        snippet(&text)
+                    ),
+                })?;
             return Ok(RawTokens {
                 access: tokens.access.into(),
                 refresh: tokens.refresh.map(Into::into),
@@ -156,7 +174,11 @@ impl Api {
     }
 
     /// `POST /api/send/data/` with one reading's wire JSON.
-    pub async fn send_reading(&self, access: &SecretString, reading: &serde_json::Value) -> SendOutcome {
+    pub async fn send_reading(
+        &self,
+        access: &SecretString,
+        reading: &serde_json::Value,
+    ) -> SendOutcome {
         let response = match self
             .client
             .post(self.url("api/send/data/"))
@@ -208,7 +230,11 @@ fn transient(e: CallError) -> SendOutcome {
 }
 
 /// Maps a non-2xx answer to what to do about it. HTML pages from a proxy count by their status.
-pub fn classify_failure(status: StatusCode, retry_after: Option<Duration>, body: &str) -> CallError {
+pub fn classify_failure(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &str,
+) -> CallError {
     let (detail, code) = error_detail(body);
     let detail = detail.unwrap_or_else(|| format!("{status}: {}", snippet(body)));
     match status.as_u16() {
@@ -309,19 +335,32 @@ mod tests {
             CallError::Unauthorized { ref detail, ref code } if detail == "Token is blacklisted" && code.as_deref() == Some("token_not_valid")
         ));
         for permanent in [400, 413, 415, 422] {
-            assert!(matches!(classify_failure(s(permanent), None, "{}"), CallError::Refused { .. }));
+            assert!(matches!(
+                classify_failure(s(permanent), None, "{}"),
+                CallError::Refused { .. }
+            ));
         }
         for transient in [429, 500, 502, 503, 504] {
-            assert!(matches!(classify_failure(s(transient), None, "<html>"), CallError::Transient { .. }));
+            assert!(matches!(
+                classify_failure(s(transient), None, "<html>"),
+                CallError::Transient { .. }
+            ));
         }
-        assert!(matches!(classify_failure(s(302), None, ""), CallError::Transient { .. }));
+        assert!(matches!(
+            classify_failure(s(302), None, ""),
+            CallError::Transient { .. }
+        ));
     }
 
     #[test]
     fn html_error_pages_count_by_their_status() {
         let html = "<html><body><h1>502 Bad Gateway</h1>\n<hr>nginx</body></html>";
         match classify_failure(StatusCode::BAD_GATEWAY, Some(Duration::from_secs(3)), html) {
-            CallError::Transient { status, retry_after, detail } => {
+            CallError::Transient {
+                status,
+                retry_after,
+                detail,
+            } => {
                 assert_eq!(status, Some(502));
                 assert_eq!(retry_after, Some(Duration::from_secs(3)));
                 assert!(detail.contains("502 Bad Gateway"), "{detail}");
@@ -332,13 +371,20 @@ mod tests {
 
     #[test]
     fn retry_after_seconds_and_http_date() {
-        let now = httpdate::parse_http_date("Wed, 25 Nov 2026 10:00:00 GMT").unwrap_or(SystemTime::UNIX_EPOCH);
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        let now = httpdate::parse_http_date("Wed, 25 Nov 2026 10:00:00 GMT")
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(
             parse_retry_after("Wed, 25 Nov 2026 10:00:30 GMT", now),
             Some(Duration::from_secs(30))
         );
-        assert_eq!(parse_retry_after("Wed, 25 Nov 2026 09:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 25 Nov 2026 09:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
     }
 
@@ -348,7 +394,10 @@ mod tests {
             Ok(a) => a,
             Err(e) => panic!("{e}"),
         };
-        assert_eq!(api.url("api/token/").as_str(), "https://example.com/profilo/api/token/");
+        assert_eq!(
+            api.url("api/token/").as_str(),
+            "https://example.com/profilo/api/token/"
+        );
     }
 
     #[test]

@@ -25,9 +25,11 @@ impl Clock {
     /// The clock the daemon uses: the system clock, skewed when `PROFILO_GATEWAY_CLOCK_SKEW` is set.
     pub fn from_env() -> Result<Self, String> {
         match std::env::var(SKEW_ENV) {
-            Ok(v) if !v.trim().is_empty() => parse_skew(&v)
-                .map(Clock::with_skew_ms)
-                .ok_or_else(|| format!("{SKEW_ENV}={v:?}: expected a signed duration like +365d or -2h")),
+            Ok(v) if !v.trim().is_empty() => {
+                parse_skew(&v).map(Clock::with_skew_ms).ok_or_else(|| {
+                    format!("{SKEW_ENV}={v:?}: expected a signed duration like +365d or -2h")
+                })
+            }
             _ => Ok(Clock::system()),
         }
     }

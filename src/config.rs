@@ -195,7 +195,12 @@ impl Default for LogConfig {
 fn default_queue_path() -> PathBuf {
     if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
         // systemd may list several directories separated by ':'; the first is ours.
-        let first = dir.to_string_lossy().split(':').next().unwrap_or("").to_owned();
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_owned();
         if !first.is_empty() {
             return Path::new(&first).join("queue.db");
         }
@@ -352,7 +357,12 @@ impl Config {
                 ))
             }
         }
-        if self.api.username.as_deref().is_some_and(|u| u.trim().is_empty()) {
+        if self
+            .api
+            .username
+            .as_deref()
+            .is_some_and(|u| u.trim().is_empty())
+        {
             return Err(invalid("api.username", "is empty".into()));
         }
         let positive = [
@@ -379,7 +389,10 @@ impl Config {
             ));
         }
         if !(1..=64).contains(&self.upload.concurrency) {
-            return Err(invalid("upload.concurrency", "must be between 1 and 64".into()));
+            return Err(invalid(
+                "upload.concurrency",
+                "must be between 1 and 64".into(),
+            ));
         }
         if !(1..=10_000).contains(&self.upload.batch_size) {
             return Err(invalid(
@@ -483,7 +496,9 @@ type = "simulated"
 
     #[test]
     fn unknown_key_names_key_and_file() {
-        let err = load_text("[api]\nbase_urll = \"x\"\n", &[]).err().map(|e| e.to_string());
+        let err = load_text("[api]\nbase_urll = \"x\"\n", &[])
+            .err()
+            .map(|e| e.to_string());
         let err = err.unwrap_or_default();
         assert!(err.contains("base_urll"), "{err}");
         assert!(err.contains("config file"), "{err}");
@@ -525,7 +540,10 @@ type = "simulated"
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("PROFILO_GATEWAY__QUEUE__MAX_READINGS"), "{err}");
+        assert!(
+            err.contains("PROFILO_GATEWAY__QUEUE__MAX_READINGS"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -561,7 +579,9 @@ type = "simulated"
     #[test]
     fn missing_explicit_file_is_an_error() {
         let source = ConfigSource::resolve(Some(PathBuf::from("/nonexistent/x.toml")));
-        let err = Config::load(&source, Vec::new()).err().map(|e| e.to_string());
+        let err = Config::load(&source, Vec::new())
+            .err()
+            .map(|e| e.to_string());
         assert!(err.unwrap_or_default().contains("/nonexistent/x.toml"));
     }
 }

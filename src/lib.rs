@@ -15,11 +15,20 @@
 //! - [`daemon`]: wires the tasks together, shutdown, systemd notification.
 //! - [`cli`]: the command line and one handler per subcommand.
 
-pub mod reading;
-pub mod sensors;
-pub mod config;
-pub mod queue;
 pub mod api;
 pub mod auth;
 pub mod backoff;
+pub mod cli;
+pub mod cli_login;
+pub mod cli_queue;
 pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod logging;
+pub mod queue;
+pub mod reading;
+pub mod sampler;
+pub mod sensors;
+pub mod store;
+pub mod systemd;
+pub mod uploader;

@@ -55,6 +55,11 @@ pub enum LoggingError {
         #[source]
         source: tracing_subscriber::filter::ParseError,
     },
+    /// The configured level holds a bare word that is not a level.
+    #[error(
+        "invalid log level {value:?}: {word:?} is not a level (use one of off, error, warn, info, debug, trace, or `target=level` directives)"
+    )]
+    UnknownLevel { value: String, word: String },
     /// A global subscriber was installed before (`init` called twice).
     #[error("logging is already initialised: {0}")]
     AlreadyInitialised(String),
@@ -141,21 +146,38 @@ pub fn journal_stream_matches(value: Option<&str>, dev: u64, ino: u64) -> bool {
 /// The filter: `rust_log` when set and not blank, else `level`.
 pub fn build_filter(level: &str, rust_log: Option<&str>) -> Result<EnvFilter, LoggingError> {
     match rust_log.map(str::trim).filter(|s| !s.is_empty()) {
-        Some(value) => EnvFilter::builder()
-            .parse(value)
-            .map_err(|source| LoggingError::InvalidRustLog {
-                value: value.to_owned(),
-                source,
-            }),
+        Some(value) => {
+            EnvFilter::builder()
+                .parse(value)
+                .map_err(|source| LoggingError::InvalidRustLog {
+                    value: value.to_owned(),
+                    source,
+                })
+        }
         None => {
             let value = level.trim();
             let value = if value.is_empty() { "info" } else { value };
-            EnvFilter::builder()
-                .parse(value)
-                .map_err(|source| LoggingError::InvalidLevel {
-                    value: level.to_owned(),
-                    source,
-                })
+            let invalid = |source| LoggingError::InvalidLevel {
+                value: level.to_owned(),
+                source,
+            };
+            // EnvFilter reads a bare word as a target name, so a misspelt
+            // level ("verbose") would silently log nothing else; in the
+            // config, a directive without `=` must be a level.
+            for directive in value.split(',').map(str::trim) {
+                if !directive.contains('=') && !directive.contains('[') {
+                    if directive
+                        .parse::<tracing_subscriber::filter::LevelFilter>()
+                        .is_err()
+                    {
+                        return Err(LoggingError::UnknownLevel {
+                            value: level.to_owned(),
+                            word: directive.to_owned(),
+                        });
+                    }
+                }
+            }
+            EnvFilter::builder().parse(value).map_err(invalid)
         }
     }
 }
@@ -226,9 +248,15 @@ mod tests {
         let e = build_filter("info", Some("profilo_gateway=loud")).unwrap_err();
         assert!(matches!(e, LoggingError::InvalidRustLog { .. }), "{e:?}");
         assert!(e.to_string().contains("RUST_LOG"), "{e}");
-        let e = build_filter("loud=", None).unwrap_err();
-        assert!(matches!(e, LoggingError::InvalidLevel { .. }), "{e:?}");
+        let e = build_filter("chatty", None).unwrap_err();
+        assert!(matches!(e, LoggingError::UnknownLevel { .. }), "{e:?}");
         assert!(e.to_string().contains("log level"), "{e}");
+        let e = build_filter("info,profilo_gateway=loud", None).unwrap_err();
+        assert!(matches!(e, LoggingError::InvalidLevel { .. }), "{e:?}");
+        // Levels are case-insensitive, targets with levels pass.
+        build_filter("WARN", None).unwrap();
+        build_filter("off", None).unwrap();
+        build_filter("warn,profilo_gateway::uploader=trace", None).unwrap();
     }
 
     #[derive(Clone, Default)]
@@ -264,7 +292,10 @@ mod tests {
         assert!(out.contains("status=201"), "{out}");
         assert!(out.contains("pending=7"), "{out}");
         assert!(!out.contains("filtered out"), "{out}");
-        assert!(!out.contains('\u{1b}'), "no ANSI escapes off a terminal: {out:?}");
+        assert!(
+            !out.contains('\u{1b}'),
+            "no ANSI escapes off a terminal: {out:?}"
+        );
     }
 
     #[test]

@@ -1,1 +1,34 @@
-fn main() {}
+//! profilo-gateway: parse the command line, set up logging, run, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use profilo_gateway::cli::{self, Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match cli::load_config(cli.config.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("profilo-gateway: {e}");
+            return ExitCode::from(cli::EXIT_CONFIG);
+        }
+    };
+    // Interactive commands log warnings only, so their output stays readable.
+    let level = match cli.command {
+        Command::Run => config.log.level.clone(),
+        _ => "warn".to_owned(),
+    };
+    if let Err(e) = profilo_gateway::logging::init(&level) {
+        eprintln!("profilo-gateway: {e}");
+        return ExitCode::from(cli::EXIT_CONFIG);
+    }
+    match cli::dispatch(cli, config) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("profilo-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -355,7 +355,11 @@ impl Queue {
             "SELECT id, captured_at_ms, fields FROM readings WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![after_id, limit as i64], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
@@ -429,7 +433,11 @@ impl Queue {
     pub fn retry_dead(&self, id: Option<i64>) -> Result<u64, QueueError> {
         self.atomically(|conn| {
             // `?1 IS NULL` selects every row when no id is given.
-            let filter = if id.is_some() { "WHERE id = ?1" } else { "WHERE ?1 IS NULL" };
+            let filter = if id.is_some() {
+                "WHERE id = ?1"
+            } else {
+                "WHERE ?1 IS NULL"
+            };
             let n = conn.execute(
                 &format!(
                     "INSERT INTO readings (captured_at_ms, fields, clock_synced)
@@ -451,6 +459,11 @@ impl Queue {
             }
             Ok(n)
         })
+    }
+
+    /// Counts readings dropped outside SQLite (in memory, while writes failed).
+    pub fn add_dropped(&self, n: u64) -> Result<(), QueueError> {
+        bump_counter(&self.conn, COUNTER_DROPPED, n)
     }
 
     /// Records daemon state for `queue stats` in other processes.
@@ -475,7 +488,9 @@ impl Queue {
         let dead: u64 = conn.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))?;
         let status = |key: &str| -> Result<Option<String>, QueueError> {
             Ok(conn
-                .query_row("SELECT value FROM status WHERE name = ?1", [key], |r| r.get(0))
+                .query_row("SELECT value FROM status WHERE name = ?1", [key], |r| {
+                    r.get(0)
+                })
                 .optional()?)
         };
         let in_flight = status(status_key::IN_FLIGHT)?
@@ -561,7 +576,9 @@ fn count_pending(conn: &Connection) -> Result<u64, QueueError> {
 /// `max(id) - min(id) + 1`: at least the number of pending readings, read from the rowid index.
 fn id_span(conn: &Connection) -> Result<u64, QueueError> {
     let (min, max): (Option<i64>, Option<i64>) =
-        conn.query_row("SELECT min(id), max(id) FROM readings", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        conn.query_row("SELECT min(id), max(id) FROM readings", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
     Ok(match (min, max) {
         (Some(min), Some(max)) => (max - min + 1) as u64,
         _ => 0,
@@ -594,7 +611,9 @@ fn live_bytes(conn: &Connection) -> Result<u64, QueueError> {
 
 fn counter(conn: &Connection, name: &str) -> Result<u64, QueueError> {
     Ok(conn
-        .query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| r.get(0))
+        .query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
         .optional()?
         .unwrap_or(0))
 }
@@ -686,7 +705,10 @@ mod tests {
 
     #[test]
     fn enqueue_peek_ack_round_trip_and_survives_reopen() -> Result<(), QueueError> {
-        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow { id: 0, detail: e.to_string() })?;
+        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow {
+            id: 0,
+            detail: e.to_string(),
+        })?;
         {
             let q = open(dir.path(), 100, OverflowPolicy::DropOldest);
             q.enqueue(&[reading(1), reading(2), reading(3)])?;
@@ -698,28 +720,56 @@ mod tests {
         let q = open(dir.path(), 100, OverflowPolicy::DropOldest);
         let rest = q.peek(0, 10)?;
         assert_eq!(
-            rest.iter().map(|s| s.reading.captured_at_ms).collect::<Vec<_>>(),
+            rest.iter()
+                .map(|s| s.reading.captured_at_ms)
+                .collect::<Vec<_>>(),
             vec![2, 3]
         );
         let stats = q.stats()?;
         assert_eq!((stats.pending, stats.uploaded_total), (2, 1));
-        assert_eq!(stats.oldest_captured_at.as_deref(), Some("1970-01-01T00:00:00.002Z"));
+        assert_eq!(
+            stats.oldest_captured_at.as_deref(),
+            Some("1970-01-01T00:00:00.002Z")
+        );
         Ok(())
     }
 
     #[test]
     fn drop_oldest_keeps_the_newest_and_counts() -> Result<(), QueueError> {
-        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow { id: 0, detail: e.to_string() })?;
+        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow {
+            id: 0,
+            detail: e.to_string(),
+        })?;
         let q = open(dir.path(), 3, OverflowPolicy::DropOldest);
         q.enqueue(&[reading(1), reading(2)])?;
         let r = q.enqueue(&[reading(3), reading(4), reading(5)])?;
-        assert_eq!(r, Enqueued { inserted: 3, dropped: 2 });
-        let kept: Vec<i64> = q.peek(0, 10)?.iter().map(|s| s.reading.captured_at_ms).collect();
+        assert_eq!(
+            r,
+            Enqueued {
+                inserted: 3,
+                dropped: 2
+            }
+        );
+        let kept: Vec<i64> = q
+            .peek(0, 10)?
+            .iter()
+            .map(|s| s.reading.captured_at_ms)
+            .collect();
         assert_eq!(kept, vec![3, 4, 5]);
         // One batch larger than the bound keeps only its newest part.
         let r = q.enqueue(&[reading(6), reading(7), reading(8), reading(9)])?;
-        assert_eq!(r, Enqueued { inserted: 3, dropped: 4 });
-        let kept: Vec<i64> = q.peek(0, 10)?.iter().map(|s| s.reading.captured_at_ms).collect();
+        assert_eq!(
+            r,
+            Enqueued {
+                inserted: 3,
+                dropped: 4
+            }
+        );
+        let kept: Vec<i64> = q
+            .peek(0, 10)?
+            .iter()
+            .map(|s| s.reading.captured_at_ms)
+            .collect();
         assert_eq!(kept, vec![7, 8, 9]);
         assert_eq!(q.stats()?.dropped_total, 6);
         Ok(())
@@ -727,11 +777,24 @@ mod tests {
 
     #[test]
     fn drop_newest_keeps_what_is_queued() -> Result<(), QueueError> {
-        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow { id: 0, detail: e.to_string() })?;
+        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow {
+            id: 0,
+            detail: e.to_string(),
+        })?;
         let q = open(dir.path(), 3, OverflowPolicy::DropNewest);
         let r = q.enqueue(&[reading(1), reading(2), reading(3), reading(4)])?;
-        assert_eq!(r, Enqueued { inserted: 3, dropped: 1 });
-        let kept: Vec<i64> = q.peek(0, 10)?.iter().map(|s| s.reading.captured_at_ms).collect();
+        assert_eq!(
+            r,
+            Enqueued {
+                inserted: 3,
+                dropped: 1
+            }
+        );
+        let kept: Vec<i64> = q
+            .peek(0, 10)?
+            .iter()
+            .map(|s| s.reading.captured_at_ms)
+            .collect();
         assert_eq!(kept, vec![1, 2, 3]);
         assert_eq!(q.stats()?.dropped_total, 1);
         Ok(())
@@ -739,7 +802,10 @@ mod tests {
 
     #[test]
     fn max_bytes_bounds_the_live_pages() -> Result<(), QueueError> {
-        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow { id: 0, detail: e.to_string() })?;
+        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow {
+            id: 0,
+            detail: e.to_string(),
+        })?;
         let mut cfg = config(dir.path(), 1_000_000, OverflowPolicy::DropOldest);
         cfg.max_bytes = 64 * 1024;
         let q = Queue::open(&cfg)?;
@@ -752,13 +818,19 @@ mod tests {
         assert_eq!(stats.pending + stats.dropped_total, 5000);
         assert!(live_bytes(&q.conn)? <= 64 * 1024);
         // The newest reading is always kept under drop_oldest.
-        assert_eq!(stats.newest_captured_at.as_deref(), Some("1970-01-01T00:00:04.999Z"));
+        assert_eq!(
+            stats.newest_captured_at.as_deref(),
+            Some("1970-01-01T00:00:04.999Z")
+        );
         Ok(())
     }
 
     #[test]
     fn dead_letters_keep_status_and_answer_and_can_be_retried() -> Result<(), QueueError> {
-        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow { id: 0, detail: e.to_string() })?;
+        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow {
+            id: 0,
+            detail: e.to_string(),
+        })?;
         let q = open(dir.path(), 100, OverflowPolicy::DropOldest);
         q.enqueue(&[reading(1), reading(2)])?;
         let first = q.peek(0, 1)?[0].id;
@@ -780,14 +852,23 @@ mod tests {
 
     #[test]
     fn corrupt_file_is_moved_aside_and_a_fresh_queue_starts() -> Result<(), QueueError> {
-        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow { id: 0, detail: e.to_string() })?;
+        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow {
+            id: 0,
+            detail: e.to_string(),
+        })?;
         let path = dir.path().join("q.db");
-        std::fs::write(&path, vec![0x5a; 8192]).map_err(|e| QueueError::BadRow { id: 0, detail: e.to_string() })?;
+        std::fs::write(&path, vec![0x5a; 8192]).map_err(|e| QueueError::BadRow {
+            id: 0,
+            detail: e.to_string(),
+        })?;
         let q = open(dir.path(), 100, OverflowPolicy::DropOldest);
         q.enqueue(&[reading(1)])?;
         assert_eq!(q.pending()?, 1);
         let aside = std::fs::read_dir(dir.path())
-            .map_err(|e| QueueError::BadRow { id: 0, detail: e.to_string() })?
+            .map_err(|e| QueueError::BadRow {
+                id: 0,
+                detail: e.to_string(),
+            })?
             .filter_map(|e| e.ok())
             .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
             .count();
@@ -803,7 +884,10 @@ mod tests {
 
     #[test]
     fn group_commit_is_one_transaction() -> Result<(), QueueError> {
-        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow { id: 0, detail: e.to_string() })?;
+        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow {
+            id: 0,
+            detail: e.to_string(),
+        })?;
         let q = open(dir.path(), 100, OverflowPolicy::DropOldest);
         q.begin()?;
         q.enqueue(&[reading(1)])?;

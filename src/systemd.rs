@@ -206,11 +206,13 @@ impl Notifier {
             payload.push_str(&state.to_string());
             payload.push('\n');
         }
-        socket.send(payload.as_bytes()).map_err(|source| NotifyError {
-            message: payload.lines().next().unwrap_or_default().to_owned(),
-            socket: socket.describe(),
-            source,
-        })
+        socket
+            .send(payload.as_bytes())
+            .map_err(|source| NotifyError {
+                message: payload.lines().next().unwrap_or_default().to_owned(),
+                socket: socket.describe(),
+                source,
+            })
     }
 }
 
@@ -554,11 +556,14 @@ mod tests {
 
     #[test]
     fn heartbeat_clones_share_progress() {
-        let t0 = Instant::now();
         let hb = Heartbeat::new();
+        let t0 = hb.last_beat();
         let clone = hb.clone();
         clone.beat_at(t0 + Duration::from_secs(5));
-        assert!(hb.since_last_beat(t0 + Duration::from_secs(6)) <= Duration::from_secs(1));
+        assert_eq!(
+            hb.since_last_beat(t0 + Duration::from_secs(6)),
+            Duration::from_secs(1)
+        );
         // An older beat never moves the marker backwards.
         hb.beat_at(t0 + Duration::from_secs(2));
         assert!(hb.last_beat() >= t0 + Duration::from_secs(5));
@@ -596,10 +601,7 @@ mod tests {
         let v = tracker.check(&hbs, stall, at(30));
         assert_eq!(v.stalled.len(), 2);
         assert_eq!(
-            v.newly_stalled
-                .iter()
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>(),
+            v.newly_stalled.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
             ["sampler"]
         );
 
@@ -623,9 +625,16 @@ mod tests {
         let hb = Heartbeat::new();
         hb.beat_at(t0);
         let hbs = [("t", hb)];
-        assert!(stalled_tasks(&hbs, Duration::from_secs(1), t0 + Duration::from_secs(1)).is_empty());
+        assert!(
+            stalled_tasks(&hbs, Duration::from_secs(1), t0 + Duration::from_secs(1)).is_empty()
+        );
         assert_eq!(
-            stalled_tasks(&hbs, Duration::from_secs(1), t0 + Duration::from_millis(1001)).len(),
+            stalled_tasks(
+                &hbs,
+                Duration::from_secs(1),
+                t0 + Duration::from_millis(1001)
+            )
+            .len(),
             1
         );
         assert!(stalled_tasks(&[], Duration::ZERO, t0 + Duration::from_secs(9)).is_empty());

@@ -93,10 +93,19 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert_eq!(decode_claims(&"abc".to_owned().into()), Err(JwtError::Shape));
-        assert!(matches!(decode_claims(&"a.!!!.c".to_owned().into()), Err(JwtError::Base64(_))));
+        assert_eq!(
+            decode_claims(&"abc".to_owned().into()),
+            Err(JwtError::Shape)
+        );
+        assert!(matches!(
+            decode_claims(&"a.!!!.c".to_owned().into()),
+            Err(JwtError::Base64(_))
+        ));
         let not_json = format!("a.{}.c", URL_SAFE_NO_PAD.encode(b"[1]"));
-        assert!(matches!(decode_claims(&not_json.into()), Err(JwtError::Json(_))));
+        assert!(matches!(
+            decode_claims(&not_json.into()),
+            Err(JwtError::Json(_))
+        ));
     }
 
     #[test]

@@ -153,9 +153,9 @@ impl TokenManager {
         loop {
             let wait = match self.access_token().await {
                 Ok(_) => self.renew_in().await.max(Duration::from_millis(100)),
-                Err(AuthError::Waiting { until, .. }) => {
-                    until.saturating_duration_since(Instant::now()).max(Duration::from_millis(100))
-                }
+                Err(AuthError::Waiting { until, .. }) => until
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(100)),
                 Err(AuthError::NoUsername) => return,
             };
             tokio::select! {
@@ -217,18 +217,28 @@ impl TokenManager {
                                 tracing::debug!("access token refreshed");
                                 return Ok(access);
                             }
-                            Err(e) => tracing::warn!("refresh answer unusable ({e}); logging in again"),
+                            Err(e) => {
+                                tracing::warn!("refresh answer unusable ({e}); logging in again")
+                            }
                         }
                     }
-                    Err(CallError::Transient { detail, retry_after, .. }) => {
+                    Err(CallError::Transient {
+                        detail,
+                        retry_after,
+                        ..
+                    }) => {
                         // The old token may already be blacklisted if the answer was lost; the
                         // next attempt will find out (401) and log in.
-                        self.counters.refresh_failures.fetch_add(1, Ordering::Relaxed);
+                        self.counters
+                            .refresh_failures
+                            .fetch_add(1, Ordering::Relaxed);
                         let wait = retry_after.unwrap_or(self.settings.login_backoff_base);
                         return Err(self.fail(st, format!("token refresh failed: {detail}"), wait));
                     }
                     Err(e) => {
-                        self.counters.refresh_failures.fetch_add(1, Ordering::Relaxed);
+                        self.counters
+                            .refresh_failures
+                            .fetch_add(1, Ordering::Relaxed);
                         tracing::info!("refresh token refused ({e}); logging in again");
                     }
                 }
@@ -246,7 +256,10 @@ impl TokenManager {
             if Instant::now() < at {
                 return Err(AuthError::Waiting {
                     until: at,
-                    reason: st.last_failure.clone().unwrap_or_else(|| "login backing off".into()),
+                    reason: st
+                        .last_failure
+                        .clone()
+                        .unwrap_or_else(|| "login backing off".into()),
                 });
             }
         }
@@ -292,7 +305,11 @@ impl TokenManager {
                     CallError::Transient { detail, .. } => format!("login failed: {detail}"),
                 };
                 let mut wait = self.login_wait(st);
-                if let CallError::Transient { retry_after: Some(ra), .. } = e {
+                if let CallError::Transient {
+                    retry_after: Some(ra),
+                    ..
+                } = e
+                {
                     wait = wait.max(ra);
                 }
                 Err(self.fail(st, reason, wait))
@@ -320,7 +337,12 @@ impl TokenManager {
         AuthError::Waiting { until, reason }
     }
 
-    fn install(&self, st: &mut State, tokens: RawTokens, is_login: bool) -> Result<SecretString, String> {
+    fn install(
+        &self,
+        st: &mut State,
+        tokens: RawTokens,
+        is_login: bool,
+    ) -> Result<SecretString, String> {
         let access = Token::parse(tokens.access).map_err(|e| format!("access token: {e}"))?;
         let refresh = match tokens.refresh {
             Some(r) => Some(Token::parse(r).map_err(|e| format!("refresh token: {e}"))?),

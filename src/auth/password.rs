@@ -100,7 +100,10 @@ fn read_file(path: &Path, check_mode: bool) -> Result<SecretString, PasswordErro
         source,
     };
     if check_mode {
-        let mode = std::fs::metadata(path).map_err(read_err)?.permissions().mode();
+        let mode = std::fs::metadata(path)
+            .map_err(read_err)?
+            .permissions()
+            .mode();
         if mode & 0o077 != 0 {
             return Err(PasswordError::TooOpen {
                 path: path.to_path_buf(),
@@ -118,7 +121,8 @@ fn read_file(path: &Path, check_mode: bool) -> Result<SecretString, PasswordErro
 }
 
 fn entry(username: &str) -> Result<keyring::Entry, PasswordError> {
-    keyring::Entry::new(KEYRING_SERVICE, username).map_err(|e| PasswordError::Keyring(e.to_string()))
+    keyring::Entry::new(KEYRING_SERVICE, username)
+        .map_err(|e| PasswordError::Keyring(e.to_string()))
 }
 
 fn keyring_get(username: &str) -> Result<Option<SecretString>, PasswordError> {
@@ -164,14 +168,20 @@ mod tests {
     fn credential_wins_over_file_and_trailing_newline_is_dropped() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
         std::fs::create_dir(dir.path().join("creds"))?;
-        std::fs::write(dir.path().join("creds").join(CREDENTIAL_NAME), "from-cred\n")?;
+        std::fs::write(
+            dir.path().join("creds").join(CREDENTIAL_NAME),
+            "from-cred\n",
+        )?;
         let file = dir.path().join("pw");
         std::fs::write(&file, "from-file")?;
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
         let (p, s) = sources(dir.path(), Some(file.clone()))
             .read()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        assert_eq!((p.expose_secret(), s), ("from-cred", Source::SystemdCredential));
+        assert_eq!(
+            (p.expose_secret(), s),
+            ("from-cred", Source::SystemdCredential)
+        );
         std::fs::remove_file(dir.path().join("creds").join(CREDENTIAL_NAME))?;
         let (p, s) = sources(dir.path(), Some(file))
             .read()
@@ -186,7 +196,10 @@ mod tests {
         let file = dir.path().join("pw");
         std::fs::write(&file, "secret")?;
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))?;
-        let err = sources(dir.path(), Some(file)).read().err().map(|e| e.to_string());
+        let err = sources(dir.path(), Some(file))
+            .read()
+            .err()
+            .map(|e| e.to_string());
         let err = err.unwrap_or_default();
         assert!(err.contains("chmod 600"), "{err}");
         assert!(!err.contains("secret"), "{err}");

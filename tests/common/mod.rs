@@ -32,7 +32,7 @@
 //! - `PROFILO_TEST_KEEP=1`: keep the temporary directories (their paths are printed).
 
 // Each test crate uses only part of the harness.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod gateway;
 pub mod server;

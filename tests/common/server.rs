@@ -268,7 +268,7 @@ impl TestServer {
             .args(["--workers", "1", "--worker-class", "gthread"])
             .arg("--threads")
             .arg(self.options.threads.to_string())
-            .args(["--graceful-timeout", "3", "--timeout", "60"])
+            .args(["--graceful-timeout", "1", "--timeout", "60"])
             .args(["--no-control-socket", "--access-logfile", "-"])
             .args(["--access-logformat", "%(t)s \"%(r)s\" %(s)s %(b)s %(L)ss"])
             .args(["--error-logfile", "-"])

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Docker-free cross build of profilo-gateway for Raspberry Pi OS.
+#
+#   scripts/cross-build.sh [--deb] [TARGET...]
+#
+# TARGET: aarch64-unknown-linux-gnu (64-bit Pi OS) and/or
+#         armv7-unknown-linux-gnueabihf (32-bit Pi OS, Pi 2 and later);
+#         default: both. Short names: aarch64 / arm64, armv7 / armhf.
+# --deb:  also package each build with cargo-deb (target/cross/<T>/debian/*.deb).
+#
+# Installs what is missing (Debian/Ubuntu host): the cross gcc and libc
+# headers, qemu-user-static (used by scripts/cross-test.sh), the rustup
+# targets. Builds `--release` into $CARGO_TARGET_DIR (default target/cross, so
+# that it never waits on the lock of a native build in target/) and prints the
+# time taken and the stripped binary size.
+#
+# armv6 (arm-unknown-linux-gnueabihf, Pi Zero / 1) is not possible here:
+# rustup cannot install its std on this machine and Debian's armhf toolchain
+# is ARMv7. Use `cross build --release --target arm-unknown-linux-gnueabihf`
+# (Docker, see cross.toml).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/cross}"
+
+deb=0
+targets=()
+for arg in "$@"; do
+    case "$arg" in
+        --deb) deb=1 ;;
+        aarch64 | arm64) targets+=(aarch64-unknown-linux-gnu) ;;
+        armv7 | armhf) targets+=(armv7-unknown-linux-gnueabihf) ;;
+        -h | --help)
+            sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+            exit 0
+            ;;
+        -*)
+            echo "unknown option $arg (see --help)" >&2
+            exit 2
+            ;;
+        *) targets+=("$arg") ;;
+    esac
+done
+if [ ${#targets[@]} -eq 0 ]; then
+    targets=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+apt_updated=0
+apt_install() {
+    if [ $apt_updated -eq 0 ]; then
+        $SUDO apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# target -> gcc prefix, Debian packages, cargo-deb architecture
+gcc_prefix() {
+    case "$1" in
+        aarch64-unknown-linux-gnu) echo aarch64-linux-gnu ;;
+        armv7-unknown-linux-gnueabihf) echo arm-linux-gnueabihf ;;
+        *) return 1 ;;
+    esac
+}
+debian_packages() {
+    case "$1" in
+        aarch64-unknown-linux-gnu) echo gcc-aarch64-linux-gnu libc6-dev-arm64-cross ;;
+        armv7-unknown-linux-gnueabihf) echo gcc-arm-linux-gnueabihf libc6-dev-armhf-cross ;;
+    esac
+}
+
+ensure_target() {
+    local target="$1" prefix
+    case "$target" in
+        arm-unknown-linux-gnueabihf)
+            echo "armv6 ($target) cannot be built without Docker: use" >&2
+            echo "  cross build --release --target $target" >&2
+            exit 2
+            ;;
+    esac
+    if ! prefix="$(gcc_prefix "$target")"; then
+        echo "unsupported target $target (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf)" >&2
+        exit 2
+    fi
+    local missing=()
+    command -v "$prefix-gcc" >/dev/null || missing+=($(debian_packages "$target"))
+    [ -d "/usr/$prefix/include" ] || missing+=($(debian_packages "$target"))
+    command -v "qemu-$(qemu_arch "$target")-static" >/dev/null || missing+=(qemu-user-static)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "==> installing ${missing[*]}"
+        apt_install "${missing[@]}"
+    fi
+    if ! rustup target list --installed | grep -qx "$target"; then
+        echo "==> rustup target add $target"
+        rustup target add "$target"
+    fi
+    local var
+    var="$(echo "$target" | tr 'a-z-' 'A-Z_')"
+    export "CARGO_TARGET_${var}_LINKER=$prefix-gcc"
+    export "CC_$(echo "$target" | tr '-' '_')=$prefix-gcc"
+    export "AR_$(echo "$target" | tr '-' '_')=$prefix-ar"
+}
+
+qemu_arch() {
+    case "$1" in
+        aarch64-*) echo aarch64 ;;
+        arm*) echo arm ;;
+    esac
+}
+
+deb_arch() {
+    case "$1" in
+        aarch64-*) echo arm64 ;;
+        armv7-*) echo armhf ;;
+    esac
+}
+
+if [ $deb -eq 1 ] && ! command -v cargo-deb >/dev/null; then
+    echo "==> cargo install cargo-deb --locked"
+    cargo install cargo-deb --locked
+fi
+
+summary=()
+for target in "${targets[@]}"; do
+    ensure_target "$target"
+    echo "==> cargo build --release --target $target"
+    start=$(date +%s)
+    cargo build --release --locked --target "$target"
+    secs=$(($(date +%s) - start))
+    bin="$CARGO_TARGET_DIR/$target/release/profilo-gateway"
+    size=$(stat -c %s "$bin")
+    glibc=$("$(gcc_prefix "$target")-objdump" -T "$bin" 2>/dev/null |
+        grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1 || true)
+    line="$target: ${secs}s, $bin $size bytes ($((size / 1024)) KiB), needs ${glibc:-?}"
+    if [ $deb -eq 1 ]; then
+        cargo deb --no-build --no-strip --target "$target" >/dev/null
+        pkg=$(ls -t "$CARGO_TARGET_DIR/$target/debian/"profilo-gateway_*_"$(deb_arch "$target")".deb | head -1)
+        line="$line; package $pkg"
+    fi
+    echo "    $line"
+    summary+=("$line")
+done
+
+echo
+echo "cross builds:"
+printf '  %s\n' "${summary[@]}"

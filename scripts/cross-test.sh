@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Runs the test suite built for the Raspberry Pi targets under qemu-user.
+#
+#   scripts/cross-test.sh [TARGET...]
+#
+# TARGET: aarch64-unknown-linux-gnu and/or armv7-unknown-linux-gnueabihf
+#         (short: aarch64 / arm64, armv7 / armhf); default: both.
+#
+# Runs the library's unit tests (`cargo test --lib`), which need neither the
+# Django test server nor systemd, through
+#   qemu-aarch64-static -L /usr/aarch64-linux-gnu      (aarch64)
+#   qemu-arm-static     -L /usr/arm-linux-gnueabihf    (armv7)
+# set as CARGO_TARGET_<TRIPLE>_RUNNER. More test targets can be added with
+# CROSS_TEST_ARGS, e.g. CROSS_TEST_ARGS="--test some_test" (integration tests
+# that start the Django server or call systemd-analyze are not meant for this).
+# The toolchains are installed by scripts/cross-build.sh's logic when missing.
+#
+# Prints, per target, the time to build the test binaries and to run them.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/cross}"
+
+targets=()
+for arg in "$@"; do
+    case "$arg" in
+        aarch64 | arm64) targets+=(aarch64-unknown-linux-gnu) ;;
+        armv7 | armhf) targets+=(armv7-unknown-linux-gnueabihf) ;;
+        -h | --help)
+            sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+            exit 0
+            ;;
+        *) targets+=("$arg") ;;
+    esac
+done
+if [ ${#targets[@]} -eq 0 ]; then
+    targets=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+apt_updated=0
+apt_install() {
+    if [ $apt_updated -eq 0 ]; then
+        $SUDO apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+read -r -a extra <<<"${CROSS_TEST_ARGS:-}"
+summary=()
+for target in "${targets[@]}"; do
+    case "$target" in
+        aarch64-unknown-linux-gnu)
+            prefix=aarch64-linux-gnu qemu=qemu-aarch64-static
+            pkgs="gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
+            ;;
+        armv7-unknown-linux-gnueabihf)
+            prefix=arm-linux-gnueabihf qemu=qemu-arm-static
+            pkgs="gcc-arm-linux-gnueabihf libc6-dev-armhf-cross"
+            ;;
+        *)
+            echo "unsupported target $target (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf)" >&2
+            exit 2
+            ;;
+    esac
+    missing=()
+    command -v "$prefix-gcc" >/dev/null && [ -d "/usr/$prefix/include" ] || missing+=($pkgs)
+    command -v "$qemu" >/dev/null || missing+=(qemu-user-static)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "==> installing ${missing[*]}"
+        apt_install "${missing[@]}"
+    fi
+    if ! rustup target list --installed | grep -qx "$target"; then
+        rustup target add "$target"
+    fi
+
+    var="$(echo "$target" | tr 'a-z-' 'A-Z_')"
+    lower="$(echo "$target" | tr '-' '_')"
+    export "CARGO_TARGET_${var}_LINKER=$prefix-gcc"
+    export "CARGO_TARGET_${var}_RUNNER=$qemu -L /usr/$prefix"
+    export "CC_${lower}=$prefix-gcc"
+    export "AR_${lower}=$prefix-ar"
+
+    echo "==> cargo test --no-run --target $target --lib ${extra[*]}"
+    start=$(date +%s)
+    cargo test --locked --no-run --target "$target" --lib "${extra[@]}"
+    build_secs=$(($(date +%s) - start))
+
+    echo "==> cargo test --target $target --lib ${extra[*]} (under $qemu)"
+    start=$(date +%s)
+    cargo test --locked --target "$target" --lib "${extra[@]}"
+    run_secs=$(($(date +%s) - start))
+
+    summary+=("$target: build ${build_secs}s, run under qemu ${run_secs}s")
+done
+
+echo
+echo "cross tests:"
+printf '  %s\n' "${summary[@]}"

@@ -1,0 +1,245 @@
+//! Wires the tasks together: the queue thread, the sampler thread, and on a single-threaded
+//! tokio runtime the uploader, the token keeper, the watchdog and the status line. Shutdown
+//! is one cancellation token; every wait is bounded so the process exits well inside
+//! systemd's `TimeoutStopSec`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::Api;
+use crate::auth::password::PasswordSources;
+use crate::auth::{AuthSettings, TokenManager};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::queue::{status_key, Queue, QueueError};
+use crate::sampler::{Sampler, SensorTicks};
+use crate::systemd::{Heartbeat, Notifier};
+use crate::uploader::{UploadCounters, UploadSettings, Uploader};
+
+/// How long the tasks get to stop after SIGTERM/SIGINT before the runtime drops them.
+const STOP_TIMEOUT: Duration = Duration::from_secs(4);
+/// How often the systemd status line and the daemon's heartbeat in the queue are updated.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// A task silent for this long is stalled: the watchdog stops being fed.
+const STALL_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Queue(#[from] QueueError),
+    #[error("{0}")]
+    Clock(String),
+    #[error("sensors: {0}")]
+    Sensors(#[from] crate::sensors::SensorError),
+    #[error("api: {0}")]
+    Api(#[from] crate::api::ApiError),
+    #[error("cannot start {what}: {source}")]
+    Start {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Runs the gateway in the foreground until SIGTERM or SIGINT.
+pub fn run(config: &Config) -> Result<(), DaemonError> {
+    let clock = Clock::from_env().map_err(DaemonError::Clock)?;
+    let queue = Queue::open(&config.queue)?;
+    let pending = queue.pending()?;
+    tracing::info!(
+        queue = %config.queue.path.display(),
+        pending,
+        server = %config.api.base_url,
+        interval = %humantime::format_duration(config.sampling.interval),
+        "starting"
+    );
+    let (store, store_thread) = crate::store::spawn(
+        queue,
+        config.queue.commit_interval,
+        crate::sampler::boot_id(),
+    )
+    .map_err(|source| DaemonError::Start {
+        what: "the queue thread",
+        source,
+    })?;
+
+    let sensors = crate::sensors::build(&config.sensors)?;
+    let sampler_heartbeat = Heartbeat::new();
+    let uploader_heartbeat = Heartbeat::new();
+    let (stop_sampler, stop_rx) = std::sync::mpsc::channel::<()>();
+    let sampler = Sampler {
+        source: Box::new(SensorTicks { sensors }),
+        store: store.clone(),
+        clock,
+        interval: config.sampling.interval,
+        on_sensor_error: config.sampling.on_sensor_error,
+        heartbeat: sampler_heartbeat.clone(),
+    };
+    let sampler_thread = std::thread::Builder::new()
+        .name("sampler".into())
+        .spawn(move || sampler.run(stop_rx))
+        .map_err(|source| DaemonError::Start {
+            what: "the sampler thread",
+            source,
+        })?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| DaemonError::Start {
+            what: "the async runtime",
+            source,
+        })?;
+    let api = Api::new(&config.api.base_url, config.api.request_timeout)?;
+    let result = runtime.block_on(serve(
+        config,
+        api,
+        clock,
+        store,
+        [
+            ("sampler", sampler_heartbeat),
+            ("uploader", uploader_heartbeat),
+        ],
+    ));
+    // Dropping the runtime drops any task that outlived the stop timeout, and with them the
+    // last queue handles, so the queue thread makes its final commit and ends.
+    drop(runtime);
+    let _ = stop_sampler.send(());
+    if sampler_thread.join().is_err() {
+        tracing::error!("sampler thread panicked");
+    }
+    if store_thread.join().is_err() {
+        tracing::error!("queue thread panicked");
+    }
+    tracing::info!("stopped");
+    result
+}
+
+async fn serve(
+    config: &Config,
+    api: Api,
+    clock: Clock,
+    store: crate::store::StoreHandle,
+    heartbeats: [(&'static str, Heartbeat); 2],
+) -> Result<(), DaemonError> {
+    let notifier = Notifier::from_env();
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let passwords = config
+        .api
+        .username
+        .as_deref()
+        .map(|u| PasswordSources::new(u, config.api.password_file.clone()));
+    let auth = Arc::new(TokenManager::new(
+        api.clone(),
+        config.api.username.clone(),
+        passwords,
+        clock,
+        AuthSettings {
+            refresh_margin: config.api.refresh_margin,
+            login_backoff_base: config.api.login_backoff_base,
+            login_backoff_max: config.api.login_backoff_max,
+        },
+    ));
+    let [sampler_hb, uploader_hb] = heartbeats;
+    let uploader = Uploader {
+        api,
+        auth: auth.clone(),
+        store: store.clone(),
+        clock,
+        settings: UploadSettings {
+            concurrency: config.upload.concurrency,
+            batch_size: config.upload.batch_size,
+            backoff_base: config.upload.backoff_base,
+            backoff_max: config.upload.backoff_max,
+        },
+        heartbeat: uploader_hb.1.clone(),
+        counters: Arc::new(UploadCounters::default()),
+    };
+    tracker.spawn(uploader.run(cancel.child_token()));
+    {
+        let auth = auth.clone();
+        let cancel = cancel.child_token();
+        tracker.spawn(async move { auth.keep_fresh(cancel).await });
+    }
+    tracker.spawn(crate::systemd::watchdog_loop(
+        notifier.clone(),
+        vec![sampler_hb, uploader_hb],
+        STALL_AFTER,
+        cancel.child_token(),
+    ));
+    tracker.spawn(status_loop(
+        store.clone(),
+        notifier.clone(),
+        clock,
+        cancel.child_token(),
+    ));
+    drop(store);
+    if let Err(e) = notifier.ready() {
+        tracing::warn!("cannot tell systemd we are ready: {e}");
+    }
+    tracing::info!("ready");
+
+    wait_for_signal().await;
+    tracing::info!("stopping: finishing in-flight uploads, closing the queue");
+    let _ = notifier.stopping();
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(STOP_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop in time; what they held stays queued");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            tracing::warn!("cannot install signal handlers; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Keeps systemd's STATUS= line and the daemon timestamp in the queue current.
+async fn status_loop(
+    store: crate::store::StoreHandle,
+    notifier: Notifier,
+    clock: Clock,
+    cancel: CancellationToken,
+) {
+    loop {
+        store.set_status(
+            status_key::UPDATED_AT,
+            crate::reading::format_rfc3339_ms(clock.now_ms()),
+        );
+        if notifier.is_enabled() {
+            if let Ok(stats) = store.stats().await {
+                let last = stats
+                    .last_upload_at
+                    .as_deref()
+                    .and_then(|t| humantime::parse_rfc3339(t).ok());
+                let line = crate::systemd::status_line(stats.pending, stats.dead, last);
+                let _ = notifier.status(&line);
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(STATUS_EVERY) => {}
+        }
+    }
+}

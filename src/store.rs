@@ -1,0 +1,381 @@
+//! The queue's owner thread. SQLite is synchronous and its connection single-threaded, so
+//! one thread owns the daemon's connection and serves the sampler and the uploader through
+//! a channel. Readings handed over within `commit_interval` are committed together: at
+//! 1 kHz that is one transaction (and one fsync) per ~50 readings instead of per reading.
+//!
+//! When a commit fails (disk full, I/O error) the transaction is rolled back, nothing on
+//! disk changes, and the readings wait in memory (bounded; overflow counted as drops) until
+//! a later commit succeeds.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, Notify};
+
+use crate::queue::{Queue, QueueError, Stats, Stored};
+use crate::reading::Reading;
+
+/// Readings held in memory while the disk refuses writes; beyond this they are dropped
+/// (and counted) rather than letting memory grow on a small Pi.
+const MAX_BUFFERED: usize = 10_000;
+/// Between two attempts to write after a failure.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// A failing write is logged at most this often.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// A reading with where and when it was captured, for later clock correction.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub reading: Reading,
+    /// Milliseconds of CLOCK_BOOTTIME at capture.
+    pub monotonic_ms: i64,
+    /// Whether the wall clock was believed synchronised at capture.
+    pub clock_synced: bool,
+}
+
+/// The uploader's verdict on a batch.
+#[derive(Debug, Default)]
+pub struct Settlement {
+    pub acked: Vec<i64>,
+    pub dead: Vec<(i64, u16, String)>,
+}
+
+enum Command {
+    Enqueue(Captured),
+    Peek {
+        after_id: i64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<Stored>, String>>,
+    },
+    Settle {
+        settlement: Settlement,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Status(&'static str, String),
+    Stats(oneshot::Sender<Result<Stats, String>>),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the queue thread has stopped")]
+pub struct StoreClosed;
+
+/// A cheap handle to the queue thread.
+#[derive(Clone)]
+pub struct StoreHandle {
+    tx: mpsc::Sender<Command>,
+    /// Woken after readings were committed, so the uploader need not poll.
+    pub new_readings: Arc<Notify>,
+}
+
+impl StoreHandle {
+    /// Hands a reading over; it is on disk within `commit_interval`.
+    pub fn enqueue(&self, captured: Captured) -> Result<(), StoreClosed> {
+        self.tx
+            .send(Command::Enqueue(captured))
+            .map_err(|_| StoreClosed)
+    }
+
+    pub fn set_status(&self, key: &'static str, value: String) {
+        let _ = self.tx.send(Command::Status(key, value));
+    }
+
+    pub async fn peek(&self, after_id: i64, limit: usize) -> Result<Vec<Stored>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Peek {
+                after_id,
+                limit,
+                reply,
+            })
+            .map_err(|_| StoreClosed.to_string())?;
+        rx.await.map_err(|_| StoreClosed.to_string())?
+    }
+
+    /// Records acks and dead letters; returns once they are committed.
+    pub async fn settle(&self, settlement: Settlement) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Settle { settlement, reply })
+            .map_err(|_| StoreClosed.to_string())?;
+        rx.await.map_err(|_| StoreClosed.to_string())?
+    }
+
+    pub async fn stats(&self) -> Result<Stats, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Stats(reply))
+            .map_err(|_| StoreClosed.to_string())?;
+        rx.await.map_err(|_| StoreClosed.to_string())?
+    }
+}
+
+/// Starts the queue thread. It stops, after a last commit, once every handle is dropped.
+pub fn spawn(
+    queue: Queue,
+    commit_interval: Duration,
+    boot_id: String,
+) -> std::io::Result<(StoreHandle, JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel();
+    let new_readings = Arc::new(Notify::new());
+    let notify = new_readings.clone();
+    let thread = std::thread::Builder::new()
+        .name("queue".into())
+        .spawn(move || {
+            let mut writer = Writer {
+                queue,
+                boot_id,
+                readings: Vec::new(),
+                settlements: Vec::new(),
+                status: BTreeMap::new(),
+                dropped_in_memory: 0,
+                failing_since: None,
+                last_failure_log: None,
+                notify,
+            };
+            writer.serve(rx, commit_interval);
+        })?;
+    Ok((StoreHandle { tx, new_readings }, thread))
+}
+
+struct Writer {
+    queue: Queue,
+    boot_id: String,
+    readings: Vec<Captured>,
+    settlements: Vec<(Settlement, oneshot::Sender<Result<(), String>>)>,
+    status: BTreeMap<&'static str, String>,
+    /// Drops that happened in memory (writes failing); added to the stored counter later.
+    dropped_in_memory: u64,
+    failing_since: Option<Instant>,
+    last_failure_log: Option<Instant>,
+    notify: Arc<Notify>,
+}
+
+impl Writer {
+    fn serve(&mut self, rx: mpsc::Receiver<Command>, commit_interval: Duration) {
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let received = match deadline {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+            };
+            match received {
+                Ok(command) => {
+                    if self.accept(command) {
+                        self.flush();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.flush();
+                    deadline = None;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.flush();
+                    if self.has_writes() {
+                        tracing::error!(
+                            readings = self.readings.len(),
+                            "queue closed with readings that could not be written (disk full?)"
+                        );
+                    }
+                    return;
+                }
+            }
+            // The first write after a commit opens the window; later ones do not move it,
+            // so at a steady high rate commits still happen every `commit_interval`.
+            if !self.has_writes() {
+                deadline = None;
+            } else if deadline.is_none() {
+                let wait = if self.failing_since.is_some() {
+                    RETRY_AFTER_FAILURE
+                } else {
+                    commit_interval
+                };
+                deadline = Some(Instant::now() + wait);
+            }
+        }
+    }
+
+    fn has_writes(&self) -> bool {
+        !self.readings.is_empty() || !self.settlements.is_empty() || !self.status.is_empty()
+    }
+
+    /// Takes a command; returns true when it must be served with everything written first.
+    fn accept(&mut self, command: Command) -> bool {
+        match command {
+            Command::Enqueue(c) => {
+                if self.readings.len() >= MAX_BUFFERED {
+                    // Only reachable while writes fail: keep the newest, count the loss.
+                    self.readings.remove(0);
+                    self.dropped_in_memory += 1;
+                }
+                self.readings.push(c);
+                false
+            }
+            Command::Status(key, value) => {
+                self.status.insert(key, value);
+                false
+            }
+            Command::Settle { settlement, reply } => {
+                self.settlements.push((settlement, reply));
+                true
+            }
+            Command::Peek {
+                after_id,
+                limit,
+                reply,
+            } => {
+                // Acks must be on disk before a peek, or acked readings would be sent again.
+                self.flush();
+                let _ = reply.send(self.queue.peek(after_id, limit).map_err(|e| e.to_string()));
+                false
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(self.queue.stats().map_err(|e| e.to_string()));
+                false
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.has_writes() {
+            return;
+        }
+        match self.write_all() {
+            Ok(inserted) => {
+                if let Some(since) = self.failing_since.take() {
+                    tracing::info!(
+                        after = %humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
+                        "queue writes work again"
+                    );
+                }
+                self.readings.clear();
+                self.status.clear();
+                self.dropped_in_memory = 0;
+                for (_, reply) in self.settlements.drain(..) {
+                    let _ = reply.send(Ok(()));
+                }
+                if inserted > 0 {
+                    self.notify.notify_one();
+                }
+            }
+            Err(e) => {
+                self.queue.rollback();
+                self.failing_since.get_or_insert_with(Instant::now);
+                let now = Instant::now();
+                if self
+                    .last_failure_log
+                    .is_none_or(|t| now.duration_since(t) >= FAILURE_LOG_EVERY)
+                {
+                    let hint = if e.is_disk_full() {
+                        " (disk full: free space on the queue's filesystem; readings wait in memory meanwhile)"
+                    } else {
+                        ""
+                    };
+                    tracing::error!(
+                        buffered = self.readings.len(),
+                        "cannot write to the queue: {e}{hint}; retrying"
+                    );
+                    self.last_failure_log = Some(now);
+                }
+                // The uploader must not wait forever on a settlement: it retries the batch
+                // later, and the server sees those readings again (bounded by the batch).
+                for (_, reply) in self.settlements.drain(..) {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+
+    fn write_all(&mut self) -> Result<u64, QueueError> {
+        self.queue.begin()?;
+        let mut inserted = 0;
+        if !self.readings.is_empty() {
+            let readings: Vec<Reading> = self.readings.iter().map(|c| c.reading.clone()).collect();
+            let monos: Vec<i64> = self.readings.iter().map(|c| c.monotonic_ms).collect();
+            // One synced flag per batch is enough: the flag only changes once per boot.
+            let synced = self.readings.iter().all(|c| c.clock_synced);
+            let result = self
+                .queue
+                .enqueue_with_origin(&readings, Some((&self.boot_id, &monos, synced)))?;
+            inserted = result.inserted;
+            if result.dropped > 0 {
+                tracing::warn!(
+                    dropped = result.dropped,
+                    "queue full: dropped readings (see queue.max_readings, queue.max_bytes, queue.overflow)"
+                );
+            }
+        }
+        if self.dropped_in_memory > 0 {
+            self.queue.add_dropped(self.dropped_in_memory)?;
+        }
+        for (settlement, _) in &self.settlements {
+            self.queue.ack(&settlement.acked)?;
+            for (id, status, body) in &settlement.dead {
+                self.queue.dead_letter(*id, *status, body)?;
+            }
+        }
+        for (key, value) in &self.status {
+            self.queue.set_status(key, value)?;
+        }
+        self.queue.commit()?;
+        Ok(inserted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::QueueConfig;
+
+    fn captured(ms: i64) -> Captured {
+        let mut reading = Reading::new(crate::reading::from_unix_ms(ms));
+        reading.fields.insert("temperature".into(), 21.0);
+        Captured {
+            reading,
+            monotonic_ms: ms,
+            clock_synced: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn readings_are_committed_in_groups_and_settled() -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let config = QueueConfig {
+            path: dir.path().join("q.db"),
+            ..QueueConfig::default()
+        };
+        let queue = Queue::open(&config).map_err(|e| e.to_string())?;
+        let (store, thread) =
+            spawn(queue, Duration::from_millis(20), "boot".into()).map_err(|e| e.to_string())?;
+        for ms in 0..100 {
+            store.enqueue(captured(ms)).map_err(|e| e.to_string())?;
+        }
+        store.new_readings.notified().await;
+        let batch = store.peek(0, 1000).await?;
+        assert_eq!(batch.len(), 100);
+        store
+            .settle(Settlement {
+                acked: batch[..90].iter().map(|s| s.id).collect(),
+                dead: vec![(batch[95].id, 400, "bad".into())],
+            })
+            .await?;
+        let stats = store.stats().await?;
+        assert_eq!(
+            (stats.pending, stats.dead, stats.uploaded_total),
+            (9, 1, 90)
+        );
+        store.set_status(crate::queue::status_key::LAST_ERROR, "x".into());
+        drop(store);
+        thread
+            .join()
+            .map_err(|_| "queue thread panicked".to_string())?;
+        let q = Queue::open_read_only(&config.path).map_err(|e| e.to_string())?;
+        assert_eq!(
+            q.stats().map_err(|e| e.to_string())?.last_error.as_deref(),
+            Some("x")
+        );
+        Ok(())
+    }
+}
