@@ -59,6 +59,7 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
         queue,
         config.queue.commit_interval,
         crate::sampler::boot_id(),
+        clock,
     )
     .map_err(|source| DaemonError::Start {
         what: "the queue thread",

@@ -71,6 +71,17 @@ impl QueueError {
 pub struct Stored {
     pub id: i64,
     pub reading: Reading,
+    /// Captured while the wall clock was not synchronised, in a boot whose timestamps can
+    /// no longer be corrected: the capture time may be wrong.
+    pub clock_unsynced: bool,
+}
+
+/// The clock state of one capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaptureClock {
+    /// CLOCK_BOOTTIME at capture, in ms.
+    pub monotonic_ms: i64,
+    pub synced: bool,
 }
 
 /// A reading the server refused for good.
@@ -132,6 +143,8 @@ pub struct Queue {
     max_readings: u64,
     max_bytes: u64,
     overflow: OverflowPolicy,
+    /// The running boot's id: its unsynchronised readings are held until corrected.
+    current_boot: Option<String>,
 }
 
 impl Queue {
@@ -165,6 +178,7 @@ impl Queue {
             max_readings: config.max_readings,
             max_bytes: config.max_bytes,
             overflow: config.overflow,
+            current_boot: None,
         })
     }
 
@@ -205,6 +219,7 @@ impl Queue {
             max_readings: u64::MAX,
             max_bytes: 0,
             overflow: OverflowPolicy::DropOldest,
+            current_boot: None,
         })
     }
 
@@ -263,12 +278,13 @@ impl Queue {
         self.enqueue_with_origin(readings, None)
     }
 
-    /// Like `enqueue`, recording the boot id and monotonic time of each capture, so that
-    /// timestamps taken before the clock was synchronised can be corrected later.
+    /// Like `enqueue`, recording the boot id and, per reading, the CLOCK_BOOTTIME of its
+    /// capture and whether the wall clock was synchronised then, so that timestamps taken
+    /// before synchronisation can be corrected later (`fix_unsynced`).
     pub fn enqueue_with_origin(
         &self,
         readings: &[Reading],
-        origin: Option<(&str, &[i64], bool)>,
+        origin: Option<(&str, &[CaptureClock])>,
     ) -> Result<Enqueued, QueueError> {
         if readings.is_empty() {
             return Ok(Enqueued::default());
@@ -305,8 +321,8 @@ impl Queue {
                     id: 0,
                     detail: e.to_string(),
                 })?;
-                let (boot, mono, synced) = match origin {
-                    Some((boot, monos, synced)) => (Some(boot), monos.get(i).copied(), synced),
+                let (boot, mono, synced) = match origin.and_then(|(b, c)| Some((b, c.get(i)?))) {
+                    Some((boot, c)) => (Some(boot), Some(c.monotonic_ms), c.synced),
                     None => (None, None, true),
                 };
                 stmt.execute(params![r.captured_at_ms, fields, boot, mono, synced])?;
@@ -349,21 +365,59 @@ impl Queue {
         }
     }
 
+    /// Holds back this boot's readings captured before the clock was synchronised: they
+    /// are sent once `fix_unsynced` has corrected their timestamps.
+    pub fn set_current_boot(&mut self, boot_id: &str) {
+        self.current_boot = Some(boot_id.to_owned());
+    }
+
+    /// Rewrites the capture time of this boot's unsynchronised readings from their
+    /// CLOCK_BOOTTIME, now that the wall clock is right:
+    /// wall(now) - (boottime(now) - boottime(capture)).
+    pub fn fix_unsynced(
+        &self,
+        boot_id: &str,
+        now_wall_ms: i64,
+        now_boot_ms: i64,
+    ) -> Result<u64, QueueError> {
+        Ok(self.conn.execute(
+            "UPDATE readings SET captured_at_ms = ?2 - (?3 - monotonic_ms), clock_synced = 1
+             WHERE clock_synced = 0 AND boot_id = ?1 AND monotonic_ms IS NOT NULL",
+            params![boot_id, now_wall_ms, now_boot_ms],
+        )? as u64)
+    }
+
+    /// Whether readings wait for a timestamp correction.
+    pub fn has_unsynced(&self) -> Result<bool, QueueError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM readings WHERE clock_synced = 0 LIMIT 1",
+                [],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
     /// The oldest pending readings with an id above `after_id`, at most `limit`.
     pub fn peek(&self, after_id: i64, limit: usize) -> Result<Vec<Stored>, QueueError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, captured_at_ms, fields FROM readings WHERE id > ?1 ORDER BY id LIMIT ?2",
+            "SELECT id, captured_at_ms, fields, clock_synced FROM readings
+             WHERE id > ?1 AND (clock_synced = 1 OR ?3 IS NULL OR boot_id IS NOT ?3)
+             ORDER BY id LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![after_id, limit as i64], |r| {
+        let rows = stmt.query_map(params![after_id, limit as i64, self.current_boot], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, i64>(1)?,
                 r.get::<_, String>(2)?,
+                r.get::<_, bool>(3)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, captured_at_ms, fields) = row?;
+            let (id, captured_at_ms, fields, synced) = row?;
             let fields = serde_json::from_str(&fields).map_err(|e| QueueError::BadRow {
                 id,
                 detail: e.to_string(),
@@ -374,6 +428,7 @@ impl Queue {
                     captured_at_ms,
                     fields,
                 },
+                clock_unsynced: !synced,
             });
         }
         Ok(out)
@@ -873,6 +928,41 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
             .count();
         assert_eq!(aside, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn unsynced_readings_are_held_then_corrected_from_boottime() -> Result<(), QueueError> {
+        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow {
+            id: 0,
+            detail: e.to_string(),
+        })?;
+        let mut q = open(dir.path(), 100, OverflowPolicy::DropOldest);
+        q.set_current_boot("boot-b");
+        let clocks = [
+            CaptureClock {
+                monotonic_ms: 1_000,
+                synced: false,
+            },
+            CaptureClock {
+                monotonic_ms: 2_000,
+                synced: false,
+            },
+        ];
+        // A reading of an earlier boot can no longer be corrected: it goes out flagged.
+        q.enqueue_with_origin(&[reading(5)], Some(("boot-a", &clocks[..1])))?;
+        q.enqueue_with_origin(&[reading(10), reading(11)], Some(("boot-b", &clocks)))?;
+        let visible = q.peek(0, 10)?;
+        assert_eq!(visible.len(), 1);
+        assert!(visible[0].clock_unsynced);
+        assert!(q.has_unsynced()?);
+        // Clock synchronised at wall 1_800_000_000_000 ms when boottime is 61_000 ms.
+        assert_eq!(q.fix_unsynced("boot-b", 1_800_000_000_000, 61_000)?, 2);
+        let all = q.peek(0, 10)?;
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[1].reading.captured_at_ms, 1_800_000_000_000 - 60_000);
+        assert_eq!(all[2].reading.captured_at_ms, 1_800_000_000_000 - 59_000);
+        assert!(!all[1].clock_unsynced);
         Ok(())
     }
 

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
 
-use crate::queue::{Queue, QueueError, Stats, Stored};
+use crate::clock::Clock;
+use crate::queue::{CaptureClock, Queue, QueueError, Stats, Stored};
 use crate::reading::Reading;
 
 /// Readings held in memory while the disk refuses writes; beyond this they are dropped
@@ -114,10 +115,14 @@ impl StoreHandle {
 
 /// Starts the queue thread. It stops, after a last commit, once every handle is dropped.
 pub fn spawn(
-    queue: Queue,
+    mut queue: Queue,
     commit_interval: Duration,
     boot_id: String,
+    clock: Clock,
 ) -> std::io::Result<(StoreHandle, JoinHandle<()>)> {
+    queue.set_current_boot(&boot_id);
+    // Readings of this boot may wait for a correction from an earlier run of the daemon.
+    let maybe_unsynced = queue.has_unsynced().unwrap_or(true);
     let (tx, rx) = mpsc::channel();
     let new_readings = Arc::new(Notify::new());
     let notify = new_readings.clone();
@@ -127,6 +132,8 @@ pub fn spawn(
             let mut writer = Writer {
                 queue,
                 boot_id,
+                clock,
+                maybe_unsynced,
                 readings: Vec::new(),
                 settlements: Vec::new(),
                 status: BTreeMap::new(),
@@ -143,6 +150,9 @@ pub fn spawn(
 struct Writer {
     queue: Queue,
     boot_id: String,
+    clock: Clock,
+    /// Readings with an unsynchronised capture time may be stored.
+    maybe_unsynced: bool,
     readings: Vec<Captured>,
     settlements: Vec<(Settlement, oneshot::Sender<Result<(), String>>)>,
     status: BTreeMap<&'static str, String>,
@@ -288,17 +298,41 @@ impl Writer {
         }
     }
 
+    /// Corrects this boot's unsynchronised timestamps once the wall clock looks right.
+    fn fix_timestamps(&mut self) -> Result<u64, QueueError> {
+        if !self.maybe_unsynced {
+            return Ok(0);
+        }
+        let now = self.clock.now_ms();
+        if now < crate::sampler::clock_floor_ms() {
+            return Ok(0);
+        }
+        let fixed = self
+            .queue
+            .fix_unsynced(&self.boot_id, now, crate::sampler::boottime_ms())?;
+        if fixed == 0 {
+            self.maybe_unsynced = false;
+        }
+        Ok(fixed)
+    }
+
     fn write_all(&mut self) -> Result<u64, QueueError> {
         self.queue.begin()?;
         let mut inserted = 0;
         if !self.readings.is_empty() {
             let readings: Vec<Reading> = self.readings.iter().map(|c| c.reading.clone()).collect();
-            let monos: Vec<i64> = self.readings.iter().map(|c| c.monotonic_ms).collect();
-            // One synced flag per batch is enough: the flag only changes once per boot.
-            let synced = self.readings.iter().all(|c| c.clock_synced);
+            let clocks: Vec<CaptureClock> = self
+                .readings
+                .iter()
+                .map(|c| CaptureClock {
+                    monotonic_ms: c.monotonic_ms,
+                    synced: c.clock_synced,
+                })
+                .collect();
+            self.maybe_unsynced |= clocks.iter().any(|c| !c.synced);
             let result = self
                 .queue
-                .enqueue_with_origin(&readings, Some((&self.boot_id, &monos, synced)))?;
+                .enqueue_with_origin(&readings, Some((&self.boot_id, &clocks)))?;
             inserted = result.inserted;
             if result.dropped > 0 {
                 tracing::warn!(
@@ -319,7 +353,16 @@ impl Writer {
         for (key, value) in &self.status {
             self.queue.set_status(key, value)?;
         }
+        let corrected = self.fix_timestamps()?;
         self.queue.commit()?;
+        if corrected > 0 {
+            self.maybe_unsynced = false;
+            tracing::info!(
+                corrected,
+                "wall clock is synchronised now: corrected the capture time of readings taken before"
+            );
+            inserted += corrected;
+        }
         Ok(inserted)
     }
 }
@@ -347,8 +390,13 @@ mod tests {
             ..QueueConfig::default()
         };
         let queue = Queue::open(&config).map_err(|e| e.to_string())?;
-        let (store, thread) =
-            spawn(queue, Duration::from_millis(20), "boot".into()).map_err(|e| e.to_string())?;
+        let (store, thread) = spawn(
+            queue,
+            Duration::from_millis(20),
+            "boot".into(),
+            Clock::system(),
+        )
+        .map_err(|e| e.to_string())?;
         for ms in 0..100 {
             store.enqueue(captured(ms)).map_err(|e| e.to_string())?;
         }

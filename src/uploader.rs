@@ -199,7 +199,13 @@ impl Uploader {
                 if halt.load(Ordering::Relaxed) {
                     return Item::Skipped;
                 }
-                let body = stored.reading.to_wire_json();
+                let mut body = stored.reading.to_wire_json();
+                if stored.clock_unsynced {
+                    // Captured in an earlier boot before the clock was set: the time may be wrong.
+                    if let Some(o) = body.as_object_mut() {
+                        o.insert("clock_unsynced".into(), true.into());
+                    }
+                }
                 let mut outcome = self.api.send_reading(token, &body).await;
                 if outcome == SendOutcome::Unauthorized {
                     // One renewal and one retry, never a loop.
