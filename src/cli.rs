@@ -226,7 +226,7 @@ fn config_check(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(config)?);
     } else {
-        eprintln!("configuration is valid; effective settings:");
+        println!("# configuration is valid; effective settings (file + environment + defaults):");
         print!("{}", config.to_toml());
         let pw = crate::cli_login::password_origin(config);
         println!("# password: {pw}");

@@ -164,18 +164,19 @@ pub fn build_filter(level: &str, rust_log: Option<&str>) -> Result<EnvFilter, Lo
             // EnvFilter reads a bare word as a target name, so a misspelt
             // level ("verbose") would silently log nothing else; in the
             // config, a directive without `=` must be a level.
-            for directive in value.split(',').map(str::trim) {
-                if !directive.contains('=') && !directive.contains('[') {
-                    if directive
-                        .parse::<tracing_subscriber::filter::LevelFilter>()
+            let bare_word = value
+                .split(',')
+                .map(str::trim)
+                .filter(|d| !d.is_empty() && !d.contains('=') && !d.contains('['))
+                .find(|d| {
+                    d.parse::<tracing_subscriber::filter::LevelFilter>()
                         .is_err()
-                    {
-                        return Err(LoggingError::UnknownLevel {
-                            value: level.to_owned(),
-                            word: directive.to_owned(),
-                        });
-                    }
-                }
+                });
+            if let Some(word) = bare_word {
+                return Err(LoggingError::UnknownLevel {
+                    value: level.to_owned(),
+                    word: word.to_owned(),
+                });
             }
             EnvFilter::builder().parse(value).map_err(invalid)
         }
