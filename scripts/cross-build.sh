@@ -6,7 +6,7 @@
 # TARGET: aarch64-unknown-linux-gnu (64-bit Pi OS) and/or
 #         armv7-unknown-linux-gnueabihf (32-bit Pi OS, Pi 2 and later);
 #         default: both. Short names: aarch64 / arm64, armv7 / armhf.
-# --deb:  also package each build with cargo-deb (target/cross/<T>/debian/*.deb).
+# --deb:  also package each build with cargo-deb ($CARGO_TARGET_DIR/debian/*.deb).
 #
 # Installs what is missing (Debian/Ubuntu host): the cross gcc and libc
 # headers, qemu-user-static (used by scripts/cross-test.sh), the rustup
@@ -111,13 +111,6 @@ qemu_arch() {
     esac
 }
 
-deb_arch() {
-    case "$1" in
-        aarch64-*) echo arm64 ;;
-        armv7-*) echo armhf ;;
-    esac
-}
-
 if [ $deb -eq 1 ] && ! command -v cargo-deb >/dev/null; then
     echo "==> cargo install cargo-deb --locked"
     cargo install cargo-deb --locked
@@ -136,8 +129,8 @@ for target in "${targets[@]}"; do
         grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1 || true)
     line="$target: ${secs}s, $bin $size bytes ($((size / 1024)) KiB), needs ${glibc:-?}"
     if [ $deb -eq 1 ]; then
-        cargo deb --no-build --no-strip --target "$target" >/dev/null
-        pkg=$(ls -t "$CARGO_TARGET_DIR/$target/debian/"profilo-gateway_*_"$(deb_arch "$target")".deb | head -1)
+        # cargo-deb prints the path of the package it wrote.
+        pkg=$(cargo deb --no-build --no-strip --target "$target" | tail -1)
         line="$line; package $pkg"
     fi
     echo "    $line"

@@ -49,7 +49,10 @@ pub fn boottime_ms() -> i64 {
     if rc != 0 {
         return 0;
     }
-    ts.tv_sec as i64 * 1000 + ts.tv_nsec as i64 / 1_000_000
+    // time_t and c_long are 32 bits on armv7: widen portably.
+    #[allow(clippy::useless_conversion)]
+    let (secs, nanos) = (i64::from(ts.tv_sec), i64::from(ts.tv_nsec));
+    secs * 1000 + nanos / 1_000_000
 }
 
 pub fn boot_id() -> String {

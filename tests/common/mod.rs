@@ -35,6 +35,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod gateway;
+pub mod queue_tools;
 pub mod server;
 
 use std::path::Path;
@@ -42,6 +43,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use gateway::{Exit, Gateway, GatewayOptions, QueueCounts};
+pub use queue_tools::{integrity_check, refused_url, BlackHole, Tmpfs};
 pub use server::{Faults, Reading, ServerOptions, Stats, TestServer};
 
 /// The user that [`GatewayOptions::default`] logs in as.
