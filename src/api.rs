@@ -123,54 +123,48 @@ impl Api {
         path: &str,
         body: &serde_json::Value,
     ) -> Result<RawTokens, CallError> {
-        let response = self
-            .client
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .map_err(network_error)?;
-        let status = response.status();
-        let retry_after = retry_after(response.headers());
-        let text = response.text().await.map_err(network_error)?;
-        if status.is_success() {
-            let tokens: TokenBody =
-                serde_json::from_str(&text).map_err(|_| CallError::Transient {
-                    status: Some(status.as_u16()),
-                    retry_after: None,
-                    detail: format!(
-                        "{status} with a body that holds no tokens: {}",
-                        snippet(&text)
-                    ),
-                })?;
-            return Ok(RawTokens {
-                access: tokens.access.into(),
-                refresh: tokens.refresh.map(Into::into),
-            });
-        }
-        Err(classify_failure(status, retry_after, &text))
+        // A token answer's body is never quoted in an error: it may hold a token.
+        let tokens: TokenBody = self
+            .call_json(self.client.post(self.url(path)).json(body), false)
+            .await?;
+        Ok(RawTokens {
+            access: tokens.access.into(),
+            refresh: tokens.refresh.map(Into::into),
+        })
     }
 
     /// `GET /api/auth/profile/`.
     pub async fn profile(&self, access: &SecretString) -> Result<serde_json::Value, CallError> {
-        let response = self
+        let request = self
             .client
             .get(self.url("api/auth/profile/"))
-            .bearer_auth(access.expose_secret())
-            .send()
-            .await
-            .map_err(network_error)?;
+            .bearer_auth(access.expose_secret());
+        self.call_json(request, true).await
+    }
+
+    /// Sends a request whose 2xx answer is JSON of type `T`; a 2xx with another body is
+    /// transient (a proxy's page, a truncated answer).
+    async fn call_json<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        quote_body: bool,
+    ) -> Result<T, CallError> {
+        let response = request.send().await.map_err(network_error)?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
         let text = response.text().await.map_err(network_error)?;
-        if status.is_success() {
-            return serde_json::from_str(&text).map_err(|_| CallError::Transient {
-                status: Some(status.as_u16()),
-                retry_after: None,
-                detail: format!("{status} with a body that is not JSON: {}", snippet(&text)),
-            });
+        if !status.is_success() {
+            return Err(classify_failure(status, retry_after, &text));
         }
-        Err(classify_failure(status, retry_after, &text))
+        serde_json::from_str(&text).map_err(|e| CallError::Transient {
+            status: Some(status.as_u16()),
+            retry_after: None,
+            detail: if quote_body {
+                format!("{status} with an unexpected body ({e}): {}", snippet(&text))
+            } else {
+                format!("{status} with an unexpected body ({e})")
+            },
+        })
     }
 
     /// `POST /api/send/data/` with one reading's wire JSON.

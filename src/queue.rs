@@ -733,6 +733,13 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    fn tempdir() -> Result<tempfile::TempDir, QueueError> {
+        tempfile::tempdir().map_err(|e| QueueError::BadRow {
+            id: 0,
+            detail: e.to_string(),
+        })
+    }
+
     fn config(dir: &Path, max: u64, overflow: OverflowPolicy) -> QueueConfig {
         QueueConfig {
             path: dir.join("q.db"),
@@ -760,10 +767,7 @@ mod tests {
 
     #[test]
     fn enqueue_peek_ack_round_trip_and_survives_reopen() -> Result<(), QueueError> {
-        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow {
-            id: 0,
-            detail: e.to_string(),
-        })?;
+        let dir = tempdir()?;
         {
             let q = open(dir.path(), 100, OverflowPolicy::DropOldest);
             q.enqueue(&[reading(1), reading(2), reading(3)])?;
@@ -791,10 +795,7 @@ mod tests {
 
     #[test]
     fn drop_oldest_keeps_the_newest_and_counts() -> Result<(), QueueError> {
-        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow {
-            id: 0,
-            detail: e.to_string(),
-        })?;
+        let dir = tempdir()?;
         let q = open(dir.path(), 3, OverflowPolicy::DropOldest);
         q.enqueue(&[reading(1), reading(2)])?;
         let r = q.enqueue(&[reading(3), reading(4), reading(5)])?;
@@ -832,10 +833,7 @@ mod tests {
 
     #[test]
     fn drop_newest_keeps_what_is_queued() -> Result<(), QueueError> {
-        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow {
-            id: 0,
-            detail: e.to_string(),
-        })?;
+        let dir = tempdir()?;
         let q = open(dir.path(), 3, OverflowPolicy::DropNewest);
         let r = q.enqueue(&[reading(1), reading(2), reading(3), reading(4)])?;
         assert_eq!(
@@ -857,10 +855,7 @@ mod tests {
 
     #[test]
     fn max_bytes_bounds_the_live_pages() -> Result<(), QueueError> {
-        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow {
-            id: 0,
-            detail: e.to_string(),
-        })?;
+        let dir = tempdir()?;
         let mut cfg = config(dir.path(), 1_000_000, OverflowPolicy::DropOldest);
         cfg.max_bytes = 64 * 1024;
         let q = Queue::open(&cfg)?;
@@ -882,10 +877,7 @@ mod tests {
 
     #[test]
     fn dead_letters_keep_status_and_answer_and_can_be_retried() -> Result<(), QueueError> {
-        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow {
-            id: 0,
-            detail: e.to_string(),
-        })?;
+        let dir = tempdir()?;
         let q = open(dir.path(), 100, OverflowPolicy::DropOldest);
         q.enqueue(&[reading(1), reading(2)])?;
         let first = q.peek(0, 1)?[0].id;
@@ -907,10 +899,7 @@ mod tests {
 
     #[test]
     fn corrupt_file_is_moved_aside_and_a_fresh_queue_starts() -> Result<(), QueueError> {
-        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow {
-            id: 0,
-            detail: e.to_string(),
-        })?;
+        let dir = tempdir()?;
         let path = dir.path().join("q.db");
         std::fs::write(&path, vec![0x5a; 8192]).map_err(|e| QueueError::BadRow {
             id: 0,
@@ -933,10 +922,7 @@ mod tests {
 
     #[test]
     fn unsynced_readings_are_held_then_corrected_from_boottime() -> Result<(), QueueError> {
-        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow {
-            id: 0,
-            detail: e.to_string(),
-        })?;
+        let dir = tempdir()?;
         let mut q = open(dir.path(), 100, OverflowPolicy::DropOldest);
         q.set_current_boot("boot-b");
         let clocks = [
@@ -974,10 +960,7 @@ mod tests {
 
     #[test]
     fn group_commit_is_one_transaction() -> Result<(), QueueError> {
-        let dir = tempfile::tempdir().map_err(|e| QueueError::BadRow {
-            id: 0,
-            detail: e.to_string(),
-        })?;
+        let dir = tempdir()?;
         let q = open(dir.path(), 100, OverflowPolicy::DropOldest);
         q.begin()?;
         q.enqueue(&[reading(1)])?;
