@@ -197,6 +197,9 @@ impl Queue {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|source| open_error(path, source))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // The access pattern is append at the tail, read and delete at the head: a small
+        // page cache serves it, and memory is scarce on a Pi Zero (default is 2 MiB).
+        conn.pragma_update(None, "cache_size", -512)?;
         migrate(&conn, path)?;
         Ok(conn)
     }
