@@ -196,30 +196,11 @@ pub fn dispatch(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
 
 fn sensors_command(command: SensorsCommand, config: &Config) -> anyhow::Result<ExitCode> {
     match command {
-        SensorsCommand::List { json } => print_json_or(
-            json,
-            &serde_json::json!({
-                "types": ["simulated"],
-            }),
-            || "simulated: a random-walk sensor (temperature, humidity, acceleration)\n".into(),
-        ),
-        SensorsCommand::Scan { bus, .. } => {
-            bail!("sensors scan --bus {bus}: not available in this build")
-        }
-        SensorsCommand::Read { json } => {
-            let mut sensors = crate::sensors::build(&config.sensors)?;
-            let mut out = Vec::new();
-            for s in &mut sensors {
-                out.push(match s.read() {
-                    Ok(m) => serde_json::json!({"sensor": s.name(), "ok": true,
-                        "values": m.iter().map(|m| (m.field.clone(), serde_json::Value::from(m.value))).collect::<serde_json::Map<_, _>>()}),
-                    Err(e) => serde_json::json!({"sensor": s.name(), "ok": false, "error": e.to_string()}),
-                });
-            }
-            let value = serde_json::Value::Array(out);
-            print_json_or(json, &value, || format!("{value:#}\n"))
-        }
+        SensorsCommand::List { json } => crate::cli_sensors::list(json)?,
+        SensorsCommand::Scan { bus, json } => crate::cli_sensors::scan(bus, json)?,
+        SensorsCommand::Read { json } => crate::cli_sensors::read(&config.sensors, json)?,
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn config_check(config: &Config, json: bool) -> anyhow::Result<ExitCode> {

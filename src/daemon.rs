@@ -15,7 +15,8 @@ use crate::auth::{AuthSettings, TokenManager};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::queue::{status_key, Queue, QueueError};
-use crate::sampler::{Sampler, SensorTicks};
+use crate::sampler::Sampler;
+use crate::sensors::set::SensorSet;
 use crate::systemd::{Heartbeat, Notifier};
 use crate::uploader::{UploadCounters, UploadSettings, Uploader};
 
@@ -66,12 +67,12 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
         source,
     })?;
 
-    let sensors = crate::sensors::build(&config.sensors)?;
+    let sensors = SensorSet::from_config(&config.sensors, config.sampling.interval)?;
     let sampler_heartbeat = Heartbeat::new();
     let uploader_heartbeat = Heartbeat::new();
     let (stop_sampler, stop_rx) = std::sync::mpsc::channel::<()>();
     let sampler = Sampler {
-        source: Box::new(SensorTicks { sensors }),
+        source: Box::new(sensors),
         store: store.clone(),
         clock,
         interval: config.sampling.interval,

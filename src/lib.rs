@@ -21,6 +21,7 @@ pub mod backoff;
 pub mod cli;
 pub mod cli_login;
 pub mod cli_queue;
+pub mod cli_sensors;
 pub mod clock;
 pub mod config;
 pub mod daemon;

@@ -17,7 +17,13 @@ fn main() -> ExitCode {
     // Interactive commands log warnings only, so their output stays readable.
     let level = match cli.command {
         Command::Run => config.log.level.clone(),
-        _ => "warn".to_owned(),
+        _ => {
+            // `queue export | head` should end quietly, as Unix tools do. The daemon keeps
+            // Rust's default (SIGPIPE ignored) so a restarted journald cannot kill it.
+            // SAFETY: setting a signal disposition before any thread is started.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+            "warn".to_owned()
+        }
     };
     if let Err(e) = profilo_gateway::logging::init(&level) {
         eprintln!("profilo-gateway: {e}");

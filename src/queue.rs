@@ -216,6 +216,12 @@ impl Queue {
         )
         .map_err(|source| open_error(path, source))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // A daemon starting for the first time creates the file before its tables: until
+        // the schema is committed the queue does not exist yet, rather than "no such table".
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version == 0 {
+            return Err(QueueError::Missing(path.to_path_buf()));
+        }
         Ok(Queue {
             conn,
             path: path.to_path_buf(),
@@ -959,6 +965,11 @@ mod tests {
     fn read_only_open_of_a_missing_queue_says_so() {
         let err = Queue::open_read_only(Path::new("/nonexistent/q.db")).err();
         assert!(matches!(err, Some(QueueError::Missing(_))));
+        // Created by a daemon that has not committed its schema yet.
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("q.db"), b"").expect("empty file");
+        let err = Queue::open_read_only(&dir.path().join("q.db")).err();
+        assert!(matches!(err, Some(QueueError::Missing(_))), "{err:?}");
     }
 
     #[test]

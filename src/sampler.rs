@@ -8,17 +8,12 @@ use std::time::{Duration, Instant};
 use crate::clock::Clock;
 use crate::config::OnSensorError;
 use crate::reading::Reading;
-use crate::sensors::Measurement;
+use crate::sensors::set::{SensorSet, Tick};
 use crate::store::{Captured, StoreHandle};
 use crate::systemd::Heartbeat;
 
-/// One tick's worth of sensor output.
-#[derive(Debug, Default)]
-pub struct Tick {
-    pub measurements: Vec<Measurement>,
-    /// Names of the sensors that failed or were skipped this tick.
-    pub failed: Vec<String>,
-}
+/// Sensor health is written to the queue when it changes, and at least this often.
+const HEALTH_EVERY: Duration = Duration::from_secs(30);
 
 /// Whatever reads all sensors once per tick (the configured sensor set, or a fake in tests).
 pub trait TickSource: Send {
@@ -75,20 +70,21 @@ impl Sampler {
     pub fn run(mut self, stop: Receiver<()>) {
         let floor = clock_floor_ms();
         let mut next = Instant::now();
-        let mut last_health: Option<String> = None;
+        let mut last_failed: Option<Vec<String>> = None;
+        let mut health_at = Instant::now();
         let mut warned_clock = false;
         loop {
             self.heartbeat.beat();
             let captured_at = self.clock.now();
             let monotonic_ms = boottime_ms();
             let tick = self.source.read_all();
-            let health = self.source.health_json();
-            if health != last_health {
-                if let Some(h) = &health {
-                    self.store
-                        .set_status(crate::queue::status_key::SENSORS, h.clone());
+            // Serialising health at every tick would cost more than sampling at 1 kHz.
+            if last_failed.as_ref() != Some(&tick.failed) || health_at.elapsed() >= HEALTH_EVERY {
+                if let Some(h) = self.source.health_json() {
+                    self.store.set_status(crate::queue::status_key::SENSORS, h);
                 }
-                last_health = health;
+                last_failed = Some(tick.failed.clone());
+                health_at = Instant::now();
             }
             let mut reading = Reading::new(captured_at);
             let clock_synced = reading.captured_at_ms >= floor;
@@ -130,23 +126,12 @@ impl Sampler {
     }
 }
 
-/// Adapts the configured sensors to [`TickSource`] for the sampler.
-pub struct SensorTicks {
-    pub sensors: Vec<Box<dyn crate::sensors::Sensor>>,
-}
-
-impl TickSource for SensorTicks {
+impl TickSource for SensorSet {
     fn read_all(&mut self) -> Tick {
-        let mut tick = Tick::default();
-        for sensor in &mut self.sensors {
-            match sensor.read() {
-                Ok(mut m) => tick.measurements.append(&mut m),
-                Err(e) => {
-                    tracing::debug!("{e}");
-                    tick.failed.push(sensor.name().to_owned());
-                }
-            }
-        }
-        tick
+        SensorSet::read_all(self)
+    }
+
+    fn health_json(&self) -> Option<String> {
+        serde_json::to_string(&self.health()).ok()
     }
 }

@@ -51,6 +51,10 @@ fn gateway_options() -> GatewayOptions {
 }
 
 fn assert_clean_exit(exit: Exit, gw: &Gateway, context: &str) {
+    eprintln!(
+        "{context}: gateway exited with {} {:?} after SIGTERM",
+        exit.status, exit.elapsed
+    );
     assert!(
         exit.status.success(),
         "{context}: gateway exited with {} after SIGTERM (want 0)\n--- gateway log ---\n{}",

@@ -1,24 +1,60 @@
-//! Sensors: the [`Sensor`] trait, the `[[sensors]]` configuration, and building sensors from it.
-//! One file per sensor type.
+//! Sensors: the [`Sensor`] trait, the `[[sensors]]` configuration, validating it, and
+//! building sensors from it. One file per sensor type; [`set::SensorSet`] is what the
+//! sampler calls once per tick.
+//!
+//! Every `[[sensors]]` entry has a `type` (one of [`SensorConfig`]'s variants), the
+//! settings of that type, and a `fields` table mapping what it measures to payload
+//! fields. In every `fields` table, an omitted key takes its default (the server's field
+//! names for temperature, humidity and acceleration) and a key set to `""` drops that
+//! quantity: it is not read into the payload. Two entries may not send the same payload
+//! field: map one of them to another name or to `""`.
+//!
+//! Building never touches hardware: a device that is absent or failing is a runtime
+//! fault, retried with backoff by [`set::SensorSet`]. Only a bad setting is an error at
+//! start.
 
+pub mod accel;
+pub mod adxl345;
+pub mod aggregate;
+pub mod bme280;
+pub mod ds18b20;
+pub mod gpio;
+pub mod i2c;
+pub mod iio;
+pub mod mpu6050;
+pub mod sensirion;
+pub mod set;
+pub mod sht3x;
+pub mod sht4x;
 pub mod simulated;
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// What went wrong reading a sensor. Each variant says what to check.
-#[derive(Debug, thiserror::Error)]
+pub use set::{SensorHealth, SensorSet, Tick};
+
+/// What went wrong with a sensor. Each variant says what to check.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SensorError {
     /// The bus or device answered with an error (NACK, I/O error, device gone).
-    #[error("{sensor}: bus error: {detail} (check wiring, address and that the bus is enabled)")]
+    #[error("{sensor}: bus error: {detail}")]
     Bus { sensor: String, detail: String },
     /// The device answered but the data failed a check (CRC, chip id, out of physical range).
     #[error("{sensor}: bad data: {detail}")]
     BadData { sensor: String, detail: String },
-    /// The sensor cannot be set up (missing device file, permission, bad setting).
+    /// The sensor cannot be set up (missing device file, permission).
     #[error("{sensor}: {detail}")]
     Setup { sensor: String, detail: String },
+    /// A setting of the `[[sensors]]` entry number `index` (0-based) is invalid.
+    /// Fix the named key in the configuration file.
+    #[error("sensors[{index}] (type \"{sensor_type}\"): {key}: {detail}")]
+    Config {
+        index: usize,
+        sensor_type: String,
+        key: String,
+        detail: String,
+    },
 }
 
 /// One measured quantity of a sensor, mapped to a payload field.
@@ -32,6 +68,9 @@ pub struct Measurement {
 /// A sensor that can be read at every sampling tick. Reads are synchronous and short
 /// (an I2C transaction, a sysfs file); a sensor that must sample faster than the tick
 /// (accelerometers) runs its own thread and returns an aggregate here.
+///
+/// A sensor opens its device lazily, on the first read, and drops it after an error so
+/// the next read opens and initialises it again (the chip may have been power-cycled).
 pub trait Sensor: Send {
     /// A name for logs and `sensors read`, e.g. `bme280@i2c-1:0x76`.
     fn name(&self) -> &str;
@@ -43,34 +82,352 @@ pub trait Sensor: Send {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SensorConfig {
+    /// Bosch BME280 temperature/humidity/pressure on I2C (0x76 or 0x77).
+    Bme280(bme280::Bme280Config),
+    /// Sensirion SHT30/31/35 temperature/humidity on I2C (0x44 or 0x45).
+    Sht3x(sht3x::Sht3xConfig),
+    /// Sensirion SHT40/41/45 temperature/humidity on I2C (0x44).
+    Sht4x(sht4x::Sht4xConfig),
+    /// Analog Devices ADXL345 accelerometer on I2C (0x53 or 0x1D).
+    Adxl345(adxl345::Adxl345Config),
+    /// InvenSense MPU-6050 accelerometer (and gyroscope, unused) on I2C (0x68 or 0x69).
+    Mpu6050(mpu6050::Mpu6050Config),
+    /// Any Linux Industrial I/O device (`/sys/bus/iio/devices/iio:deviceN`).
+    Iio(iio::IioConfig),
+    /// Maxim DS18B20 1-Wire thermometer through the kernel's w1 sysfs.
+    Ds18b20(ds18b20::Ds18b20Config),
+    /// A digital input: its level, or the edges counted over the sampling interval.
+    Gpio(gpio::GpioConfig),
+    /// Random plausible values, for machines without sensors.
     Simulated(simulated::SimulatedConfig),
 }
 
-impl fmt::Display for SensorConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// Every supported `type`, in the order `sensors list` shows them.
+pub const TYPES: &[&str] = &[
+    "bme280",
+    "sht3x",
+    "sht4x",
+    "adxl345",
+    "mpu6050",
+    "iio",
+    "ds18b20",
+    "gpio",
+    "simulated",
+];
+
+impl SensorConfig {
+    /// The `type` string of this entry.
+    pub fn type_name(&self) -> &'static str {
         match self {
-            SensorConfig::Simulated(_) => f.write_str("simulated"),
+            SensorConfig::Bme280(_) => "bme280",
+            SensorConfig::Sht3x(_) => "sht3x",
+            SensorConfig::Sht4x(_) => "sht4x",
+            SensorConfig::Adxl345(_) => "adxl345",
+            SensorConfig::Mpu6050(_) => "mpu6050",
+            SensorConfig::Iio(_) => "iio",
+            SensorConfig::Ds18b20(_) => "ds18b20",
+            SensorConfig::Gpio(_) => "gpio",
+            SensorConfig::Simulated(_) => "simulated",
+        }
+    }
+
+    /// Payload fields this entry sends (the non-empty mappings of its `fields` table),
+    /// each with the `fields` key that produces it.
+    pub fn payload_fields(&self) -> Vec<(&'static str, &str)> {
+        let all: Vec<(&'static str, &str)> = match self {
+            SensorConfig::Bme280(c) => c.fields.pairs(),
+            SensorConfig::Sht3x(c) => c.fields.pairs(),
+            SensorConfig::Sht4x(c) => c.fields.pairs(),
+            SensorConfig::Adxl345(c) => c.fields.pairs(),
+            SensorConfig::Mpu6050(c) => c.fields.pairs(),
+            SensorConfig::Iio(c) => c.fields.pairs(),
+            SensorConfig::Ds18b20(c) => c.fields.pairs(),
+            SensorConfig::Gpio(c) => c.active_fields(),
+            SensorConfig::Simulated(c) => c.fields.pairs(),
+        };
+        all.into_iter().filter(|(_, f)| !f.is_empty()).collect()
+    }
+
+    /// Checks this entry's own settings, without touching hardware.
+    /// On error: the offending key and what is wrong with it.
+    fn check(&self) -> Result<(), (String, String)> {
+        match self {
+            SensorConfig::Bme280(c) => c.check(),
+            SensorConfig::Sht3x(c) => c.check(),
+            SensorConfig::Sht4x(c) => c.check(),
+            SensorConfig::Adxl345(c) => c.check(),
+            SensorConfig::Mpu6050(c) => c.check(),
+            SensorConfig::Iio(c) => c.check(),
+            SensorConfig::Ds18b20(c) => c.check(),
+            SensorConfig::Gpio(c) => c.check(),
+            SensorConfig::Simulated(_) => Ok(()),
         }
     }
 }
 
-/// Checks every entry's settings without opening any device.
+impl fmt::Display for SensorConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.type_name())
+    }
+}
+
+/// Checks every entry without opening any device: each entry's settings, that each
+/// entry sends at least one field, and that no two entries send the same payload field.
+/// The error names the entry index, its type and the key.
 pub fn validate(configs: &[SensorConfig]) -> Result<(), SensorError> {
-    let _ = configs;
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    for (index, config) in configs.iter().enumerate() {
+        let err = |key: &str, detail: String| SensorError::Config {
+            index,
+            sensor_type: config.type_name().to_owned(),
+            key: key.to_owned(),
+            detail,
+        };
+        config.check().map_err(|(key, detail)| err(&key, detail))?;
+        let fields = config.payload_fields();
+        if fields.is_empty() {
+            return Err(err(
+                "fields",
+                "every quantity is mapped to \"\", so this entry sends nothing; \
+                 map at least one to a payload field name or remove the entry"
+                    .into(),
+            ));
+        }
+        for (key, field) in fields {
+            if let Some((_, other)) = seen.iter().find(|(f, _)| f == field) {
+                return Err(err(
+                    &format!("fields.{key}"),
+                    format!(
+                        "payload field \"{field}\" is already sent by sensors[{other}] ({}); \
+                         map this one or that one to another name, or to \"\" to drop it",
+                        configs[*other].type_name()
+                    ),
+                ));
+            }
+            if field == crate::reading::field::TIMESTAMP {
+                return Err(err(
+                    &format!("fields.{key}"),
+                    "\"timestamp\" is reserved for the capture time; choose another name".into(),
+                ));
+            }
+            seen.push((field.to_owned(), index));
+        }
+    }
     Ok(())
 }
 
-/// Builds the sensors of the configuration. `index` in errors is the entry's position.
+/// Validates the configuration, then builds its sensors without opening any device.
 pub fn build(configs: &[SensorConfig]) -> Result<Vec<Box<dyn Sensor>>, SensorError> {
-    configs
+    validate(configs)?;
+    Ok(configs
         .iter()
         .enumerate()
         .map(|(index, config)| build_one(index, config))
-        .collect()
+        .collect())
 }
 
-fn build_one(index: usize, config: &SensorConfig) -> Result<Box<dyn Sensor>, SensorError> {
-    Ok(match config {
+fn build_one(index: usize, config: &SensorConfig) -> Box<dyn Sensor> {
+    match config {
+        SensorConfig::Bme280(c) => Box::new(bme280::Bme280Sensor::new(c.clone())),
+        SensorConfig::Sht3x(c) => Box::new(sht3x::Sht3xSensor::new(c.clone())),
+        SensorConfig::Sht4x(c) => Box::new(sht4x::Sht4xSensor::new(c.clone())),
+        SensorConfig::Adxl345(c) => Box::new(adxl345::sensor(c.clone())),
+        SensorConfig::Mpu6050(c) => Box::new(mpu6050::sensor(c.clone())),
+        SensorConfig::Iio(c) => Box::new(iio::IioSensor::new(c.clone())),
+        SensorConfig::Ds18b20(c) => Box::new(ds18b20::Ds18b20Sensor::new(c.clone())),
+        SensorConfig::Gpio(c) => Box::new(gpio::GpioSensor::rppal(c.clone())),
         SensorConfig::Simulated(c) => Box::new(simulated::Simulated::new(index, c.clone())),
-    })
+    }
+}
+
+/// Default payload field names, shared by the `fields` tables of every type.
+pub mod defaults {
+    use crate::reading::field;
+
+    pub fn temperature() -> String {
+        field::TEMPERATURE.to_owned()
+    }
+    pub fn humidity() -> String {
+        field::HUMIDITY.to_owned()
+    }
+    pub fn acceleration() -> String {
+        field::ACCELERATION.to_owned()
+    }
+    /// Pressure, in hPa.
+    pub fn pressure() -> String {
+        "pression".to_owned()
+    }
+    pub fn level() -> String {
+        "gpio_level".to_owned()
+    }
+    pub fn edges() -> String {
+        "gpio_edges".to_owned()
+    }
+}
+
+/// Physical limits outside which a value is a fault (a glitch, a wrong chip, a broken
+/// wire), not a measurement.
+pub mod limits {
+    /// °C: the widest range of the supported thermometers (DS18B20 -55..125,
+    /// SHT4x -40..125), with a margin.
+    pub const TEMPERATURE: (f64, f64) = (-60.0, 130.0);
+    /// %RH.
+    pub const HUMIDITY: (f64, f64) = (0.0, 100.0);
+    /// hPa: BME280's range is 300..1100; a little margin for weather and altitude.
+    pub const PRESSURE: (f64, f64) = (250.0, 1150.0);
+}
+
+/// Pushes `value` as `field` unless the field is dropped (`""`); a value outside
+/// `range` (or not finite) is [`SensorError::BadData`].
+pub(crate) fn push_checked(
+    out: &mut Vec<Measurement>,
+    sensor: &str,
+    quantity: &str,
+    field: &str,
+    value: f64,
+    range: (f64, f64),
+) -> Result<(), SensorError> {
+    if field.is_empty() {
+        return Ok(());
+    }
+    if !value.is_finite() || value < range.0 || value > range.1 {
+        return Err(SensorError::BadData {
+            sensor: sensor.to_owned(),
+            detail: format!(
+                "{quantity} {value} is outside the physical range {}..{} \
+                 (a glitch, a loose wire or a different chip at this address)",
+                range.0, range.1
+            ),
+        });
+    }
+    out.push(Measurement {
+        field: field.to_owned(),
+        value,
+    });
+    Ok(())
+}
+
+/// Rounds to `decimals` places, so payloads carry the sensor's resolution, not float noise.
+pub(crate) fn round(value: f64, decimals: i32) -> f64 {
+    let m = 10f64.powi(decimals);
+    (value * m).round() / m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_src: &str) -> Result<Vec<SensorConfig>, toml::de::Error> {
+        #[derive(Deserialize)]
+        struct Doc {
+            sensors: Vec<SensorConfig>,
+        }
+        toml::from_str::<Doc>(toml_src).map(|d| d.sensors)
+    }
+
+    #[test]
+    fn defaults_map_to_the_server_fields() {
+        let c = parse("[[sensors]]\ntype = \"bme280\"\n").unwrap();
+        let fields = c[0].payload_fields();
+        assert_eq!(
+            fields,
+            vec![
+                ("temperature", "temperature"),
+                ("humidity", "humidite"),
+                ("pressure", "pression")
+            ]
+        );
+        validate(&c).unwrap();
+    }
+
+    #[test]
+    fn empty_mapping_drops_a_quantity() {
+        let c = parse(
+            "[[sensors]]\ntype = \"bme280\"\nfields = { pressure = \"\", humidity = \"hum\" }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c[0].payload_fields(),
+            vec![("temperature", "temperature"), ("humidity", "hum")]
+        );
+    }
+
+    #[test]
+    fn duplicate_payload_field_names_both_entries() {
+        let c = parse("[[sensors]]\ntype = \"bme280\"\n[[sensors]]\ntype = \"sht3x\"\n").unwrap();
+        let e = validate(&c).unwrap_err().to_string();
+        assert!(e.contains("sensors[1]"), "{e}");
+        assert!(e.contains("fields.temperature"), "{e}");
+        assert!(e.contains("sensors[0] (bme280)"), "{e}");
+    }
+
+    #[test]
+    fn all_fields_dropped_is_an_error() {
+        let c =
+            parse("[[sensors]]\ntype = \"ds18b20\"\nfields = { temperature = \"\" }\n").unwrap();
+        let e = validate(&c).unwrap_err().to_string();
+        assert!(e.contains("sensors[0] (type \"ds18b20\"): fields"), "{e}");
+    }
+
+    #[test]
+    fn unknown_type_and_unknown_key_are_named() {
+        let e = parse("[[sensors]]\ntype = \"bme680\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bme680"), "{e}");
+        let e = parse("[[sensors]]\ntype = \"bme280\"\nadress = 0x76\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("adress"), "{e}");
+        let e = parse("[[sensors]]\ntype = \"bme280\"\nfields = { humidite = \"h\" }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("humidite"), "{e}");
+    }
+
+    #[test]
+    fn bad_setting_names_index_type_and_key() {
+        let c = parse(
+            "[[sensors]]\ntype = \"simulated\"\nfields = { temperature = \"t0\", humidity = \"\", acceleration = \"\" }\n\
+             [[sensors]]\ntype = \"adxl345\"\nrate_hz = 300\n",
+        )
+        .unwrap();
+        let e = validate(&c).unwrap_err();
+        match &e {
+            SensorError::Config {
+                index,
+                sensor_type,
+                key,
+                ..
+            } => {
+                assert_eq!(*index, 1);
+                assert_eq!(sensor_type, "adxl345");
+                assert_eq!(key, "rate_hz");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_type_round_trips_through_serde() {
+        let src = "[[sensors]]\ntype = \"bme280\"\n[[sensors]]\ntype = \"sht3x\"\nfields = { temperature = \"t1\", humidity = \"h1\" }\n\
+            [[sensors]]\ntype = \"sht4x\"\nfields = { temperature = \"t2\", humidity = \"\" }\n\
+            [[sensors]]\ntype = \"adxl345\"\n[[sensors]]\ntype = \"mpu6050\"\nfields = { acceleration = \"a2\" }\n\
+            [[sensors]]\ntype = \"iio\"\nfields = { temperature = \"t3\", humidity = \"h3\", pressure = \"p3\", acceleration = \"a3\" }\n\
+            [[sensors]]\ntype = \"ds18b20\"\nfields = { temperature = \"t4\" }\n\
+            [[sensors]]\ntype = \"gpio\"\npin = 17\n[[sensors]]\ntype = \"simulated\"\nfields = { temperature = \"\", humidity = \"\", acceleration = \"a5\" }\n";
+        let c = parse(src).unwrap();
+        assert_eq!(c.len(), TYPES.len());
+        for (config, name) in c.iter().zip(TYPES) {
+            assert_eq!(config.type_name(), *name);
+        }
+        validate(&c).unwrap();
+        #[derive(Serialize, Deserialize)]
+        struct Doc {
+            sensors: Vec<SensorConfig>,
+        }
+        let text = toml::to_string(&Doc { sensors: c.clone() }).unwrap();
+        let back: Doc = toml::from_str(&text).unwrap();
+        assert_eq!(back.sensors, c);
+    }
 }

@@ -3,15 +3,54 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Measurement, Sensor, SensorError};
-use crate::reading::field;
+use super::{defaults, Measurement, Sensor, SensorError};
 
+/// A `type = "simulated"` entry.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimulatedConfig {
     /// Seed for a reproducible sequence; random when absent.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Payload field names; see [`SimulatedFields`].
+    #[serde(default)]
+    pub fields: SimulatedFields,
+}
+
+/// Payload fields of a `simulated` entry. Omit a key for its default; set it to `""` to
+/// not send that quantity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedFields {
+    /// 20–30 °C. Default `"temperature"`.
+    #[serde(default = "defaults::temperature")]
+    pub temperature: String,
+    /// 40–80 %. Default `"humidite"`.
+    #[serde(default = "defaults::humidity")]
+    pub humidity: String,
+    /// 0–100. Default `"accelerometre"`.
+    #[serde(default = "defaults::acceleration")]
+    pub acceleration: String,
+}
+
+impl Default for SimulatedFields {
+    fn default() -> Self {
+        SimulatedFields {
+            temperature: defaults::temperature(),
+            humidity: defaults::humidity(),
+            acceleration: defaults::acceleration(),
+        }
+    }
+}
+
+impl SimulatedFields {
+    pub fn pairs(&self) -> Vec<(&'static str, &str)> {
+        vec![
+            ("temperature", self.temperature.as_str()),
+            ("humidity", self.humidity.as_str()),
+            ("acceleration", self.acceleration.as_str()),
+        ]
+    }
 }
 
 /// A value that wanders inside `[min, max]` by at most `step` per read.
@@ -54,6 +93,7 @@ fn round2(v: f64) -> f64 {
 
 pub struct Simulated {
     name: String,
+    fields: SimulatedFields,
     rng: fastrand::Rng,
     temperature: Walk,
     humidity: Walk,
@@ -68,6 +108,7 @@ impl Simulated {
         };
         Simulated {
             name: format!("simulated#{index}"),
+            fields: config.fields,
             temperature: Walk::new(&mut rng, 20.0, 30.0, 0.2),
             humidity: Walk::new(&mut rng, 40.0, 80.0, 0.5),
             acceleration: Walk::new(&mut rng, 0.0, 100.0, 2.0),
@@ -83,20 +124,20 @@ impl Sensor for Simulated {
 
     fn read(&mut self) -> Result<Vec<Measurement>, SensorError> {
         let rng = &mut self.rng;
-        Ok(vec![
-            Measurement {
-                field: field::TEMPERATURE.into(),
-                value: self.temperature.next(rng),
-            },
-            Measurement {
-                field: field::HUMIDITY.into(),
-                value: self.humidity.next(rng),
-            },
-            Measurement {
-                field: field::ACCELERATION.into(),
-                value: self.acceleration.next(rng),
-            },
-        ])
+        // Every walk advances, so a dropped field does not change the others' sequence.
+        let values = [
+            (&self.fields.temperature, self.temperature.next(rng)),
+            (&self.fields.humidity, self.humidity.next(rng)),
+            (&self.fields.acceleration, self.acceleration.next(rng)),
+        ];
+        Ok(values
+            .into_iter()
+            .filter(|(field, _)| !field.is_empty())
+            .map(|(field, value)| Measurement {
+                field: field.clone(),
+                value,
+            })
+            .collect())
     }
 }
 
@@ -106,7 +147,13 @@ mod tests {
 
     #[test]
     fn values_stay_in_range_and_drift_slowly() {
-        let mut s = Simulated::new(0, SimulatedConfig { seed: Some(7) });
+        let mut s = Simulated::new(
+            0,
+            SimulatedConfig {
+                seed: Some(7),
+                ..SimulatedConfig::default()
+            },
+        );
         let mut last: Option<Vec<Measurement>> = None;
         for _ in 0..10_000 {
             let m = s.read().unwrap_or_default();
@@ -120,5 +167,14 @@ mod tests {
             }
             last = Some(m);
         }
+    }
+
+    #[test]
+    fn fields_are_renamed_or_dropped() {
+        let config: SimulatedConfig =
+            toml::from_str("seed = 1\nfields = { temperature = \"t\", humidity = \"\" }").unwrap();
+        let m = Simulated::new(0, config).read().unwrap_or_default();
+        let names: Vec<&str> = m.iter().map(|m| m.field.as_str()).collect();
+        assert_eq!(names, ["t", "accelerometre"]);
     }
 }

@@ -191,6 +191,12 @@ impl Gateway {
         self.runs
     }
 
+    /// Replaces the extra environment of later runs of the binary (daemon and CLI), e.g.
+    /// to restart the same gateway (same queue) with `PROFILO_GATEWAY_CLOCK_SKEW`.
+    pub fn set_env(&mut self, env: Vec<(String, String)>) {
+        self.options.env = env;
+    }
+
     /// A command for the binary with `--config FILE` and the test environment (no
     /// inherited `PROFILO_GATEWAY*`, `NOTIFY_SOCKET` or proxy variables).
     pub fn command(&self) -> Command {
@@ -212,6 +218,7 @@ impl Gateway {
             .arg("--config")
             .arg(self.config_path())
             .stdin(Stdio::null());
+        super::die_with_parent(&mut cmd);
         cmd
     }
 

@@ -98,6 +98,23 @@ pub fn tail(text: &str, max_lines: usize) -> String {
     lines[start..].join("\n")
 }
 
+/// Makes the child get SIGKILL when the thread that spawned it dies, so that an
+/// aborted test run (Ctrl-C, timeout) leaves no server or daemon behind. Linux
+/// ties this to the spawning *thread*: keep a [`TestServer`] or [`Gateway`] in the
+/// test thread that created it (the normal case).
+fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A temporary directory for one server or gateway; kept when `PROFILO_TEST_KEEP=1`.
 fn temp_dir(prefix: &str) -> tempfile::TempDir {
     let mut dir = tempfile::Builder::new()

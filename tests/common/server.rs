@@ -290,6 +290,7 @@ impl TestServer {
             .stderr(log2);
         // Own process group: stop/drop kill gunicorn's master and worker together.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        super::die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", python().display()))?;

@@ -1,0 +1,535 @@
+//! CLI handlers for `profilo-gateway sensors list|scan|read`. They print to stdout; the
+//! lead's clap layer calls them.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use serde::Serialize;
+
+use crate::sensors::{self, i2c, SensorConfig};
+
+/// One setting of a sensor type, for `sensors list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SettingDoc {
+    pub key: &'static str,
+    /// The default as TOML, or `"required"` / `"none"`.
+    pub default: &'static str,
+    pub description: &'static str,
+}
+
+/// A sensor type, for `sensors list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TypeDoc {
+    #[serde(rename = "type")]
+    pub type_name: &'static str,
+    pub description: &'static str,
+    pub settings: Vec<SettingDoc>,
+}
+
+const fn s(key: &'static str, default: &'static str, description: &'static str) -> SettingDoc {
+    SettingDoc {
+        key,
+        default,
+        description,
+    }
+}
+
+fn i2c_settings(address: &'static str, addresses: &'static str) -> Vec<SettingDoc> {
+    vec![
+        s(
+            "bus",
+            "1",
+            "I2C bus number N (/dev/i2c-N); set bus or device, not both",
+        ),
+        s(
+            "device",
+            "none",
+            "i2c-dev path instead of bus, e.g. \"/dev/i2c-1\"",
+        ),
+        s("address", address, addresses),
+    ]
+}
+
+fn accel_settings(
+    rate: &'static str,
+    rates: &'static str,
+    range: &'static str,
+    ranges: &'static str,
+) -> Vec<SettingDoc> {
+    vec![
+        s("rate_hz", rate, rates),
+        s("range_g", range, ranges),
+        s(
+            "aggregate",
+            "\"rms\"",
+            "value per reading: \"rms\" or \"peak\" of |a| - g, or \"mean\" of |a|",
+        ),
+        s(
+            "gravity",
+            "\"measured\"",
+            "g subtracted: \"measured\" (mean |a| of the interval) or \"standard\" (9.80665)",
+        ),
+        s("unit", "\"m/s2\"", "unit sent: \"m/s2\" or \"g\""),
+        s(
+            "fields",
+            "{ acceleration = \"accelerometre\" }",
+            "payload field; \"\" drops it",
+        ),
+    ]
+}
+
+/// Every supported type with its settings and defaults.
+pub fn type_docs() -> Vec<TypeDoc> {
+    let climate =
+        "{ temperature = \"temperature\", humidity = \"humidite\", pressure = \"pression\" }";
+    let th = "{ temperature = \"temperature\", humidity = \"humidite\" }";
+    let mut bme = i2c_settings("0x76", "0x76 (SDO low) or 0x77");
+    bme.push(s(
+        "fields",
+        climate,
+        "payload fields (°C, %, hPa); \"\" drops one",
+    ));
+    let mut sht3 = i2c_settings("0x44", "0x44 (ADDR low) or 0x45");
+    sht3.push(s("fields", th, "payload fields (°C, %); \"\" drops one"));
+    let mut sht4 = i2c_settings("0x44", "0x44 (SHT4x-A), 0x45 (-B) or 0x46 (-C)");
+    sht4.push(s("fields", th, "payload fields (°C, %); \"\" drops one"));
+    let mut adxl = i2c_settings("0x53", "0x53 (ALT ADDRESS low) or 0x1D");
+    adxl.extend(accel_settings(
+        "400",
+        "output data rate: 100, 200, 400, 800 or 1600 Hz (800+ needs a 400 kHz bus)",
+        "16",
+        "full scale ±2, 4, 8 or 16 g (3.9 mg/LSB at all)",
+    ));
+    let mut mpu = i2c_settings("0x68", "0x68 (AD0 low) or 0x69");
+    mpu.extend(accel_settings(
+        "500",
+        "sample rate: 100, 125, 200, 250, 500 or 1000 Hz",
+        "4",
+        "full scale ±2, 4, 8 or 16 g",
+    ));
+    let iio_accel: Vec<SettingDoc> = accel_settings(
+        "100",
+        "acceleration only: sysfs read rate, 1..=1000 Hz",
+        "",
+        "",
+    )
+    .into_iter()
+    .filter(|d| d.key != "range_g" && d.key != "fields")
+    .collect();
+    let mut iio = vec![s(
+        "device",
+        "\"/sys/bus/iio/devices/iio:device0\"",
+        "the IIO device's sysfs directory (see /sys/bus/iio/devices/*/name)",
+    )];
+    iio.extend(iio_accel);
+    iio.push(s(
+        "fields",
+        "{ temperature = \"temperature\", humidity = \"humidite\", pressure = \"pression\", acceleration = \"accelerometre\" }",
+        "payload fields; channels the device lacks are skipped; \"\" drops one",
+    ));
+    vec![
+        TypeDoc {
+            type_name: "bme280",
+            description: "Bosch BME280 (or BMP280) temperature, humidity, pressure on I2C",
+            settings: bme,
+        },
+        TypeDoc {
+            type_name: "sht3x",
+            description: "Sensirion SHT30/31/35 temperature and humidity on I2C",
+            settings: sht3,
+        },
+        TypeDoc {
+            type_name: "sht4x",
+            description: "Sensirion SHT40/41/45 temperature and humidity on I2C",
+            settings: sht4,
+        },
+        TypeDoc {
+            type_name: "adxl345",
+            description: "ADXL345 accelerometer on I2C, sampled from its FIFO in its own thread",
+            settings: adxl,
+        },
+        TypeDoc {
+            type_name: "mpu6050",
+            description: "MPU-6050 accelerometer on I2C, sampled from its FIFO in its own thread",
+            settings: mpu,
+        },
+        TypeDoc {
+            type_name: "iio",
+            description: "any Linux IIO device (in_temp, in_humidityrelative, in_pressure, in_accel_[xyz])",
+            settings: iio,
+        },
+        TypeDoc {
+            type_name: "ds18b20",
+            description: "DS18B20 1-Wire thermometer through the kernel's w1 sysfs (~750 ms per read)",
+            settings: vec![
+                s("base_path", "\"/sys/bus/w1/devices\"", "where the kernel lists 1-Wire devices"),
+                s("device", "none", "device id, e.g. \"28-0316a2795bff\"; none: the first 28-*"),
+                s("fields", "{ temperature = \"temperature\" }", "payload field (°C)"),
+            ],
+        },
+        TypeDoc {
+            type_name: "gpio",
+            description: "a digital input through rppal: its level, or edges counted per interval",
+            settings: vec![
+                s("pin", "required", "BCM GPIO number (GPIO17 is header pin 11)"),
+                s("mode", "\"level\"", "\"level\" (0/1) or \"edges\" (count over the interval)"),
+                s("pull", "\"none\"", "internal resistor: \"none\", \"up\" or \"down\""),
+                s("edge", "\"rising\"", "edges mode: \"rising\", \"falling\" or \"both\""),
+                s("debounce_ms", "none", "edges mode: ignore edges closer than this, 0..=1000 ms"),
+                s("fields", "{ level = \"gpio_level\", edges = \"gpio_edges\" }", "payload field of the mode"),
+            ],
+        },
+        TypeDoc {
+            type_name: "simulated",
+            description: "random plausible values, for machines without sensors",
+            settings: vec![
+                s("seed", "none", "seed for a reproducible sequence"),
+                s(
+                    "fields",
+                    "{ temperature = \"temperature\", humidity = \"humidite\", acceleration = \"accelerometre\" }",
+                    "payload fields; \"\" drops one",
+                ),
+            ],
+        },
+    ]
+}
+
+/// `sensors list`: the supported types and their settings with defaults.
+pub fn list(json: bool) -> anyhow::Result<()> {
+    let docs = type_docs();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&docs)?);
+        return Ok(());
+    }
+    println!("Sensor types for [[sensors]] entries (type = \"...\"). In `fields`, an omitted key");
+    println!(
+        "takes its default and \"\" drops that quantity; two entries may not send the same field."
+    );
+    for doc in docs {
+        println!();
+        println!("{}: {}", doc.type_name, doc.description);
+        for setting in doc.settings {
+            println!(
+                "  {:<12} default {:<10} {}",
+                setting.key, setting.default, setting.description
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Chips usually found at an address.
+pub fn likely_chips(address: u8) -> &'static [&'static str] {
+    match address {
+        0x1D => &["ADXL345 (alt address)", "MMA8451"],
+        0x1E => &["HMC5883L"],
+        0x23 | 0x5C => &["BH1750"],
+        0x27 | 0x3F => &["PCF8574 (LCD backpack)"],
+        0x29 => &["VL53L0X", "TSL2591"],
+        0x38 => &["AHT10/AHT20"],
+        0x39 => &["TSL2561", "APDS-9960"],
+        0x3C | 0x3D => &["SSD1306 display"],
+        0x40 => &["HTU21D/Si7021", "HDC1080", "INA219"],
+        0x44 => &["SHT3x", "SHT4x"],
+        0x45 => &["SHT3x (ADDR high)", "SHT4x-B"],
+        0x46 => &["SHT4x-C"],
+        0x48..=0x4B => &["ADS1115/ADS1015", "TMP102"],
+        0x53 => &["ADXL345", "EEPROM (AT24)"],
+        0x50..=0x57 => &["EEPROM (HAT ID or AT24)"],
+        0x68 => &["MPU-6050", "DS3231/DS1307 RTC"],
+        0x69 => &["MPU-6050 (AD0 high)"],
+        0x76 | 0x77 => &["BME280", "BMP280", "BME680", "MS5611"],
+        _ => &[],
+    }
+}
+
+/// Reads an id register to tell the likely chips apart, where that is harmless.
+fn identify(bus: &rppal::i2c::I2c, address: u8) -> Option<String> {
+    let (register, known): (u8, &[(u8, &str)]) = match address {
+        0x76 | 0x77 => (
+            sensors::bme280::reg::CHIP_ID,
+            &[(0x60, "BME280"), (0x58, "BMP280"), (0x61, "BME680")],
+        ),
+        0x53 | 0x1D => (sensors::adxl345::reg::DEVID, &[(0xE5, "ADXL345")]),
+        0x68 | 0x69 => (
+            sensors::mpu6050::reg::WHO_AM_I,
+            &[(0x68, "MPU-6050"), (0x70, "MPU-6500"), (0x71, "MPU-9250")],
+        ),
+        _ => return None,
+    };
+    let id = bus.smbus_read_byte(register).ok()?;
+    let name = known
+        .iter()
+        .find(|(k, _)| *k == id)
+        .map(|(_, n)| *n)
+        .unwrap_or("unknown");
+    Some(format!(
+        "{name} (id 0x{id:02x} at register 0x{register:02x})"
+    ))
+}
+
+#[derive(Debug, Serialize)]
+struct Found {
+    address: String,
+    /// A kernel driver owns the address (i2cdetect's "UU").
+    in_use_by_kernel: bool,
+    identified: Option<String>,
+    likely: Vec<&'static str>,
+}
+
+fn available_buses() -> String {
+    let mut buses: Vec<String> = std::fs::read_dir("/dev")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("i2c-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    buses.sort();
+    if buses.is_empty() {
+        "none".into()
+    } else {
+        buses.join(", ")
+    }
+}
+
+/// `sensors scan [--bus N]`: probes 0x03..=0x77 on /dev/i2c-N as `i2cdetect` does (SMBus
+/// quick write, or a byte read at 0x30..=0x37 and 0x50..=0x5F where a quick write could
+/// upset EEPROMs) and prints the addresses that answer with the likely chips.
+pub fn scan(bus: u8, json: bool) -> anyhow::Result<()> {
+    let path = format!("/dev/i2c-{bus}");
+    let mut i2c = match rppal::i2c::I2c::with_bus(bus) {
+        Ok(i2c) => i2c,
+        Err(rppal::i2c::Error::Io(e)) => {
+            return Err(anyhow!(
+                "{} (buses present: {})",
+                i2c::open_hint(&path, &e),
+                available_buses()
+            ))
+        }
+        Err(e) => return Err(anyhow!("cannot open {path}: {e}")),
+    };
+    let caps = i2c.capabilities();
+    let mut found = Vec::new();
+    for address in 0x03u8..=0x77 {
+        if let Err(e) = i2c.set_slave_address(u16::from(address)) {
+            if let rppal::i2c::Error::Io(io) = &e {
+                if io.raw_os_error() == Some(libc::EBUSY) {
+                    found.push(Found {
+                        address: format!("0x{address:02x}"),
+                        in_use_by_kernel: true,
+                        identified: None,
+                        likely: likely_chips(address).to_vec(),
+                    });
+                }
+            }
+            continue;
+        }
+        let read_probe = (0x30..=0x37).contains(&address) || (0x50..=0x5F).contains(&address);
+        let answered = if read_probe || !caps.smbus_quick_command() {
+            i2c.smbus_receive_byte().is_ok()
+        } else {
+            i2c.smbus_quick_command(false).is_ok()
+        };
+        if answered {
+            found.push(Found {
+                address: format!("0x{address:02x}"),
+                in_use_by_kernel: false,
+                identified: identify(&i2c, address),
+                likely: likely_chips(address).to_vec(),
+            });
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+        return Ok(());
+    }
+    if found.is_empty() {
+        println!("{path}: no device answered (check power, SDA/SCL wiring and pull-ups)");
+        return Ok(());
+    }
+    println!("{path}: {} device(s)", found.len());
+    for f in found {
+        let mut line = format!("  {}", f.address);
+        if f.in_use_by_kernel {
+            line.push_str("  in use by a kernel driver (read it with type = \"iio\")");
+        }
+        if let Some(id) = &f.identified {
+            line.push_str(&format!("  {id}"));
+        }
+        if !f.likely.is_empty() {
+            line.push_str(&format!("  likely: {}", f.likely.join(", ")));
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct ReadResult {
+    index: usize,
+    #[serde(rename = "type")]
+    sensor_type: &'static str,
+    sensor: String,
+    ok: bool,
+    values: serde_json::Map<String, serde_json::Value>,
+    error: Option<String>,
+}
+
+/// How long accelerometers sample before `sensors read` takes their aggregate.
+pub const ACCEL_WINDOW: Duration = Duration::from_millis(1500);
+
+/// `sensors read [--json]`: one reading from each configured sensor, errors spelled out.
+/// Fails (non-zero exit) when any sensor failed, after printing every result.
+pub fn read(configs: &[SensorConfig], json: bool) -> anyhow::Result<()> {
+    let mut built = sensors::build(configs).context("invalid [[sensors]] configuration")?;
+    let has_accel = configs.iter().any(|c| {
+        matches!(c, SensorConfig::Adxl345(_) | SensorConfig::Mpu6050(_))
+            || matches!(c, SensorConfig::Iio(i) if !i.fields.acceleration.is_empty())
+    });
+    if has_accel {
+        // The sampling threads start with the sensors; let them fill an interval. An IIO
+        // device finds its accelerometer on its first read, so read those once first.
+        for (sensor, config) in built.iter_mut().zip(configs) {
+            if matches!(config, SensorConfig::Iio(_)) {
+                let _ = sensor.read();
+            }
+        }
+        std::thread::sleep(ACCEL_WINDOW);
+    }
+    let mut results = Vec::with_capacity(built.len());
+    for (index, (sensor, config)) in built.iter_mut().zip(configs).enumerate() {
+        let outcome = sensor.read();
+        let mut values = serde_json::Map::new();
+        let error = match outcome {
+            Ok(measurements) => {
+                for m in measurements {
+                    values.insert(m.field, serde_json::json!(m.value));
+                }
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        results.push(ReadResult {
+            index,
+            sensor_type: config.type_name(),
+            sensor: sensor.name().to_owned(),
+            ok: error.is_none(),
+            values,
+            error,
+        });
+    }
+    drop(built); // stops the sampling threads
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else if results.is_empty() {
+        println!("no [[sensors]] configured");
+    } else {
+        for r in &results {
+            match &r.error {
+                None => {
+                    let values: Vec<String> =
+                        r.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!("sensors[{}] {}: {}", r.index, r.sensor, values.join(" "));
+                }
+                Some(e) => println!("sensors[{}] {}: FAILED: {e}", r.index, r.sensor),
+            }
+        }
+    }
+    let failed = results.iter().filter(|r| !r.ok).count();
+    if failed > 0 {
+        return Err(anyhow!("{failed} of {} sensor(s) failed", results.len()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_documents_every_type_and_its_true_defaults() {
+        let docs = type_docs();
+        let names: Vec<&str> = docs.iter().map(|d| d.type_name).collect();
+        assert_eq!(names, sensors::TYPES);
+        // Every key that a default configuration serializes is documented with that value.
+        let defaults: Vec<(&str, toml::Value)> = vec![
+            (
+                "bme280",
+                toml::Value::try_from(sensors::bme280::Bme280Config::default()).unwrap(),
+            ),
+            (
+                "sht3x",
+                toml::Value::try_from(sensors::sht3x::Sht3xConfig::default()).unwrap(),
+            ),
+            (
+                "sht4x",
+                toml::Value::try_from(sensors::sht4x::Sht4xConfig::default()).unwrap(),
+            ),
+            (
+                "adxl345",
+                toml::Value::try_from(sensors::adxl345::Adxl345Config::default()).unwrap(),
+            ),
+            (
+                "mpu6050",
+                toml::Value::try_from(sensors::mpu6050::Mpu6050Config::default()).unwrap(),
+            ),
+            (
+                "iio",
+                toml::Value::try_from(sensors::iio::IioConfig::default()).unwrap(),
+            ),
+            (
+                "ds18b20",
+                toml::Value::try_from(sensors::ds18b20::Ds18b20Config::default()).unwrap(),
+            ),
+            (
+                "simulated",
+                toml::Value::try_from(sensors::simulated::SimulatedConfig::default()).unwrap(),
+            ),
+        ];
+        for (type_name, value) in defaults {
+            let doc = docs.iter().find(|d| d.type_name == type_name).unwrap();
+            let table = value.as_table().unwrap();
+            for (key, default) in table {
+                let setting = doc
+                    .settings
+                    .iter()
+                    .find(|s| s.key == key)
+                    .unwrap_or_else(|| panic!("{type_name}.{key} is not listed"));
+                let listed: toml::Table = toml::from_str(&format!("v = {}", setting.default))
+                    .unwrap_or_else(|e| panic!("{type_name}.{key}: {e}"));
+                assert_eq!(&listed["v"], default, "{type_name}.{key}");
+            }
+        }
+    }
+
+    #[test]
+    fn likely_chips_cover_the_supported_ones() {
+        assert!(likely_chips(0x76).contains(&"BME280"));
+        assert!(likely_chips(0x44).contains(&"SHT3x"));
+        assert!(likely_chips(0x53).contains(&"ADXL345"));
+        assert!(likely_chips(0x68).contains(&"MPU-6050"));
+        assert!(likely_chips(0x10).is_empty());
+    }
+
+    #[test]
+    fn read_reports_each_sensor_and_fails_if_one_fails() {
+        let configs: Vec<SensorConfig> = vec![
+            SensorConfig::Simulated(sensors::simulated::SimulatedConfig {
+                seed: Some(1),
+                ..Default::default()
+            }),
+            SensorConfig::Ds18b20(sensors::ds18b20::Ds18b20Config {
+                base_path: "/nonexistent/w1".into(),
+                device: None,
+                fields: sensors::ds18b20::TemperatureFields {
+                    temperature: "t2".into(),
+                },
+            }),
+        ];
+        let e = read(&configs, true).unwrap_err();
+        assert_eq!(e.to_string(), "1 of 2 sensor(s) failed");
+        assert!(read(&configs[..1], false).is_ok());
+    }
+}

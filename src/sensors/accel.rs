@@ -1,0 +1,430 @@
+//! Accelerometers: a sampling thread per sensor drains the chip (its FIFO, or one sample
+//! per poll) at the configured rate into an [`Accumulator`]; each tick's `read` takes the
+//! aggregate of everything sampled since the previous read.
+//!
+//! The thread opens and initialises the chip itself and, after a failure, closes it and
+//! opens it again with a capped exponential backoff. It also treats a chip that stops
+//! producing samples (a power glitch resets it to standby) as a failure, so the chip is
+//! initialised again. `read` reports the thread's current failure, if any.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::aggregate::{Accumulator, Aggregate, Gravity, Unit};
+use super::{round, Measurement, Sensor, SensorError};
+
+/// A source of acceleration samples, opened and initialised.
+pub trait AccelSource: Send {
+    /// Appends every sample available now, each a vector in m/s².
+    fn drain(&mut self, out: &mut Vec<[f64; 3]>) -> Result<(), SensorError>;
+    /// How often `drain` should be called to lose nothing (half the time the chip's
+    /// FIFO takes to fill, or the sample period without a FIFO).
+    fn poll_period(&self) -> Duration;
+}
+
+/// Opens and initialises the source; called by the sampling thread, again after failures.
+pub type Opener = Box<dyn FnMut() -> Result<Box<dyn AccelSource>, SensorError> + Send>;
+
+/// The aggregation settings common to every accelerometer entry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AccelSettings {
+    pub rate_hz: u32,
+    pub aggregate: Aggregate,
+    pub gravity: Gravity,
+    pub unit: Unit,
+}
+
+#[derive(Default)]
+struct State {
+    acc: Accumulator,
+    error: Option<SensorError>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the accumulator inconsistent in a
+        // way that matters; keep going rather than propagate the poison.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An accelerometer read through its own sampling thread.
+pub struct AccelSensor {
+    name: String,
+    field: String,
+    settings: AccelSettings,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// First and largest wait before opening a failed source again.
+const REOPEN_FIRST: Duration = Duration::from_millis(500);
+const REOPEN_CAP: Duration = Duration::from_secs(30);
+
+impl AccelSensor {
+    /// Starts the sampling thread. The thread opens the device; this does not block.
+    pub fn start(name: String, field: String, settings: AccelSettings, opener: Opener) -> Self {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            stop: AtomicBool::new(false),
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread_name = format!("accel {name}");
+        let rate = settings.rate_hz;
+        let thread_sensor_name = name.clone();
+        let spawned = std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || sample_loop(&thread_shared, &thread_sensor_name, opener, rate));
+        let thread = match spawned {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                shared.lock().error = Some(SensorError::Setup {
+                    sensor: name.clone(),
+                    detail: format!("cannot start the sampling thread: {e}"),
+                });
+                None
+            }
+        };
+        AccelSensor {
+            name,
+            field,
+            settings,
+            shared,
+            thread,
+        }
+    }
+}
+
+impl Sensor for AccelSensor {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn read(&mut self) -> Result<Vec<Measurement>, SensorError> {
+        let (acc, error) = {
+            let mut state = self.shared.lock();
+            (std::mem::take(&mut state.acc), state.error.clone())
+        };
+        if let Some(e) = error {
+            return Err(e);
+        }
+        let s = self.settings;
+        match acc.value(s.aggregate, s.gravity, s.unit) {
+            Some(v) => Ok(vec![Measurement {
+                field: self.field.clone(),
+                value: round(v, 5),
+            }]),
+            None => Err(SensorError::BadData {
+                sensor: self.name.clone(),
+                detail: "no samples since the last reading (the sampling thread is starting, or \
+                         the interval is shorter than one sample)"
+                    .into(),
+            }),
+        }
+    }
+}
+
+impl Drop for AccelSensor {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.thread.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Sleeps `total` in slices, returning early (true) when asked to stop.
+fn sleep_or_stop(shared: &Shared, total: Duration) -> bool {
+    let deadline = Instant::now() + total;
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(50)));
+    }
+}
+
+fn sample_loop(shared: &Shared, name: &str, mut opener: Opener, rate_hz: u32) {
+    // A chip that produced nothing for this long has stopped measuring.
+    let stall_after =
+        Duration::from_millis(500).max(Duration::from_secs_f64(50.0 / f64::from(rate_hz.max(1))));
+    let mut reopen_wait = REOPEN_FIRST;
+    let mut buffer: Vec<[f64; 3]> = Vec::with_capacity(256);
+    while !shared.stop.load(Ordering::Relaxed) {
+        match opener() {
+            Ok(mut source) => {
+                if run_source(shared, name, source.as_mut(), stall_after, &mut buffer) {
+                    reopen_wait = REOPEN_FIRST;
+                }
+            }
+            Err(e) => shared.lock().error = Some(e),
+        }
+        if sleep_or_stop(shared, reopen_wait) {
+            return;
+        }
+        reopen_wait = (reopen_wait * 2).min(REOPEN_CAP);
+    }
+}
+
+/// Drains an open source until it fails or the sensor is dropped. Returns whether it
+/// delivered samples (then the next reopen starts from the shortest wait).
+fn run_source(
+    shared: &Shared,
+    name: &str,
+    source: &mut dyn AccelSource,
+    stall_after: Duration,
+    buffer: &mut Vec<[f64; 3]>,
+) -> bool {
+    let poll = source.poll_period();
+    let mut last_sample = Instant::now();
+    let mut delivered = false;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        buffer.clear();
+        let outcome = source.drain(buffer);
+        if !buffer.is_empty() {
+            last_sample = Instant::now();
+            delivered = true;
+        }
+        let failure = match outcome {
+            Err(e) => Some(e),
+            Ok(()) if last_sample.elapsed() > stall_after => Some(SensorError::BadData {
+                sensor: name.to_owned(),
+                detail: format!(
+                    "no samples for {} ms (the chip stopped measuring, e.g. reset by a power \
+                     glitch); initialising it again",
+                    stall_after.as_millis()
+                ),
+            }),
+            Ok(()) => None,
+        };
+        let failed = failure.is_some();
+        {
+            let mut state = shared.lock();
+            for s in buffer.iter() {
+                state.acc.push(*s);
+            }
+            if failed {
+                state.error = failure;
+            } else if !buffer.is_empty() {
+                state.error = None;
+            }
+        }
+        if failed || sleep_or_stop(shared, poll.saturating_sub(started.elapsed())) {
+            return delivered;
+        }
+    }
+    delivered
+}
+
+/// Payload field of an accelerometer entry. Omit it for the default; `""` is refused
+/// (an accelerometer that sends nothing should be removed instead).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccelFields {
+    /// The aggregate of the interval, in the entry's `unit`. Default `"accelerometre"`.
+    #[serde(default = "super::defaults::acceleration")]
+    pub acceleration: String,
+}
+
+impl Default for AccelFields {
+    fn default() -> Self {
+        AccelFields {
+            acceleration: super::defaults::acceleration(),
+        }
+    }
+}
+
+impl AccelFields {
+    pub fn pairs(&self) -> Vec<(&'static str, &str)> {
+        vec![("acceleration", self.acceleration.as_str())]
+    }
+}
+
+/// Checks `rate_hz` against the rates a chip supports.
+pub(crate) fn check_rate(
+    rate_hz: u32,
+    supported: &[u32],
+    why: &str,
+) -> Result<(), (String, String)> {
+    if supported.contains(&rate_hz) {
+        return Ok(());
+    }
+    let list: Vec<String> = supported.iter().map(u32::to_string).collect();
+    Err((
+        "rate_hz".into(),
+        format!(
+            "{rate_hz} Hz is not supported; use one of {} ({why})",
+            list.join(", ")
+        ),
+    ))
+}
+
+/// Checks `range_g` against the full-scale ranges a chip supports.
+pub(crate) fn check_range(range_g: u8, supported: &[u8]) -> Result<(), (String, String)> {
+    if supported.contains(&range_g) {
+        return Ok(());
+    }
+    let list: Vec<String> = supported.iter().map(u8::to_string).collect();
+    Err((
+        "range_g".into(),
+        format!(
+            "±{range_g} g is not supported; use one of {}",
+            list.join(", ")
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Produces `per_drain` samples of a 1 g + 0.5 m/s² square wave on z per drain, and
+    /// fails while `fail` is set.
+    struct Fake {
+        per_drain: usize,
+        phase: bool,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl AccelSource for Fake {
+        fn drain(&mut self, out: &mut Vec<[f64; 3]>) -> Result<(), SensorError> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(SensorError::Bus {
+                    sensor: "fake".into(),
+                    detail: "gone".into(),
+                });
+            }
+            for _ in 0..self.per_drain {
+                self.phase = !self.phase;
+                let z =
+                    super::super::aggregate::STANDARD_GRAVITY + if self.phase { 0.5 } else { -0.5 };
+                out.push([0.0, 0.0, z]);
+            }
+            Ok(())
+        }
+        fn poll_period(&self) -> Duration {
+            Duration::from_millis(2)
+        }
+    }
+
+    fn settings(aggregate: Aggregate) -> AccelSettings {
+        AccelSettings {
+            rate_hz: 1000,
+            aggregate,
+            gravity: Gravity::Measured,
+            unit: Unit::MetresPerSecondSquared,
+        }
+    }
+
+    fn wait_for<F: FnMut() -> bool>(mut f: F) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    #[test]
+    fn reads_the_aggregate_of_the_samples_since_the_last_read() {
+        let fail = Arc::new(AtomicBool::new(false));
+        let f = Arc::clone(&fail);
+        let opener: Opener = Box::new(move || {
+            Ok(Box::new(Fake {
+                per_drain: 10,
+                phase: false,
+                fail: Arc::clone(&f),
+            }) as Box<dyn AccelSource>)
+        });
+        let mut s = AccelSensor::start(
+            "fake".into(),
+            "acc".into(),
+            settings(Aggregate::Rms),
+            opener,
+        );
+        std::thread::sleep(Duration::from_millis(30));
+        let m = s.read().unwrap();
+        assert_eq!(m[0].field, "acc");
+        assert!((m[0].value - 0.5).abs() < 1e-3, "{m:?}");
+    }
+
+    #[test]
+    fn failing_source_is_reported_then_reopened() {
+        let fail = Arc::new(AtomicBool::new(true));
+        let opens = Arc::new(AtomicUsize::new(0));
+        let (f, o) = (Arc::clone(&fail), Arc::clone(&opens));
+        let opener: Opener = Box::new(move || {
+            o.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(Fake {
+                per_drain: 4,
+                phase: false,
+                fail: Arc::clone(&f),
+            }) as Box<dyn AccelSource>)
+        });
+        let mut s = AccelSensor::start(
+            "fake".into(),
+            "acc".into(),
+            settings(Aggregate::Peak),
+            opener,
+        );
+        assert!(wait_for(|| matches!(
+            s.read(),
+            Err(SensorError::Bus { .. })
+        )));
+        fail.store(false, Ordering::SeqCst);
+        assert!(
+            wait_for(|| s.read().is_ok()),
+            "recovers after the source comes back"
+        );
+        assert!(
+            opens.load(Ordering::SeqCst) >= 2,
+            "the source was opened again"
+        );
+    }
+
+    #[test]
+    fn open_failure_is_reported_and_drop_stops_the_thread() {
+        let opener: Opener = Box::new(|| {
+            Err(SensorError::Setup {
+                sensor: "fake".into(),
+                detail: "no bus".into(),
+            })
+        });
+        let mut s = AccelSensor::start(
+            "fake".into(),
+            "acc".into(),
+            settings(Aggregate::Mean),
+            opener,
+        );
+        assert!(wait_for(|| matches!(
+            s.read(),
+            Err(SensorError::Setup { .. })
+        )));
+        let started = Instant::now();
+        drop(s);
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn rate_and_range_checks_list_the_choices() {
+        let e = check_rate(300, &[100, 200, 400], "ODR").unwrap_err();
+        assert_eq!(e.0, "rate_hz");
+        assert!(e.1.contains("100, 200, 400"));
+        assert_eq!(check_range(3, &[2, 4]).unwrap_err().0, "range_g");
+    }
+}

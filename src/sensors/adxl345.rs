@@ -1,0 +1,398 @@
+//! Analog Devices ADXL345 accelerometer on I2C, from the datasheet (Rev. G): full
+//! resolution (3.9 mg/LSB at every range), the output data rate of `rate_hz`, and the
+//! 32-sample FIFO in stream mode, drained by the sampling thread of [`super::accel`].
+//!
+//! Backend: [`Backend::Combined`]. Every access is a register read; the datasheet's
+//! figure 41 accepts either a repeated START or a STOP+START before the read, but the
+//! FIFO is read as one 6-byte burst per sample, and a combined transfer keeps another
+//! process from moving the register pointer in between.
+
+use embedded_hal::i2c::I2c;
+use serde::{Deserialize, Serialize};
+
+use super::accel::{self, AccelFields, AccelSensor, AccelSettings, AccelSource, Opener};
+use super::aggregate::{Aggregate, Gravity, Unit, STANDARD_GRAVITY};
+use super::i2c::{self as bus, Backend, BusLocation, I2cBus};
+use super::SensorError;
+
+/// Value of [`reg::DEVID`].
+pub const DEVICE_ID: u8 = 0xE5;
+/// ALT ADDRESS low (0x53, the default) or high (0x1D).
+pub const ADDRESSES: [u8; 2] = [0x53, 0x1D];
+
+/// Register addresses.
+pub mod reg {
+    pub const DEVID: u8 = 0x00;
+    pub const BW_RATE: u8 = 0x2C;
+    pub const POWER_CTL: u8 = 0x2D;
+    pub const DATA_FORMAT: u8 = 0x31;
+    /// DATAX0..DATAZ1: three little-endian 16-bit values; reading all six pops one FIFO entry.
+    pub const DATAX0: u8 = 0x32;
+    pub const FIFO_CTL: u8 = 0x38;
+    pub const FIFO_STATUS: u8 = 0x39;
+}
+
+/// [`reg::POWER_CTL`]: measurement mode (0 is standby).
+pub const POWER_CTL_MEASURE: u8 = 0x08;
+/// [`reg::DATA_FORMAT`]: full resolution, 3.9 mg/LSB at every range.
+pub const DATA_FORMAT_FULL_RES: u8 = 0x08;
+/// [`reg::FIFO_CTL`]: stream mode (the FIFO keeps the latest 32 samples).
+pub const FIFO_CTL_STREAM: u8 = 0x80;
+/// [`reg::FIFO_STATUS`]: number of samples waiting.
+pub const FIFO_STATUS_ENTRIES: u8 = 0x3F;
+/// FIFO depth.
+pub const FIFO_DEPTH: u32 = 32;
+/// Scale factor in full resolution, datasheet table 1: 3.9 mg/LSB.
+pub const G_PER_LSB: f64 = 0.0039;
+
+/// Output data rates this driver sets (Hz), datasheet table 7.
+pub const RATES_HZ: [u32; 5] = [100, 200, 400, 800, 1600];
+/// Full-scale ranges (±g).
+pub const RANGES_G: [u8; 4] = [2, 4, 8, 16];
+
+/// BW_RATE code of an output data rate: 0x0A is 100 Hz, each step doubles.
+pub fn rate_code(rate_hz: u32) -> Option<u8> {
+    RATES_HZ
+        .iter()
+        .position(|r| *r == rate_hz)
+        .map(|i| 0x0A + i as u8)
+}
+
+/// DATA_FORMAT range bits of a full-scale range.
+pub fn range_code(range_g: u8) -> Option<u8> {
+    RANGES_G.iter().position(|r| *r == range_g).map(|i| i as u8)
+}
+
+/// A driver error; `E` is the bus's error.
+#[derive(Debug)]
+pub enum Error<E> {
+    Bus(E),
+    /// DEVID is not 0xE5: another chip answers at this address.
+    DeviceId(u8),
+    /// A rate or range this chip does not support.
+    Setting(&'static str),
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for Error<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Bus(e) => write!(f, "bus error: {e}"),
+            Error::DeviceId(id) => write!(
+                f,
+                "device id 0x{id:02x} is not an ADXL345's (0xE5): another chip answers at this \
+                 address (see `sensors scan`)"
+            ),
+            Error::Setting(what) => write!(f, "unsupported {what}"),
+        }
+    }
+}
+
+/// The ADXL345 driver, generic over the I2C bus.
+pub struct Adxl345<I2C> {
+    i2c: I2C,
+    address: u8,
+}
+
+impl<I2C: I2c> Adxl345<I2C> {
+    pub fn new(i2c: I2C, address: u8) -> Self {
+        Adxl345 { i2c, address }
+    }
+
+    pub fn destroy(self) -> I2C {
+        self.i2c
+    }
+
+    fn read_reg(&mut self, register: u8, buf: &mut [u8]) -> Result<(), Error<I2C::Error>> {
+        self.i2c
+            .write_read(self.address, &[register], buf)
+            .map_err(Error::Bus)
+    }
+
+    fn write_reg(&mut self, register: u8, value: u8) -> Result<(), Error<I2C::Error>> {
+        self.i2c
+            .write(self.address, &[register, value])
+            .map_err(Error::Bus)
+    }
+
+    /// Checks DEVID, then configures in standby: rate, full resolution and range, FIFO in
+    /// stream mode; then starts measuring.
+    pub fn init(&mut self, rate_hz: u32, range_g: u8) -> Result<(), Error<I2C::Error>> {
+        let rate = rate_code(rate_hz).ok_or(Error::Setting("rate_hz"))?;
+        let range = range_code(range_g).ok_or(Error::Setting("range_g"))?;
+        let mut id = [0u8];
+        self.read_reg(reg::DEVID, &mut id)?;
+        if id[0] != DEVICE_ID {
+            return Err(Error::DeviceId(id[0]));
+        }
+        self.write_reg(reg::POWER_CTL, 0x00)?;
+        self.write_reg(reg::BW_RATE, rate)?;
+        self.write_reg(reg::DATA_FORMAT, DATA_FORMAT_FULL_RES | range)?;
+        self.write_reg(reg::FIFO_CTL, FIFO_CTL_STREAM)?;
+        self.write_reg(reg::POWER_CTL, POWER_CTL_MEASURE)?;
+        Ok(())
+    }
+
+    /// Reads every sample waiting in the FIFO, in g, appending them to `out`. Returns how
+    /// many were waiting (32 means the FIFO was full: samples may have been lost).
+    pub fn read_fifo(&mut self, out: &mut Vec<[f64; 3]>) -> Result<u8, Error<I2C::Error>> {
+        let mut status = [0u8];
+        self.read_reg(reg::FIFO_STATUS, &mut status)?;
+        let entries = status[0] & FIFO_STATUS_ENTRIES;
+        for _ in 0..entries {
+            let mut d = [0u8; 6];
+            self.read_reg(reg::DATAX0, &mut d)?;
+            out.push(to_g(&d));
+        }
+        Ok(entries)
+    }
+}
+
+/// Converts DATAX0..DATAZ1 (full resolution) to g.
+pub fn to_g(d: &[u8; 6]) -> [f64; 3] {
+    let axis = |i: usize| f64::from(i16::from_le_bytes([d[i], d[i + 1]])) * G_PER_LSB;
+    [axis(0), axis(2), axis(4)]
+}
+
+const fn default_address() -> u8 {
+    ADDRESSES[0]
+}
+const fn default_rate() -> u32 {
+    400
+}
+const fn default_range() -> u8 {
+    16
+}
+
+/// A `type = "adxl345"` entry.
+///
+/// ```toml
+/// [[sensors]]
+/// type = "adxl345"
+/// bus = 1              # or device = "/dev/i2c-1"
+/// address = 0x53       # 0x1D when ALT ADDRESS is high
+/// rate_hz = 400        # 100, 200, 400, 800 or 1600
+/// range_g = 16         # 2, 4, 8 or 16
+/// aggregate = "rms"    # "rms", "peak" or "mean"
+/// gravity = "measured" # or "standard"
+/// unit = "m/s2"        # or "g"
+/// fields = { acceleration = "accelerometre" }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adxl345Config {
+    /// I2C bus number N, i.e. `/dev/i2c-N`. Default 1. Set `bus` or `device`, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<u8>,
+    /// Path of the i2c-dev node, e.g. `"/dev/i2c-1"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// 7-bit address: 0x53 (ALT ADDRESS low, the default) or 0x1D.
+    #[serde(default = "default_address")]
+    pub address: u8,
+    /// Output data rate, Hz: 100, 200, 400 (default), 800 or 1600. Over I2C the FIFO is
+    /// read one sample per transfer: 800 Hz and more need the bus at 400 kHz
+    /// (`dtparam=i2c_arm_baudrate=400000`), and 1600 Hz is at the edge of what I2C carries
+    /// (the datasheet recommends SPI for it).
+    #[serde(default = "default_rate")]
+    pub rate_hz: u32,
+    /// Full-scale range, ±g: 2, 4, 8 or 16 (default). Full resolution keeps 3.9 mg/LSB at
+    /// every range, so 16 costs nothing and clips only beyond 16 g.
+    #[serde(default = "default_range")]
+    pub range_g: u8,
+    /// The value per reading: `"rms"` (default), `"peak"` or `"mean"`; see [`Aggregate`].
+    #[serde(default)]
+    pub aggregate: Aggregate,
+    /// The gravity subtracted for `rms` and `peak`: `"measured"` (default) or
+    /// `"standard"`; see [`Gravity`].
+    #[serde(default)]
+    pub gravity: Gravity,
+    /// Unit of the value sent: `"m/s2"` (default) or `"g"`.
+    #[serde(default)]
+    pub unit: Unit,
+    /// Payload field name; see [`AccelFields`].
+    #[serde(default)]
+    pub fields: AccelFields,
+}
+
+impl Default for Adxl345Config {
+    fn default() -> Self {
+        Adxl345Config {
+            bus: None,
+            device: None,
+            address: default_address(),
+            rate_hz: default_rate(),
+            range_g: default_range(),
+            aggregate: Aggregate::default(),
+            gravity: Gravity::default(),
+            unit: Unit::default(),
+            fields: AccelFields::default(),
+        }
+    }
+}
+
+impl Adxl345Config {
+    pub(crate) fn check(&self) -> Result<(), (String, String)> {
+        BusLocation::from_settings(self.bus, self.device.as_deref())?;
+        bus::check_address(self.address, &ADDRESSES)?;
+        accel::check_rate(self.rate_hz, &RATES_HZ, "the ADXL345's output data rates")?;
+        accel::check_range(self.range_g, &RANGES_G)
+    }
+}
+
+/// An open, measuring ADXL345.
+struct Source {
+    name: String,
+    address: u8,
+    dev: Adxl345<I2cBus>,
+    poll: std::time::Duration,
+}
+
+impl AccelSource for Source {
+    fn drain(&mut self, out: &mut Vec<[f64; 3]>) -> Result<(), SensorError> {
+        let start = out.len();
+        match self.dev.read_fifo(out) {
+            Ok(entries) => {
+                if u32::from(entries) >= FIFO_DEPTH {
+                    tracing::debug!(sensor = %self.name, "FIFO full: samples may have been lost");
+                }
+                for s in &mut out[start..] {
+                    for v in s.iter_mut() {
+                        *v *= STANDARD_GRAVITY;
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => Err(error(&self.name, self.address, e)),
+        }
+    }
+
+    fn poll_period(&self) -> std::time::Duration {
+        self.poll
+    }
+}
+
+fn error(name: &str, address: u8, e: Error<bus::I2cBusError>) -> SensorError {
+    match e {
+        Error::Bus(e) => SensorError::Bus {
+            sensor: name.to_owned(),
+            detail: bus::bus_detail(&e, address),
+        },
+        other => SensorError::BadData {
+            sensor: name.to_owned(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// The `adxl345` sensor: starts its sampling thread.
+pub fn sensor(config: Adxl345Config) -> AccelSensor {
+    let location = BusLocation::from_settings(config.bus, config.device.as_deref())
+        .unwrap_or(BusLocation::Number(bus::DEFAULT_BUS));
+    let name = format!("adxl345@{}:0x{:02x}", location.label(), config.address);
+    let settings = AccelSettings {
+        rate_hz: config.rate_hz,
+        aggregate: config.aggregate,
+        gravity: config.gravity,
+        unit: config.unit,
+    };
+    // Half the time the FIFO takes to fill, at most 50 ms.
+    let poll = std::time::Duration::from_secs_f64(
+        (f64::from(FIFO_DEPTH) / f64::from(config.rate_hz.max(1)) / 2.0).min(0.05),
+    );
+    let (opener_name, address, rate, range) =
+        (name.clone(), config.address, config.rate_hz, config.range_g);
+    let opener: Opener = Box::new(move || {
+        let i2c = bus::open(&location, Backend::Combined, &opener_name)?;
+        let mut dev = Adxl345::new(i2c, address);
+        dev.init(rate, range)
+            .map_err(|e| error(&opener_name, address, e))?;
+        Ok(Box::new(Source {
+            name: opener_name.clone(),
+            address,
+            dev,
+            poll,
+        }) as Box<dyn AccelSource>)
+    });
+    AccelSensor::start(name, config.fields.acceleration, settings, opener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use embedded_hal::i2c::{ErrorKind, NoAcknowledgeSource};
+    use embedded_hal_mock::eh1::i2c::{Mock, Transaction as T};
+
+    const ADDR: u8 = 0x53;
+
+    #[test]
+    fn init_sequence_on_the_wire() {
+        let tx = [
+            T::write_read(ADDR, vec![reg::DEVID], vec![DEVICE_ID]),
+            T::write(ADDR, vec![reg::POWER_CTL, 0x00]),
+            T::write(ADDR, vec![reg::BW_RATE, 0x0C]), // 400 Hz
+            T::write(ADDR, vec![reg::DATA_FORMAT, 0x0B]), // full res, ±16 g
+            T::write(ADDR, vec![reg::FIFO_CTL, 0x80]),
+            T::write(ADDR, vec![reg::POWER_CTL, 0x08]),
+        ];
+        let mut i2c = Mock::new(&tx);
+        let mut dev = Adxl345::new(i2c.clone(), ADDR);
+        dev.init(400, 16).unwrap();
+        dev.destroy();
+        i2c.done();
+    }
+
+    #[test]
+    fn fifo_is_drained_and_scaled() {
+        // 256 LSB = 0.9984 g on z; -256 on x.
+        let tx = [
+            T::write_read(ADDR, vec![reg::FIFO_STATUS], vec![0x82]), // trigger bit + 2 entries
+            T::write_read(
+                ADDR,
+                vec![reg::DATAX0],
+                vec![0x00, 0xFF, 0x00, 0x00, 0x00, 0x01],
+            ),
+            T::write_read(
+                ADDR,
+                vec![reg::DATAX0],
+                vec![0x00, 0x00, 0x00, 0x00, 0x00, 0x01],
+            ),
+        ];
+        let mut i2c = Mock::new(&tx);
+        let mut dev = Adxl345::new(i2c.clone(), ADDR);
+        let mut out = Vec::new();
+        assert_eq!(dev.read_fifo(&mut out).unwrap(), 2);
+        assert_eq!(out.len(), 2);
+        assert!((out[0][0] + 0.9984).abs() < 1e-9);
+        assert!((out[0][2] - 0.9984).abs() < 1e-9);
+        i2c.done();
+    }
+
+    #[test]
+    fn wrong_device_and_nack() {
+        let tx = [
+            T::write_read(ADDR, vec![reg::DEVID], vec![0x68]),
+            T::write_read(ADDR, vec![reg::FIFO_STATUS], vec![0])
+                .with_error(ErrorKind::NoAcknowledge(NoAcknowledgeSource::Address)),
+        ];
+        let mut i2c = Mock::new(&tx);
+        let mut dev = Adxl345::new(i2c.clone(), ADDR);
+        assert!(matches!(dev.init(100, 2), Err(Error::DeviceId(0x68))));
+        assert!(matches!(dev.read_fifo(&mut Vec::new()), Err(Error::Bus(_))));
+        i2c.done();
+    }
+
+    #[test]
+    fn codes_and_config_checks() {
+        assert_eq!(rate_code(100), Some(0x0A));
+        assert_eq!(rate_code(1600), Some(0x0E));
+        assert_eq!(rate_code(300), None);
+        assert_eq!(range_code(2), Some(0));
+        assert_eq!(range_code(16), Some(3));
+        let c: Adxl345Config = toml::from_str("rate_hz = 3200").unwrap();
+        assert_eq!(c.check().unwrap_err().0, "rate_hz");
+        let c: Adxl345Config = toml::from_str("aggregate = \"peak\"\nunit = \"g\"").unwrap();
+        assert_eq!((c.aggregate, c.unit), (Aggregate::Peak, Unit::G));
+        assert!(c.check().is_ok());
+        assert!(toml::from_str::<Adxl345Config>("aggregate = \"max\"").is_err());
+    }
+}

@@ -1,0 +1,302 @@
+//! I2C bus selection shared by the I2C sensor types (`bus = N` or `device = "/dev/i2c-N"`)
+//! and the two Linux backends behind embedded-hal 1.0.
+//!
+//! The backends differ in one way that matters to drivers: how `write_read` (write a
+//! register address, then read) reaches the wire.
+//!
+//! - [`Backend::Combined`]: linux-embedded-hal's `I2cdev`. Every embedded-hal
+//!   `transaction` becomes ONE `I2C_RDWR` ioctl: a write, a repeated START, a read, one
+//!   STOP. This is the sequence the BME280, ADXL345 and MPU-6050 datasheets draw for a
+//!   register read, and the kernel holds the adapter lock for the whole transfer, so no
+//!   other process talking to the same chip (e.g. `sensors read` while the daemon runs)
+//!   can move the chip's register pointer between our write and our read.
+//! - [`Backend::Rppal`]: rppal's `I2c`. Its embedded-hal `transaction` issues one
+//!   `write(2)`/`read(2)` per operation: STOP then START between them, and another
+//!   process may slip in between. Fine for chips whose protocol is "send a command, wait,
+//!   read" with a STOP in between anyway (the Sensirion SHT3x/SHT4x); rppal also turns off
+//!   PEC and 10-bit addressing when it opens the bus, and offers the SMBus quick command
+//!   that `sensors scan` uses to probe like `i2cdetect`.
+//!
+//! Each driver's sensor says which backend it uses and why. A `device` path always
+//! uses `Combined` (rppal opens buses by number only).
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use embedded_hal::i2c::{ErrorKind, ErrorType, I2c, NoAcknowledgeSource, Operation};
+use linux_embedded_hal::I2cdev;
+
+use super::SensorError;
+
+/// Which Linux I2C backend a chip uses; see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// linux-embedded-hal `I2cdev`: combined transfers with a repeated START.
+    Combined,
+    /// rppal `I2c`: STOP+START between operations.
+    Rppal,
+}
+
+/// Where a chip's bus is, from the entry's `bus` / `device` keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusLocation {
+    /// `bus = N`: `/dev/i2c-N`.
+    Number(u8),
+    /// `device = "/dev/i2c-N"` (or any i2c-dev node).
+    Path(String),
+}
+
+/// The default I2C bus: bus 1 is the one on header pins 3 (SDA) and 5 (SCL) of every
+/// Raspberry Pi since the first revision.
+pub const DEFAULT_BUS: u8 = 1;
+
+impl BusLocation {
+    /// Resolves `bus` and `device`: at most one may be set; neither means bus 1.
+    pub fn from_settings(bus: Option<u8>, device: Option<&str>) -> Result<Self, (String, String)> {
+        match (bus, device) {
+            (Some(_), Some(_)) => Err((
+                "device".into(),
+                "set either `bus` or `device`, not both".into(),
+            )),
+            (None, Some("")) => Err((
+                "device".into(),
+                "empty path; use e.g. \"/dev/i2c-1\" or remove the key".into(),
+            )),
+            (None, Some(path)) => Ok(BusLocation::Path(path.to_owned())),
+            (Some(n), None) => Ok(BusLocation::Number(n)),
+            (None, None) => Ok(BusLocation::Number(DEFAULT_BUS)),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        match self {
+            BusLocation::Number(n) => PathBuf::from(format!("/dev/i2c-{n}")),
+            BusLocation::Path(p) => PathBuf::from(p),
+        }
+    }
+
+    /// Short form for sensor names: `i2c-1` or the path given.
+    pub fn label(&self) -> String {
+        match self {
+            BusLocation::Number(n) => format!("i2c-{n}"),
+            BusLocation::Path(p) => p.clone(),
+        }
+    }
+}
+
+/// Checks a 7-bit address setting.
+pub fn check_address(address: u8, usual: &[u8]) -> Result<(), (String, String)> {
+    if !(0x03..=0x77).contains(&address) {
+        return Err((
+            "address".into(),
+            format!("0x{address:02x} is not a 7-bit device address (0x03..=0x77)"),
+        ));
+    }
+    if !usual.is_empty() && !usual.contains(&address) {
+        let list: Vec<String> = usual.iter().map(|a| format!("0x{a:02x}")).collect();
+        return Err((
+            "address".into(),
+            format!(
+                "0x{address:02x} is not an address this chip can have ({})",
+                list.join(" or ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An open I2C bus, through either backend.
+pub enum I2cBus {
+    Combined(I2cdev),
+    Rppal(rppal::i2c::I2c),
+}
+
+/// A bus error of either backend.
+#[derive(Debug)]
+pub enum I2cBusError {
+    Combined(linux_embedded_hal::I2CError),
+    Rppal(rppal::i2c::Error),
+}
+
+impl fmt::Display for I2cBusError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            I2cBusError::Combined(e) => write!(f, "{e}"),
+            I2cBusError::Rppal(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for I2cBusError {}
+
+impl embedded_hal::i2c::Error for I2cBusError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            I2cBusError::Combined(e) => e.kind(),
+            I2cBusError::Rppal(rppal::i2c::Error::Io(e)) => match e.raw_os_error() {
+                // The kernel's I2C fault codes (Documentation/i2c/fault-codes.rst).
+                Some(libc::ENXIO) => ErrorKind::NoAcknowledge(NoAcknowledgeSource::Address),
+                Some(libc::ENODEV) => ErrorKind::NoAcknowledge(NoAcknowledgeSource::Data),
+                Some(libc::EAGAIN) => ErrorKind::ArbitrationLoss,
+                Some(libc::EIO) | Some(libc::EBUSY) => ErrorKind::Bus,
+                _ => ErrorKind::Other,
+            },
+            I2cBusError::Rppal(_) => ErrorKind::Other,
+        }
+    }
+}
+
+impl ErrorType for I2cBus {
+    type Error = I2cBusError;
+}
+
+impl I2c for I2cBus {
+    fn transaction(
+        &mut self,
+        address: u8,
+        operations: &mut [Operation<'_>],
+    ) -> Result<(), Self::Error> {
+        match self {
+            I2cBus::Combined(bus) => bus
+                .transaction(address, operations)
+                .map_err(I2cBusError::Combined),
+            I2cBus::Rppal(bus) => bus
+                .transaction(address, operations)
+                .map_err(I2cBusError::Rppal),
+        }
+    }
+}
+
+/// Opens the bus for a chip. `Rppal` is used only for `bus = N`; a path always opens
+/// through `I2cdev`. Errors say what to check.
+pub fn open(location: &BusLocation, backend: Backend, sensor: &str) -> Result<I2cBus, SensorError> {
+    let path = location.path();
+    let setup = |e: io::Error| SensorError::Setup {
+        sensor: sensor.to_owned(),
+        detail: open_hint(&path.display().to_string(), &e),
+    };
+    match (backend, location) {
+        (Backend::Rppal, BusLocation::Number(n)) => match rppal::i2c::I2c::with_bus(*n) {
+            Ok(bus) => Ok(I2cBus::Rppal(bus)),
+            Err(rppal::i2c::Error::Io(e)) => Err(setup(e)),
+            Err(e) => Err(SensorError::Setup {
+                sensor: sensor.to_owned(),
+                detail: format!("cannot open {}: {e}", path.display()),
+            }),
+        },
+        _ => match I2cdev::new(&path) {
+            Ok(bus) => Ok(I2cBus::Combined(bus)),
+            Err(linux_embedded_hal::i2cdev::linux::LinuxI2CError::Io(e)) => Err(setup(e)),
+            Err(e) => Err(SensorError::Setup {
+                sensor: sensor.to_owned(),
+                detail: format!("cannot open {}: {e}", path.display()),
+            }),
+        },
+    }
+}
+
+/// "cannot open /dev/i2c-1: ..." with the usual cause and fix.
+pub fn open_hint(path: &str, e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => format!(
+            "cannot open {path}: no such device (enable I2C: `sudo raspi-config nonint do_i2c 0` \
+             or `dtparam=i2c_arm=on` in /boot/firmware/config.txt, then check `ls /dev/i2c-*` \
+             for the bus number)"
+        ),
+        io::ErrorKind::PermissionDenied => format!(
+            "cannot open {path}: permission denied (add the service user to the `i2c` group)"
+        ),
+        _ => format!("cannot open {path}: {e}"),
+    }
+}
+
+/// Describes a driver's bus error with what to check, e.g. a NACK at the address.
+pub fn bus_detail<E: embedded_hal::i2c::Error + fmt::Display>(e: &E, address: u8) -> String {
+    match e.kind() {
+        ErrorKind::NoAcknowledge(NoAcknowledgeSource::Address) => format!(
+            "no device answered at 0x{address:02x} (NACK; check wiring, power, the `address` \
+             setting and `sensors scan`)"
+        ),
+        ErrorKind::NoAcknowledge(_) => format!(
+            "0x{address:02x} did not acknowledge ({e}; the chip may be busy, resetting or not the \
+             expected one)"
+        ),
+        ErrorKind::ArbitrationLoss | ErrorKind::Bus => format!(
+            "bus fault talking to 0x{address:02x} ({e}; check wiring, pull-ups and cable length)"
+        ),
+        _ => format!("I/O error talking to 0x{address:02x}: {e} (the device may be gone)"),
+    }
+}
+
+/// A `DelayNs` that sleeps the thread: the drivers wait for conversions this way.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StdDelay;
+
+impl embedded_hal::delay::DelayNs for StdDelay {
+    fn delay_ns(&mut self, ns: u32) {
+        std::thread::sleep(Duration::from_nanos(u64::from(ns)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bus_and_device_resolve() {
+        assert_eq!(
+            BusLocation::from_settings(None, None).unwrap(),
+            BusLocation::Number(1)
+        );
+        assert_eq!(
+            BusLocation::from_settings(Some(3), None).unwrap().path(),
+            PathBuf::from("/dev/i2c-3")
+        );
+        assert_eq!(
+            BusLocation::from_settings(None, Some("/dev/i2c-7"))
+                .unwrap()
+                .label(),
+            "/dev/i2c-7"
+        );
+        assert_eq!(
+            BusLocation::from_settings(Some(1), Some("/dev/i2c-1"))
+                .unwrap_err()
+                .0,
+            "device"
+        );
+    }
+
+    #[test]
+    fn addresses_are_checked() {
+        assert!(check_address(0x76, &[0x76, 0x77]).is_ok());
+        assert!(check_address(0x78, &[]).is_err());
+        assert!(check_address(0x40, &[0x76, 0x77])
+            .unwrap_err()
+            .1
+            .contains("0x76 or 0x77"));
+    }
+
+    #[test]
+    fn missing_bus_says_how_to_enable_i2c() {
+        let e = open(
+            &BusLocation::Path("/nonexistent/i2c-9".into()),
+            Backend::Combined,
+            "t",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("raspi-config"), "{e}");
+    }
+
+    #[test]
+    fn nack_detail_points_at_the_address() {
+        let d = bus_detail(
+            &ErrorKind::NoAcknowledge(NoAcknowledgeSource::Address),
+            0x76,
+        );
+        assert!(d.contains("0x76") && d.contains("sensors scan"), "{d}");
+    }
+}

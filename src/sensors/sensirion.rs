@@ -1,0 +1,149 @@
+//! What the Sensirion SHT3x and SHT4x share: the CRC-8 of every 16-bit word, the 6-byte
+//! answer (temperature word, CRC, humidity word, CRC), the driver error, their fields
+//! table and the I2C settings.
+//!
+//! Both are "send a command, wait, read" chips: the command write ends with a STOP that
+//! starts the measurement, and the result is fetched with a separate read, never a
+//! `write_read`. They are therefore read through [`Backend::Rppal`] on `bus = N` (a STOP
+//! between operations is exactly what they need; no combined transfer is involved).
+//! Both are used without clock stretching (the commands chosen do not stretch), which
+//! the Raspberry Pi's BCM2835 I2C controller handles badly.
+//!
+//! [`Backend::Rppal`]: super::i2c::Backend::Rppal
+
+use serde::{Deserialize, Serialize};
+
+use super::defaults;
+
+/// CRC-8 of the Sensirion datasheets: polynomial 0x31 (x⁸ + x⁵ + x⁴ + 1), initial value
+/// 0xFF, no reflection, no final XOR. `crc8(&[0xBE, 0xEF]) == 0x92`.
+pub fn crc8(data: &[u8]) -> u8 {
+    const POLYNOMIAL: u8 = 0x31;
+    let mut crc: u8 = 0xFF;
+    for byte in data {
+        crc ^= byte;
+        for _ in 0..8 {
+            crc = if crc & 0x80 != 0 {
+                (crc << 1) ^ POLYNOMIAL
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// A driver error; `E` is the bus's error.
+#[derive(Debug)]
+pub enum Error<E> {
+    /// The bus failed (NACK, I/O error).
+    Bus(E),
+    /// A word's CRC did not match: noise on the bus or a bad connection.
+    Crc {
+        word: u16,
+        received: u8,
+        computed: u8,
+    },
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for Error<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Bus(e) => write!(f, "bus error: {e}"),
+            Error::Crc {
+                word,
+                received,
+                computed,
+            } => write!(
+                f,
+                "CRC mismatch on word 0x{word:04x}: received 0x{received:02x}, computed \
+                 0x{computed:02x} (noise on the bus: check wiring, pull-ups and cable length)"
+            ),
+        }
+    }
+}
+
+/// Checks and decodes the 6-byte answer into the raw temperature and humidity words.
+pub fn decode<E>(frame: &[u8; 6]) -> Result<(u16, u16), Error<E>> {
+    let word = |i: usize| -> Result<u16, Error<E>> {
+        let computed = crc8(&frame[i..i + 2]);
+        let word = u16::from_be_bytes([frame[i], frame[i + 1]]);
+        if computed != frame[i + 2] {
+            return Err(Error::Crc {
+                word,
+                received: frame[i + 2],
+                computed,
+            });
+        }
+        Ok(word)
+    };
+    Ok((word(0)?, word(3)?))
+}
+
+/// Temperature in °C from the raw word: -45 + 175 · S / (2¹⁶ - 1) (both families).
+pub fn temperature(raw: u16) -> f64 {
+    -45.0 + 175.0 * f64::from(raw) / 65535.0
+}
+
+/// Payload fields of an `sht3x`/`sht4x` entry. Omit a key for its default; set it to
+/// `""` to not send that quantity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThFields {
+    /// Temperature in °C. Default `"temperature"`.
+    #[serde(default = "defaults::temperature")]
+    pub temperature: String,
+    /// Relative humidity in %. Default `"humidite"`.
+    #[serde(default = "defaults::humidity")]
+    pub humidity: String,
+}
+
+impl Default for ThFields {
+    fn default() -> Self {
+        ThFields {
+            temperature: defaults::temperature(),
+            humidity: defaults::humidity(),
+        }
+    }
+}
+
+impl ThFields {
+    pub fn pairs(&self) -> Vec<(&'static str, &str)> {
+        vec![
+            ("temperature", self.temperature.as_str()),
+            ("humidity", self.humidity.as_str()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc_datasheet_example() {
+        assert_eq!(crc8(&[0xBE, 0xEF]), 0x92);
+        assert_eq!(crc8(&[]), 0xFF);
+    }
+
+    #[test]
+    fn decode_checks_both_words() {
+        let ok = [0xBE, 0xEF, 0x92, 0xBE, 0xEF, 0x92];
+        assert_eq!(decode::<()>(&ok).unwrap(), (0xBEEF, 0xBEEF));
+        let bad = [0xBE, 0xEF, 0x92, 0xBE, 0xEF, 0x93];
+        assert!(matches!(
+            decode::<()>(&bad),
+            Err(Error::Crc {
+                word: 0xBEEF,
+                received: 0x93,
+                computed: 0x92
+            })
+        ));
+    }
+
+    #[test]
+    fn temperature_conversion_ends() {
+        assert_eq!(temperature(0), -45.0);
+        assert_eq!(temperature(0xFFFF), 130.0);
+    }
+}

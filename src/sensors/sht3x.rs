@@ -1,0 +1,309 @@
+//! Sensirion SHT30/SHT31/SHT35 temperature and humidity on I2C, from the datasheet:
+//! single-shot measurement, high repeatability, clock stretching disabled (command
+//! 0x2400), 6-byte answer with a CRC-8 per word. See [`super::sensirion`] for the backend
+//! choice (rppal: command, STOP, wait, read).
+
+use embedded_hal::delay::DelayNs;
+use embedded_hal::i2c::I2c;
+use serde::{Deserialize, Serialize};
+
+use super::i2c::{self as bus, Backend, BusLocation, I2cBus, StdDelay};
+use super::sensirion::{self, Error, ThFields};
+use super::{limits, push_checked, round, Measurement, Sensor, SensorError};
+
+/// ADDR pin low (the default) or high.
+pub const ADDRESSES: [u8; 2] = [0x44, 0x45];
+
+/// 16-bit commands, sent most significant byte first.
+pub mod cmd {
+    /// Single shot, high repeatability, no clock stretching.
+    pub const MEASURE_HIGH: u16 = 0x2400;
+    pub const SOFT_RESET: u16 = 0x30A2;
+    pub const READ_STATUS: u16 = 0xF32D;
+}
+
+/// Maximum duration of a high-repeatability measurement (datasheet table 4: 15 ms).
+pub const MEASUREMENT_MS: u32 = 16;
+/// Soft reset time (datasheet table 4: 1.5 ms max).
+pub const RESET_MS: u32 = 2;
+
+/// Relative humidity in % from the raw word: 100 · S / (2¹⁶ - 1).
+pub fn humidity(raw: u16) -> f64 {
+    100.0 * f64::from(raw) / 65535.0
+}
+
+/// The SHT3x driver, generic over the I2C bus.
+pub struct Sht3x<I2C> {
+    i2c: I2C,
+    address: u8,
+}
+
+impl<I2C: I2c> Sht3x<I2C> {
+    pub fn new(i2c: I2C, address: u8) -> Self {
+        Sht3x { i2c, address }
+    }
+
+    pub fn destroy(self) -> I2C {
+        self.i2c
+    }
+
+    fn command(&mut self, command: u16) -> Result<(), Error<I2C::Error>> {
+        self.i2c
+            .write(self.address, &command.to_be_bytes())
+            .map_err(Error::Bus)
+    }
+
+    /// Soft-resets the chip and reads its status word (checking its CRC), which proves
+    /// that an SHT3x answers. Returns the status word.
+    pub fn init(&mut self, delay: &mut impl DelayNs) -> Result<u16, Error<I2C::Error>> {
+        self.command(cmd::SOFT_RESET)?;
+        delay.delay_ms(RESET_MS);
+        self.command(cmd::READ_STATUS)?;
+        let mut buf = [0u8; 3];
+        self.i2c.read(self.address, &mut buf).map_err(Error::Bus)?;
+        let computed = sensirion::crc8(&buf[..2]);
+        let word = u16::from_be_bytes([buf[0], buf[1]]);
+        if computed != buf[2] {
+            return Err(Error::Crc {
+                word,
+                received: buf[2],
+                computed,
+            });
+        }
+        Ok(word)
+    }
+
+    /// One measurement: (°C, %RH).
+    pub fn measure(&mut self, delay: &mut impl DelayNs) -> Result<(f64, f64), Error<I2C::Error>> {
+        self.command(cmd::MEASURE_HIGH)?;
+        delay.delay_ms(MEASUREMENT_MS);
+        let mut frame = [0u8; 6];
+        self.i2c
+            .read(self.address, &mut frame)
+            .map_err(Error::Bus)?;
+        let (t, h) = sensirion::decode(&frame)?;
+        Ok((sensirion::temperature(t), humidity(h)))
+    }
+}
+
+const fn default_address() -> u8 {
+    ADDRESSES[0]
+}
+
+/// A `type = "sht3x"` entry.
+///
+/// ```toml
+/// [[sensors]]
+/// type = "sht3x"
+/// bus = 1            # or device = "/dev/i2c-1"
+/// address = 0x44     # 0x45 when ADDR is tied high
+/// fields = { temperature = "temperature", humidity = "humidite" }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sht3xConfig {
+    /// I2C bus number N, i.e. `/dev/i2c-N`. Default 1. Set `bus` or `device`, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<u8>,
+    /// Path of the i2c-dev node, e.g. `"/dev/i2c-1"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// 7-bit address: 0x44 (ADDR low, the default) or 0x45 (ADDR high).
+    #[serde(default = "default_address")]
+    pub address: u8,
+    /// Payload field names; see [`ThFields`].
+    #[serde(default)]
+    pub fields: ThFields,
+}
+
+impl Default for Sht3xConfig {
+    fn default() -> Self {
+        Sht3xConfig {
+            bus: None,
+            device: None,
+            address: default_address(),
+            fields: ThFields::default(),
+        }
+    }
+}
+
+impl Sht3xConfig {
+    pub(crate) fn check(&self) -> Result<(), (String, String)> {
+        BusLocation::from_settings(self.bus, self.device.as_deref())?;
+        bus::check_address(self.address, &ADDRESSES)
+    }
+}
+
+/// Maps a Sensirion driver error to a sensor error.
+pub(crate) fn sensor_error(name: &str, address: u8, e: Error<bus::I2cBusError>) -> SensorError {
+    match e {
+        Error::Bus(e) => SensorError::Bus {
+            sensor: name.to_owned(),
+            detail: bus::bus_detail(&e, address),
+        },
+        other => SensorError::BadData {
+            sensor: name.to_owned(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// Pushes a Sensirion (°C, %RH) pair, range-checked.
+pub(crate) fn measurements(
+    name: &str,
+    fields: &ThFields,
+    (t, h): (f64, f64),
+) -> Result<Vec<Measurement>, SensorError> {
+    let mut out = Vec::with_capacity(2);
+    push_checked(
+        &mut out,
+        name,
+        "temperature",
+        &fields.temperature,
+        round(t, 2),
+        limits::TEMPERATURE,
+    )?;
+    push_checked(
+        &mut out,
+        name,
+        "humidity",
+        &fields.humidity,
+        round(h, 2),
+        limits::HUMIDITY,
+    )?;
+    Ok(out)
+}
+
+/// The `sht3x` sensor: opens the bus on first use and again after any error.
+pub struct Sht3xSensor {
+    name: String,
+    location: BusLocation,
+    config: Sht3xConfig,
+    driver: Option<Sht3x<I2cBus>>,
+}
+
+impl Sht3xSensor {
+    pub fn new(config: Sht3xConfig) -> Self {
+        let location = BusLocation::from_settings(config.bus, config.device.as_deref())
+            .unwrap_or(BusLocation::Number(bus::DEFAULT_BUS));
+        Sht3xSensor {
+            name: format!("sht3x@{}:0x{:02x}", location.label(), config.address),
+            location,
+            config,
+            driver: None,
+        }
+    }
+}
+
+impl Sensor for Sht3xSensor {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn read(&mut self) -> Result<Vec<Measurement>, SensorError> {
+        let mut delay = StdDelay;
+        let address = self.config.address;
+        let mut driver = match self.driver.take() {
+            Some(d) => d,
+            None => {
+                let i2c = bus::open(&self.location, Backend::Rppal, &self.name)?;
+                let mut d = Sht3x::new(i2c, address);
+                d.init(&mut delay)
+                    .map_err(|e| sensor_error(&self.name, address, e))?;
+                d
+            }
+        };
+        let values = driver
+            .measure(&mut delay)
+            .map_err(|e| sensor_error(&self.name, address, e))?;
+        // Kept only after a good measurement: any error reopens and resets the chip.
+        self.driver = Some(driver);
+        measurements(&self.name, &self.config.fields, values)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use embedded_hal::i2c::{ErrorKind, NoAcknowledgeSource};
+    use embedded_hal_mock::eh1::delay::NoopDelay;
+    use embedded_hal_mock::eh1::i2c::{Mock, Transaction as T};
+
+    const ADDR: u8 = 0x44;
+
+    fn word(w: u16) -> Vec<u8> {
+        let b = w.to_be_bytes();
+        vec![b[0], b[1], sensirion::crc8(&b)]
+    }
+
+    #[test]
+    fn reset_status_and_measurement_on_the_wire() {
+        // 0x6666 -> -45 + 175 * 0.4 = 25.0 °C; 0x8000 -> 50.0 %RH.
+        let mut frame = word(0x6666);
+        frame.extend(word(0x8000));
+        let tx = [
+            T::write(ADDR, vec![0x30, 0xA2]),
+            T::write(ADDR, vec![0xF3, 0x2D]),
+            T::read(ADDR, word(0x8010)),
+            T::write(ADDR, vec![0x24, 0x00]),
+            T::read(ADDR, frame),
+        ];
+        let mut i2c = Mock::new(&tx);
+        let mut dev = Sht3x::new(i2c.clone(), ADDR);
+        assert_eq!(dev.init(&mut NoopDelay).unwrap(), 0x8010);
+        let (t, h) = dev.measure(&mut NoopDelay).unwrap();
+        assert!((t - 25.0).abs() < 1e-9, "{t}");
+        assert!((h - 50.0).abs() < 0.001, "{h}");
+        dev.destroy();
+        i2c.done();
+    }
+
+    #[test]
+    fn crc_mismatch_is_an_error() {
+        let tx = [
+            T::write(ADDR, vec![0x24, 0x00]),
+            T::read(ADDR, vec![0xBE, 0xEF, 0x92, 0x80, 0x00, 0x00]),
+        ];
+        let mut i2c = Mock::new(&tx);
+        let mut dev = Sht3x::new(i2c.clone(), ADDR);
+        let e = dev.measure(&mut NoopDelay).unwrap_err();
+        assert!(matches!(e, Error::Crc { word: 0x8000, .. }), "{e:?}");
+        assert!(e.to_string().contains("CRC mismatch"));
+        i2c.done();
+    }
+
+    #[test]
+    fn nack_while_measuring_is_a_bus_error() {
+        let tx = [
+            T::write(ADDR, vec![0x24, 0x00]),
+            T::read(ADDR, vec![0; 6])
+                .with_error(ErrorKind::NoAcknowledge(NoAcknowledgeSource::Address)),
+        ];
+        let mut i2c = Mock::new(&tx);
+        let mut dev = Sht3x::new(i2c.clone(), ADDR);
+        assert!(matches!(dev.measure(&mut NoopDelay), Err(Error::Bus(_))));
+        i2c.done();
+    }
+
+    #[test]
+    fn humidity_conversion_ends() {
+        assert_eq!(humidity(0), 0.0);
+        assert_eq!(humidity(0xFFFF), 100.0);
+    }
+
+    #[test]
+    fn out_of_range_values_are_bad_data() {
+        let e = measurements("s", &ThFields::default(), (25.0, 130.0)).unwrap_err();
+        assert!(matches!(e, SensorError::BadData { .. }), "{e:?}");
+        let ok = measurements(
+            "s",
+            &ThFields {
+                temperature: "t".into(),
+                humidity: String::new(),
+            },
+            (25.0, 130.0),
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 1, "a dropped field is not checked");
+    }
+}

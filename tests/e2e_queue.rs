@@ -1,0 +1,606 @@
+//! End-to-end tests of the store-and-forward queue (issue 4), against the real Django +
+//! SimpleJWT test server:
+//!
+//! - kill -9 at random moments during a backlog drain, 50 times: nothing lost, at most
+//!   `upload.batch_size` duplicates per kill (the readings the server accepted whose ack
+//!   was not committed yet);
+//! - connections refused, then the server: the outage's backlog drains;
+//! - a black hole (accepts, never answers) with a 1 s request timeout: the daemon keeps
+//!   sampling, stops on SIGTERM, and drains once the path forwards again;
+//! - 30 % proxy 503s with `Retry-After` and HTML bodies plus 400s for some readings:
+//!   nothing lost, the refused ones are dead letters with status and answer;
+//! - a tmpfs filling up while the server is down: no crash, no corruption, drops
+//!   counted, recovery when space returns, then the queue drains;
+//! - a corrupt queue file at start: moved aside, the daemon runs and uploads;
+//! - a clock years behind: readings are uploaded with corrected capture times.
+//!
+//! Every test has its own server and gateway; they run in parallel.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// SIGTERM must end the daemon within this.
+const STOP_LIMIT: Duration = Duration::from_secs(5);
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+fn start_server() -> TestServer {
+    let server = TestServer::start(ServerOptions {
+        access_lifetime: Duration::from_secs(30),
+        ..Default::default()
+    });
+    server.create_user(DEFAULT_USERNAME, DEFAULT_PASSWORD);
+    server
+}
+
+/// A gateway with prompt retries (short backoff cap) and `extra` upload settings.
+fn gateway(base_url: &str, interval: Duration, upload: &str) -> Gateway {
+    Gateway::new(
+        base_url,
+        GatewayOptions {
+            interval,
+            extra_toml: format!(
+                "[upload]\nbackoff_base = \"100ms\"\nbackoff_max = \"1s\"\n{upload}\n"
+            ),
+            ..Default::default()
+        },
+    )
+}
+
+fn stop(gw: &mut Gateway, context: &str) {
+    let exit = gw.sigterm(STOP_WAIT);
+    assert!(
+        exit.status.success() && exit.elapsed < STOP_LIMIT,
+        "{context}: SIGTERM gave {} after {:?} (want 0 within {STOP_LIMIT:?})\n--- log ---\n{}",
+        exit.status,
+        exit.elapsed,
+        tail(&gw.log_text(), 40)
+    );
+}
+
+/// Polls `cond` until true, failing fast (with the log) when the daemon exits.
+fn wait_alive(
+    gw: &mut Gateway,
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut(&Gateway) -> bool,
+) {
+    let ok = poll_until(timeout, || {
+        gw.assert_running();
+        cond(gw)
+    });
+    if !ok {
+        panic!(
+            "timed out after {timeout:?}: waiting for {what}\n--- gateway log ---\n{}",
+            tail(&gw.log_text(), 40)
+        );
+    }
+}
+
+/// Waits until the server has handled every request it received (its counter stays put
+/// for 200 ms): requests a killed daemon wrote before dying are still processed, and must
+/// be counted for the run that sent them.
+fn wait_server_quiet(server: &TestServer) {
+    let mut last = u64::MAX;
+    let mut stable_since = Instant::now();
+    wait_until("the server to go quiet", Duration::from_secs(20), || {
+        let n = server.stats().requests_total;
+        if n != last {
+            last = n;
+            stable_since = Instant::now();
+        }
+        stable_since.elapsed() >= Duration::from_millis(200)
+    });
+}
+
+fn item_ts(item: &Value) -> String {
+    item["reading"]["timestamp"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no reading.timestamp in `queue list --json` item {item}"))
+        .to_owned()
+}
+
+fn item_temperature(item: &Value) -> f64 {
+    item["reading"]["temperature"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no reading.temperature in `queue list --json` item {item}"))
+}
+
+/// What identifies a reading: its capture time AND its values. The capture time alone
+/// does not: a late sampler tick followed by an on-time one can share a millisecond.
+fn key(ts: &str, t: Option<f64>, h: Option<f64>, a: Option<f64>) -> String {
+    format!("{ts}|{t:?}|{h:?}|{a:?}")
+}
+
+fn item_key(item: &Value) -> String {
+    let r = &item["reading"];
+    key(
+        &item_ts(item),
+        r["temperature"].as_f64(),
+        r["humidite"].as_f64(),
+        r["accelerometre"].as_f64(),
+    )
+}
+
+fn reading_key(r: &Reading) -> String {
+    key(&r.timestamp, r.temperature, r.humidite, r.accelerometre)
+}
+
+/// Copies of each reading (by [`key`]) on the server.
+fn server_copies(server: &TestServer) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for r in server.readings() {
+        *m.entry(reading_key(&r)).or_insert(0) += 1;
+    }
+    m
+}
+
+fn missing<'a>(want: impl IntoIterator<Item = &'a String>, have: &HashSet<String>) -> Vec<String> {
+    let mut v: Vec<String> = want
+        .into_iter()
+        .filter(|t| !have.contains(*t))
+        .cloned()
+        .collect();
+    v.sort();
+    v
+}
+
+/// Runs the gateway with its server unreachable (connections refused) and fast sampling
+/// until at least `target` readings are pending, then stops it cleanly. Returns the
+/// pending capture times.
+fn build_backlog(gw: &mut Gateway, interval: &str, target: u64, timeout: Duration) -> Vec<Value> {
+    gw.set_base_url(&refused_url());
+    gw.set_interval(interval);
+    gw.spawn();
+    wait_alive(
+        gw,
+        &format!("{target} readings pending (server unreachable)"),
+        timeout,
+        |gw| gw.queue_counts().pending >= target,
+    );
+    stop(gw, "end of backlog run");
+    gw.queue_items()
+}
+
+// ---------------------------------------------------------------------------------------
+// kill -9 during a backlog drain
+// ---------------------------------------------------------------------------------------
+
+const KILLS: usize = 50;
+const KILL_BATCH: u64 = 32;
+/// Below this many pending readings after a kill, the backlog is topped up again.
+const REFILL_BELOW: usize = 300;
+const REFILL_TO: u64 = 1500;
+
+#[test]
+fn kill9_during_backlog_drain_loses_nothing_and_duplicates_at_most_a_batch_per_kill() {
+    let started = Instant::now();
+    let server = start_server();
+    let mut gw = gateway(
+        &server.base_url(),
+        Duration::from_millis(20),
+        &format!("batch_size = {KILL_BATCH}\nconcurrency = 4\n"),
+    );
+    let seed = fastrand::u64(..);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    eprintln!("kill -9 test: random seed {seed}");
+
+    // Every capture time ever seen durable in the queue (after a clean stop or a kill):
+    // each must reach the server.
+    let mut durable: HashSet<String> = HashSet::new();
+    let mut refills = 0;
+    let mut kills_during_upload = 0;
+    // Start of each drain run (harness clock, µs): run k+1 re-sends what kill k left.
+    let mut run_starts: Vec<i64> = Vec::new();
+    let mut pending_after_kill: Vec<usize> = Vec::new();
+    let first_start_us = now_us();
+
+    let refill = |gw: &mut Gateway, durable: &mut HashSet<String>| {
+        let items = build_backlog(gw, "2ms", REFILL_TO, Duration::from_secs(60));
+        durable.extend(items.iter().map(item_key));
+        gw.set_base_url(&server.base_url());
+        gw.set_interval("20ms");
+    };
+    refill(&mut gw, &mut durable);
+
+    for _ in 0..KILLS {
+        let before = server.stats().data_ok;
+        run_starts.push(now_us());
+        gw.spawn();
+        // The random moment of the crash: sleeping is the point here.
+        thread::sleep(Duration::from_millis(rng.u64(50..=400)));
+        gw.assert_running();
+        gw.kill9();
+        wait_server_quiet(&server);
+        if server.stats().data_ok > before {
+            kills_during_upload += 1;
+        }
+        let items = gw.queue_items();
+        durable.extend(items.iter().map(item_key));
+        pending_after_kill.push(items.len());
+        if items.len() < REFILL_BELOW {
+            refill(&mut gw, &mut durable);
+            refills += 1;
+        }
+    }
+
+    // Final clean drain: no new readings but the one at start.
+    let drain_start = Instant::now();
+    run_starts.push(now_us());
+    gw.set_interval("1h");
+    gw.spawn();
+    wait_alive(
+        &mut gw,
+        "the queue to drain after the kills",
+        Duration::from_secs(90),
+        |gw| gw.queue_counts().pending == 0,
+    );
+    let drain_time = drain_start.elapsed();
+    stop(&mut gw, "final drain");
+    let end_us = now_us();
+
+    let counts = gw.queue_counts();
+    assert_eq!(
+        counts.pending, 0,
+        "readings left after the drain: {counts:?}"
+    );
+    assert_eq!(
+        counts.dead, 0,
+        "no reading may be dead-lettered: {counts:?}"
+    );
+    assert_eq!(
+        counts.dropped_total, 0,
+        "no reading may be dropped: {counts:?}"
+    );
+
+    let readings = server.readings();
+    let distinct: HashSet<String> = readings.iter().map(reading_key).collect();
+    let lost = missing(&durable, &distinct);
+    assert!(
+        lost.is_empty(),
+        "{} of {} durable readings never reached the server after {KILLS} kills (first: {:?})",
+        lost.len(),
+        durable.len(),
+        &lost[..lost.len().min(10)]
+    );
+    let start_us = first_start_us - 1_000_000;
+    for r in &readings {
+        assert!(
+            r.timestamp_us >= start_us && r.timestamp_us <= end_us,
+            "reading {} lies outside the test's time window",
+            r.timestamp
+        );
+    }
+
+    // Duplicates, attributed to the kill before the run that re-sent them.
+    let mut first_seen: HashSet<String> = HashSet::new();
+    let mut by_arrival: Vec<&Reading> = readings.iter().collect();
+    by_arrival.sort_by_key(|r| r.id);
+    let mut per_kill = vec![0u64; KILLS];
+    let mut total_dups = 0u64;
+    for r in by_arrival {
+        if !first_seen.insert(reading_key(r)) {
+            total_dups += 1;
+            let run = run_starts
+                .iter()
+                .rposition(|&s| s <= r.received_at_us)
+                .unwrap_or(0);
+            // Run k (0-based) follows kill k-1.
+            per_kill[run.saturating_sub(1).min(KILLS - 1)] += 1;
+        }
+    }
+    let worst = per_kill.iter().copied().max().unwrap_or(0);
+    eprintln!(
+        "kill -9 test: {KILLS} kills ({kills_during_upload} while uploads were being \
+         accepted), {refills} backlog refills, {} distinct readings durable, {} on the \
+         server ({} stored in all), duplicates {total_dups} (bound {}), worst kill {worst} \
+         (bound {KILL_BATCH}), duplicates per kill {per_kill:?}, pending after each kill \
+         {pending_after_kill:?}, final drain {drain_time:?}, wall time {:?}",
+        durable.len(),
+        distinct.len(),
+        readings.len(),
+        KILLS as u64 * KILL_BATCH,
+        started.elapsed()
+    );
+    assert!(
+        total_dups <= KILLS as u64 * KILL_BATCH,
+        "{total_dups} duplicates after {KILLS} kills: more than {KILLS} x batch_size {KILL_BATCH}"
+    );
+    assert!(
+        worst <= KILL_BATCH,
+        "one kill caused {worst} duplicates, more than batch_size {KILL_BATCH}: {per_kill:?}"
+    );
+    assert!(
+        kills_during_upload >= KILLS / 2,
+        "only {kills_during_upload} of {KILLS} kills happened while the server was accepting \
+         uploads: the test did not exercise the drain"
+    );
+    assert_eq!(
+        counts.uploaded_total,
+        distinct.len() as u64,
+        "the gateway counts {} readings acknowledged, the server holds {} distinct ones",
+        counts.uploaded_total,
+        distinct.len()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// outage, black hole, flaky server
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn connections_refused_then_server_drains_the_outage_backlog() {
+    let server = start_server();
+    let mut gw = gateway(&refused_url(), Duration::from_millis(50), "");
+    gw.spawn();
+    wait_alive(
+        &mut gw,
+        "40 readings pending while connections are refused",
+        Duration::from_secs(30),
+        |gw| gw.queue_counts().pending >= 40,
+    );
+    let stats = gw.queue_stats();
+    assert!(
+        stats["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "connections refused but `queue stats` shows no last_error: {stats}"
+    );
+    stop(&mut gw, "stop during the outage");
+    let backlog: Vec<String> = gw.queue_items().iter().map(item_key).collect();
+
+    // "Restart with a new config": the server is back.
+    gw.set_base_url(&server.base_url());
+    gw.set_interval("1h");
+    gw.spawn();
+    wait_alive(
+        &mut gw,
+        "the outage backlog to drain",
+        Duration::from_secs(60),
+        |gw| gw.queue_counts().pending == 0,
+    );
+    stop(&mut gw, "after the drain");
+
+    let copies = server_copies(&server);
+    let on_server: HashSet<String> = copies.keys().cloned().collect();
+    let lost = missing(&backlog, &on_server);
+    assert!(
+        lost.is_empty(),
+        "{} of the {} readings queued during the outage never arrived: {:?}",
+        lost.len(),
+        backlog.len(),
+        &lost[..lost.len().min(10)]
+    );
+    let dups: Vec<_> = copies.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(
+        dups.is_empty(),
+        "readings stored twice without any crash: {dups:?}"
+    );
+    let counts = gw.queue_counts();
+    assert_eq!((counts.pending, counts.dead), (0, 0), "{counts:?}");
+    assert_eq!(
+        counts.uploaded_total,
+        on_server.len() as u64,
+        "uploaded_total vs the server's readings: {counts:?}"
+    );
+}
+
+#[test]
+fn black_hole_does_not_hang_the_gateway_and_the_queue_drains_afterwards() {
+    let server = start_server();
+    let hole = BlackHole::start(server.port());
+    hole.set_forward(true);
+    let mut gw = Gateway::new(
+        &hole.url(),
+        GatewayOptions {
+            interval: Duration::from_millis(50),
+            request_timeout: Duration::from_secs(1),
+            extra_toml: "[upload]\nbackoff_base = \"100ms\"\nbackoff_max = \"1s\"\n".into(),
+            ..Default::default()
+        },
+    );
+    gw.set_config_key("api", "login_backoff_base", "\"200ms\"");
+    gw.set_config_key("api", "login_backoff_max", "\"1s\"");
+    gw.spawn();
+    wait_alive(
+        &mut gw,
+        "10 readings through the proxy",
+        Duration::from_secs(30),
+        |_| server.stats().data_ok >= 10,
+    );
+
+    // Black hole: connections are accepted, requests swallowed, nothing answered.
+    hole.set_forward(false);
+    let accepted0 = hole.accepted();
+    let pending0 = gw.queue_counts().pending;
+    let hole_start = Instant::now();
+    wait_alive(
+        &mut gw,
+        "sampling to go on and the uploader to retry on new connections in the black hole",
+        Duration::from_secs(30),
+        |gw| gw.queue_counts().pending >= pending0 + 60 && hole.accepted() >= accepted0 + 2,
+    );
+    eprintln!(
+        "black hole: {} new connections and {} more pending readings in {:?}",
+        hole.accepted() - accepted0,
+        gw.queue_counts().pending - pending0,
+        hole_start.elapsed()
+    );
+    // SIGTERM while requests hang in the black hole.
+    stop(&mut gw, "SIGTERM during the black hole");
+    let mut durable: HashSet<String> = gw.queue_items().iter().map(item_key).collect();
+
+    // A start in the black hole: the login itself hangs; the daemon samples anyway.
+    let accepted1 = hole.accepted();
+    gw.spawn();
+    wait_alive(
+        &mut gw,
+        "logins retried in the black hole while sampling goes on",
+        Duration::from_secs(30),
+        |gw| hole.accepted() >= accepted1 + 2 && gw.queue_counts().pending > durable.len() as u64,
+    );
+    durable.extend(gw.queue_items().iter().map(item_key));
+
+    // Path restored: everything drains.
+    hole.set_forward(true);
+    wait_alive(
+        &mut gw,
+        "the black-hole backlog to drain",
+        Duration::from_secs(60),
+        |gw| gw.queue_counts().pending <= 3,
+    );
+    stop(&mut gw, "after the drain");
+
+    let copies = server_copies(&server);
+    let on_server: HashSet<String> = copies.keys().cloned().collect();
+    let pending: HashSet<String> = gw.queue_items().iter().map(item_key).collect();
+    let lost: Vec<String> = missing(&durable, &on_server)
+        .into_iter()
+        .filter(|t| !pending.contains(t))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} readings queued around the black hole were lost: {:?}",
+        lost.len(),
+        durable.len(),
+        &lost[..lost.len().min(10)]
+    );
+    let dups: usize = copies.values().map(|&n| n - 1).sum();
+    eprintln!(
+        "black hole: {} readings on the server, {dups} duplicates, {} still pending",
+        on_server.len(),
+        pending.len()
+    );
+    assert!(
+        dups <= 64,
+        "{dups} duplicates: more than one batch although no request was answered late"
+    );
+    assert_eq!(gw.queue_counts().dead, 0);
+}
+
+/// Splits the temperatures in two non-empty halves: readings above it are refused.
+fn split_threshold(temps: &[f64]) -> f64 {
+    let mut t = temps.to_vec();
+    t.sort_by(f64::total_cmp);
+    t.dedup();
+    assert!(
+        t.len() >= 2,
+        "all {} backlog readings have the same temperature {t:?}",
+        temps.len()
+    );
+    let mid = t.len() / 2;
+    (t[mid - 1] + t[mid]) / 2.0
+}
+
+#[test]
+fn flaky_503_with_retry_after_and_400s_lose_nothing_and_refused_ones_are_dead_letters() {
+    let server = start_server();
+    let mut gw = gateway(&server.base_url(), Duration::from_millis(50), "");
+    let items = build_backlog(&mut gw, "50ms", 30, Duration::from_secs(30));
+    let threshold = split_threshold(&items.iter().map(item_temperature).collect::<Vec<_>>());
+    let (above, below): (Vec<&Value>, Vec<&Value>) =
+        items.iter().partition(|i| item_temperature(i) > threshold);
+    server.set_faults(&Faults {
+        fail_ratio: 0.3,
+        retry_after: Some(1),
+        reject_temperature_above: Some(threshold),
+    });
+
+    gw.set_base_url(&server.base_url());
+    gw.set_interval("1h");
+    let start = Instant::now();
+    gw.spawn();
+    wait_alive(
+        &mut gw,
+        "the queue to drain through 30 % 503s",
+        Duration::from_secs(90),
+        |gw| gw.queue_counts().pending == 0,
+    );
+    let drain = start.elapsed();
+    stop(&mut gw, "after the drain");
+
+    let stats = server.stats();
+    let copies = server_copies(&server);
+    let dead = gw.queue_dead();
+    let dead_ts: HashSet<String> = dead
+        .iter()
+        .map(|d| {
+            let f = &d["fields"];
+            key(
+                d["captured_at"].as_str().unwrap_or_default(),
+                f["temperature"].as_f64(),
+                f["humidite"].as_f64(),
+                f["accelerometre"].as_f64(),
+            )
+        })
+        .collect();
+    eprintln!(
+        "flaky server: {} readings ({} refused) drained in {drain:?}; server saw {} 503s, \
+         {} 400s, {} stored",
+        items.len(),
+        above.len(),
+        stats.data_503,
+        stats.data_400,
+        stats.data_ok
+    );
+    assert!(stats.data_503 > 0, "no 503 was served: {stats:?}");
+    for d in &dead {
+        assert_eq!(d["status"], 400, "dead letter without status 400: {d}");
+        let answer = d["response"].as_str().unwrap_or_default();
+        assert!(
+            answer.contains("less than or equal to"),
+            "dead letter does not keep the server's answer: {d}"
+        );
+        let t = d["fields"]["temperature"].as_f64().unwrap_or(f64::NAN);
+        assert!(
+            t > threshold,
+            "reading at {t} °C (<= {threshold}) dead-lettered: {d}"
+        );
+    }
+    for i in &above {
+        let ts = item_key(i);
+        assert!(
+            dead_ts.contains(&ts),
+            "refused reading {ts} is not a dead letter (dead: {dead_ts:?})"
+        );
+        assert!(
+            !copies.contains_key(&ts),
+            "refused reading {ts} is on the server"
+        );
+    }
+    for i in &below {
+        let ts = item_key(i);
+        assert_eq!(
+            copies.get(&ts).copied(),
+            Some(1),
+            "accepted reading {ts} is not on the server exactly once"
+        );
+    }
+    // A 503 never stored anything: no duplicate.
+    assert!(
+        copies.values().all(|&n| n == 1),
+        "duplicates on the server: {copies:?}"
+    );
+    // Retry-After: 1 is a floor under every wait after a 503.
+    let mut waits = Vec::new();
+    for line in gw
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("upload failed"))
+    {
+        // `... retry_in=1s 234ms attempt=3`
+        let v = line.split("retry_in=").nth(1).unwrap_or_default();
+        let v = v.split(" attempt=").next().unwrap_or_default();
+        if let Ok(d) = humantime::parse_duration(v.trim()) {
+            waits.push(d);
+        }
+    }
+    assert!(!waits.is_empty(), "no backoff logged after 503s");
+    assert!(
+        waits.iter().all(|&w| w >= Duration::from_secs(1)),
+        "a wait after a 503 with Retry-After: 1 was shorter than 1 s: {waits:?}"
+    );
+}

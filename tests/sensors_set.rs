@@ -1,0 +1,148 @@
+//! The sensor set through the public API, against fake sysfs trees: one failing sensor
+//! does not stop the others' fields, it is retried, and it recovers.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use profilo_gateway::sensors::{validate, SensorConfig, SensorSet};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Doc {
+    sensors: Vec<SensorConfig>,
+}
+
+fn parse(src: &str) -> Vec<SensorConfig> {
+    toml::from_str::<Doc>(src)
+        .map(|d| d.sensors)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+const W1_GOOD: &str =
+    "72 01 4b 46 7f ff 0e 10 57 : crc=57 YES\n72 01 4b 46 7f ff 0e 10 57 t=23125\n";
+
+fn config(w1: &Path, iio: &Path) -> Vec<SensorConfig> {
+    parse(&format!(
+        r#"
+[[sensors]]
+type = "ds18b20"
+base_path = "{}"
+fields = {{ temperature = "temperature_eau" }}
+
+[[sensors]]
+type = "iio"
+device = "{}"
+fields = {{ temperature = "", pressure = "" }}
+"#,
+        w1.display(),
+        iio.display()
+    ))
+}
+
+fn fields(tick: &profilo_gateway::sensors::Tick) -> Vec<(String, f64)> {
+    let mut v: Vec<(String, f64)> = tick
+        .measurements
+        .iter()
+        .map(|m| (m.field.clone(), m.value))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn a_failing_sensor_leaves_the_others_fields_and_recovers() {
+    let w1 = tempfile::tempdir().unwrap();
+    let probe = w1.path().join("28-0316a2795bff");
+    fs::create_dir(&probe).unwrap();
+    fs::write(probe.join("w1_slave"), W1_GOOD).unwrap();
+    let iio = tempfile::tempdir().unwrap();
+    fs::write(iio.path().join("name"), "dht11\n").unwrap();
+    fs::write(iio.path().join("in_humidityrelative_input"), "48000\n").unwrap();
+
+    let configs = config(w1.path(), iio.path());
+    validate(&configs).unwrap();
+    let interval = Duration::from_millis(5);
+    let mut set = SensorSet::from_config(&configs, interval).unwrap();
+
+    let tick = set.read_all();
+    assert!(tick.failed.is_empty(), "{:?}", tick.failed);
+    assert_eq!(
+        fields(&tick),
+        vec![
+            ("humidite".into(), 48.0),
+            ("temperature_eau".into(), 23.125)
+        ]
+    );
+
+    // The probe is unplugged: the IIO humidity still goes out.
+    fs::remove_file(probe.join("w1_slave")).unwrap();
+    let tick = set.read_all();
+    assert_eq!(fields(&tick), vec![("humidite".into(), 48.0)]);
+    assert_eq!(tick.failed.len(), 1);
+    let health = set.health();
+    assert_eq!(health[0].consecutive_failures, 1);
+    assert!(health[0]
+        .last_error
+        .as_deref()
+        .unwrap_or("")
+        .contains("disconnected"));
+    let json = serde_json::to_value(&health).unwrap();
+    assert_eq!(json[0]["state"], "failing");
+    assert_eq!(json[1]["state"], "ok");
+
+    // Plugged back: after the backoff it is read again.
+    fs::write(probe.join("w1_slave"), W1_GOOD).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        std::thread::sleep(interval);
+        let tick = set.read_all();
+        if tick.failed.is_empty() {
+            assert_eq!(tick.measurements.len(), 2);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered");
+    }
+    assert_eq!(
+        serde_json::to_value(set.health()).unwrap()[0]["state"],
+        "ok"
+    );
+}
+
+#[test]
+fn a_device_absent_at_start_is_not_a_configuration_error() {
+    let configs = parse(
+        r#"
+[[sensors]]
+type = "sht3x"
+device = "/nonexistent/i2c-42"
+
+[[sensors]]
+type = "simulated"
+fields = { temperature = "t_sim", humidity = "h_sim" }
+"#,
+    );
+    let mut set = SensorSet::from_config(&configs, Duration::from_secs(1)).unwrap();
+    let tick = set.read_all();
+    assert_eq!(tick.failed.len(), 1);
+    assert!(tick.measurements.iter().any(|m| m.field == "t_sim"));
+}
+
+#[test]
+fn configuration_errors_name_the_entry_and_the_key() {
+    let e = validate(&parse(
+        "[[sensors]]\ntype = \"simulated\"\n[[sensors]]\ntype = \"mpu6050\"\nrange_g = 3\n",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("sensors[1] (type \"mpu6050\"): range_g:"),
+        "{e}"
+    );
+
+    let e = toml::from_str::<Doc>("[[sensors]]\ntype = \"bme280\"\nbuss = 1\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("buss"), "{e}");
+}
