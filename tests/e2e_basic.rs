@@ -112,6 +112,13 @@ fn check_delivery(server: &TestServer, gw: &Gateway, runs: &[Run]) -> Vec<Readin
     let counts = gw.queue_counts();
     let readings = server.readings();
     let queued = gw.queued_timestamps();
+    eprintln!(
+        "delivery check: {} readings on the server, {} pending; gateway {counts:?}; \
+         server {:?}",
+        readings.len(),
+        queued.len(),
+        server.stats()
+    );
 
     assert_eq!(
         counts.dead, 0,
