@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
-use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{Api, SendOutcome};
@@ -92,8 +91,9 @@ impl Uploader {
                 }
                 continue;
             }
-            let token = match self.auth.access_token().await {
-                Ok(t) => t,
+            // No batch without a session; each send then asks for the token of its moment.
+            match self.auth.access_token().await {
+                Ok(_) => {}
                 Err(AuthError::Waiting { until, reason }) => {
                     self.set_state(&mut last_state, "waiting for login");
                     self.store.set_status(status_key::LAST_ERROR, reason);
@@ -114,11 +114,11 @@ impl Uploader {
                     }
                     continue;
                 }
-            };
+            }
             self.set_state(&mut last_state, "uploading");
             self.store
                 .set_status(status_key::IN_FLIGHT, batch.len().to_string());
-            let result = self.send_batch(batch, token, &cancel).await;
+            let result = self.send_batch(batch, &cancel).await;
             let acked = result.settlement.acked.len();
             let dead = result.settlement.dead.len();
             for (id, status, body) in &result.settlement.dead {
@@ -184,13 +184,7 @@ impl Uploader {
         }
     }
 
-    async fn send_batch(
-        &self,
-        batch: Vec<Stored>,
-        token: SecretString,
-        cancel: &CancellationToken,
-    ) -> BatchResult {
-        let token = &token;
+    async fn send_batch(&self, batch: Vec<Stored>, cancel: &CancellationToken) -> BatchResult {
         // After one transient failure the rest of the batch is not sent: against a server
         // that accepts connections but never answers, one timeout per batch, not per reading.
         let halt = &std::sync::atomic::AtomicBool::new(false);
@@ -206,6 +200,23 @@ impl Uploader {
                         o.insert("clock_unsynced".into(), true.into());
                     }
                 }
+                // The token of this moment, not of the batch: a batch can outlive its token,
+                // and once one send has renewed it the others must not use the dead one.
+                let token = match self.auth.access_token().await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        halt.store(true, Ordering::Relaxed);
+                        return Item::Done(
+                            stored.id,
+                            SendOutcome::Transient {
+                                status: None,
+                                retry_after: None,
+                                detail: e.to_string(),
+                            },
+                        );
+                    }
+                };
+                let token = &token;
                 let mut outcome = self.api.send_reading(token, &body).await;
                 if outcome == SendOutcome::Unauthorized {
                     // One renewal and one retry, never a loop.

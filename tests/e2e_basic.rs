@@ -271,10 +271,15 @@ fn b_tokens_are_refreshed_with_rotation_on_one_login() {
     let mut gw = Gateway::new(&server.base_url(), gateway_options());
     let start_us = now_us();
     gw.spawn();
-    // 2 s access tokens: three refreshes take about 6 s.
-    gw.wait_until("3 token refreshes", Duration::from_secs(30), || {
-        server.stats().refresh_ok >= 3
-    });
+    // Run through at least three access lifetimes, so that uploads would fail without
+    // refreshes, and until three refreshes (each rotating the refresh token) happened.
+    let started = Instant::now();
+    let min_run = ACCESS_LIFETIME * 3 + Duration::from_secs(1);
+    gw.wait_until(
+        "3 token refreshes over 3 access lifetimes",
+        Duration::from_secs(30),
+        || started.elapsed() >= min_run && server.stats().refresh_ok >= 3,
+    );
     // Uploads still work after the last rotation.
     let after = server.stats().data_ok;
     gw.wait_until(
@@ -383,7 +388,7 @@ fn d_stopped_while_server_down_delivers_queue_on_next_run() {
     });
 
     server.stop();
-    wait_until(
+    gw.wait_until(
         "10 readings pending while the server is down",
         Duration::from_secs(15),
         || gw.queue_counts().pending >= 10,

@@ -19,6 +19,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
+use std::fs;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -64,22 +65,8 @@ fn stop(gw: &mut Gateway, context: &str) {
 }
 
 /// Polls `cond` until true, failing fast (with the log) when the daemon exits.
-fn wait_alive(
-    gw: &mut Gateway,
-    what: &str,
-    timeout: Duration,
-    mut cond: impl FnMut(&Gateway) -> bool,
-) {
-    let ok = poll_until(timeout, || {
-        gw.assert_running();
-        cond(gw)
-    });
-    if !ok {
-        panic!(
-            "timed out after {timeout:?}: waiting for {what}\n--- gateway log ---\n{}",
-            tail(&gw.log_text(), 40)
-        );
-    }
+fn wait_alive(gw: &mut Gateway, what: &str, timeout: Duration, cond: impl FnMut(&Gateway) -> bool) {
+    gw.wait_for(what, timeout, cond);
 }
 
 /// Waits until the server has handled every request it received (its counter stays put
@@ -602,5 +589,295 @@ fn flaky_503_with_retry_after_and_400s_lose_nothing_and_refused_ones_are_dead_le
     assert!(
         waits.iter().all(|&w| w >= Duration::from_secs(1)),
         "a wait after a 503 with Retry-After: 1 was shorter than 1 s: {waits:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// full disk, corrupt file
+// ---------------------------------------------------------------------------------------
+
+/// The `error`-level lines of the daemon's log that mention `needle`.
+fn log_lines_with(gw: &Gateway, needle: &str) -> Vec<String> {
+    gw.log_text()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+const MAX_READINGS: u64 = 2000;
+
+#[test]
+fn full_filesystem_neither_crashes_nor_corrupts_counts_drops_and_recovers() {
+    let server = start_server();
+    let mut gw = gateway(&refused_url(), Duration::from_millis(1), "");
+    // Drops as configured: the readings held in memory while the disk was full go to a
+    // queue bounded at MAX_READINGS, drop_oldest.
+    gw.set_config_key("queue", "max_readings", &MAX_READINGS.to_string());
+    gw.set_config_key("queue", "overflow", "\"drop_oldest\"");
+    let fs_dir = gw.dir().join("small-fs");
+    let fs = Tmpfs::mount(&fs_dir, "2m")
+        .unwrap_or_else(|e| panic!("cannot mount a 2 MiB tmpfs (this test needs root): {e}"));
+    let queue = fs.dir().join("queue.db");
+    gw.set_config_key(
+        "queue",
+        "path",
+        &format!("{:?}", queue.display().to_string()),
+    );
+
+    // Leave about 400 KiB: the WAL reaches the end of the filesystem within seconds.
+    let filler = fs.dir().join("filler");
+    let free = fs.free_bytes();
+    fs::write(&filler, vec![0u8; free.saturating_sub(400 * 1024) as usize])
+        .expect("cannot write the filler file");
+
+    let start = Instant::now();
+    gw.spawn();
+    wait_alive(
+        &mut gw,
+        "the daemon to report the full disk",
+        Duration::from_secs(60),
+        |gw| !log_lines_with(gw, "cannot write to the queue").is_empty(),
+    );
+    let full_after = start.elapsed();
+    let errors = log_lines_with(&gw, "cannot write to the queue");
+    assert!(
+        errors[0].contains("disk full"),
+        "the write failure is not reported as a full disk: {}",
+        errors[0]
+    );
+    // The queue stays readable while full, and sound.
+    let during = gw.queue_counts();
+    assert_eq!(
+        integrity_check(&queue),
+        "ok",
+        "queue damaged while the disk is full"
+    );
+    // Full for a while: the daemon keeps sampling into memory, retrying every second,
+    // without logging every failure.
+    let hold = Instant::now();
+    wait_alive(&mut gw, "3 s of full disk", Duration::from_secs(30), |_| {
+        hold.elapsed() >= Duration::from_secs(3)
+    });
+    let failure_logs = log_lines_with(&gw, "cannot write to the queue").len();
+    assert!(
+        failure_logs <= 2,
+        "{failure_logs} failure lines in {:?}: the log is not rate-limited",
+        start.elapsed()
+    );
+
+    // Space returns.
+    fs::remove_file(&filler).expect("cannot remove the filler");
+    let freed = Instant::now();
+    wait_alive(
+        &mut gw,
+        "queue writes to resume and the drops to be counted",
+        Duration::from_secs(30),
+        |gw| {
+            gw.log_text().contains("queue writes work again") && gw.queue_counts().dropped_total > 0
+        },
+    );
+    let resumed_in = freed.elapsed();
+    let after = gw.queue_counts();
+    stop(&mut gw, "after the disk recovered");
+    let check = integrity_check(&queue);
+    assert_eq!(check, "ok", "queue damaged after the full disk");
+    let stopped = gw.queue_counts();
+    eprintln!(
+        "full disk: full after {full_after:?} ({} pending then), recovered {resumed_in:?} after \
+         space returned, then {after:?}, at stop {stopped:?}, {failure_logs} failure log line(s)",
+        during.pending
+    );
+    assert!(
+        stopped.pending > during.pending && stopped.pending <= MAX_READINGS,
+        "after space returned the queue must hold more than the {} readings of the full \
+         disk and at most max_readings {MAX_READINGS}: {stopped:?}",
+        during.pending
+    );
+
+    // The server comes back: the queue drains.
+    gw.set_base_url(&server.base_url());
+    gw.set_interval("1h");
+    gw.spawn();
+    wait_alive(
+        &mut gw,
+        "the queue to drain after the full disk",
+        Duration::from_secs(120),
+        |gw| gw.queue_counts().pending == 0,
+    );
+    stop(&mut gw, "after the drain");
+    let counts = gw.queue_counts();
+    let copies = server_copies(&server);
+    assert_eq!(counts.dead, 0, "{counts:?}");
+    assert!(
+        counts.dropped_total >= stopped.dropped_total && counts.dropped_total > 0,
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.uploaded_total,
+        copies.len() as u64,
+        "uploaded_total vs the server's distinct readings: {counts:?}"
+    );
+    // The reading taken at the start of the drain run may push out the oldest one
+    // (the queue is at max_readings): every other one arrives.
+    assert!(
+        copies.len() as u64 >= stopped.pending,
+        "the server has {} readings, the queue held {} pending",
+        copies.len(),
+        stopped.pending
+    );
+    assert_eq!(integrity_check(&queue), "ok");
+}
+
+fn corrupt_files(dir: &std::path::Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(".corrupt-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn corrupt_queue_at_start_is_moved_aside_and_the_daemon_uploads() {
+    let server = start_server();
+    let mut gw = gateway(&server.base_url(), Duration::from_millis(50), "");
+    // A real queue, damaged in its b-tree pages (as a bad SD card would).
+    build_backlog(&mut gw, "2ms", 500, Duration::from_secs(30));
+    let queue = gw.queue_path();
+    let len = fs::metadata(&queue).expect("queue file").len();
+    assert!(
+        len >= 4 * 4096,
+        "queue only {len} bytes: too small to damage"
+    );
+    let mut bytes = fs::read(&queue).expect("read queue");
+    for b in &mut bytes[4096..4 * 4096] {
+        *b = 0xA5;
+    }
+    fs::write(&queue, &bytes).expect("write damaged queue");
+
+    gw.set_base_url(&server.base_url());
+    gw.set_interval("50ms");
+    gw.spawn();
+    wait_alive(
+        &mut gw,
+        "readings uploaded from a fresh queue",
+        Duration::from_secs(30),
+        |_| server.stats().data_ok >= 5,
+    );
+    let aside = corrupt_files(gw.dir());
+    assert!(
+        aside.iter().any(|n| n.starts_with("queue.db.corrupt-")),
+        "no queue.db.corrupt-* next to the queue: {aside:?}"
+    );
+    let log = gw.log_text();
+    assert!(
+        log.contains("corrupt") && log.contains("moved"),
+        "no clear log line about the corrupt queue\n{}",
+        tail(&log, 20)
+    );
+    stop(&mut gw, "after the corrupt start");
+    assert_eq!(integrity_check(&queue), "ok");
+    assert_eq!(gw.runs(), 2, "the daemon must not need restarts");
+
+    // Not a database at all: also moved aside, also no crash loop.
+    fs::write(&queue, vec![0x5a; 8192]).expect("write garbage");
+    for ext in ["-wal", "-shm"] {
+        let _ = fs::remove_file(format!("{}{ext}", queue.display()));
+    }
+    let before = server.stats().data_ok;
+    // A second file moved aside in the same second must not overwrite the first.
+    gw.spawn();
+    wait_alive(
+        &mut gw,
+        "readings uploaded after a garbage queue file",
+        Duration::from_secs(30),
+        |_| server.stats().data_ok >= before + 5,
+    );
+    stop(&mut gw, "after the garbage start");
+    let aside = corrupt_files(gw.dir());
+    assert!(
+        aside
+            .iter()
+            .filter(|n| !n.ends_with("-wal") && !n.ends_with("-shm"))
+            .count()
+            >= 2,
+        "both corrupt queues must be kept aside: {aside:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// clock
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn readings_taken_while_the_clock_was_years_behind_are_uploaded_with_corrected_times() {
+    let server = start_server();
+    let mut gw = gateway(&server.base_url(), Duration::from_millis(100), "");
+    // A Pi that booted offline without an RTC: its clock is three years behind.
+    gw.set_env(vec![("PROFILO_GATEWAY_CLOCK_SKEW".into(), "-3y".into())]);
+    let t0 = now_us();
+    gw.spawn();
+    wait_alive(
+        &mut gw,
+        "20 readings queued with the clock years behind",
+        Duration::from_secs(30),
+        |gw| gw.queue_counts().pending >= 20,
+    );
+    let held = gw.queue_items();
+    assert_eq!(
+        server.stats().data_ok,
+        0,
+        "readings stamped years in the past were uploaded before the clock was fixed"
+    );
+    stop(&mut gw, "with the clock behind");
+    let t1 = now_us();
+
+    // NTP has synced: the same boot, a sane clock.
+    gw.set_env(Vec::new());
+    gw.set_interval("1h");
+    gw.spawn();
+    wait_alive(
+        &mut gw,
+        "the held readings to be uploaded",
+        Duration::from_secs(30),
+        |gw| gw.queue_counts().pending == 0,
+    );
+    stop(&mut gw, "after the clock fix");
+
+    let readings = server.readings();
+    assert!(
+        readings.len() > held.len(),
+        "{} readings on the server, {} were held",
+        readings.len(),
+        held.len()
+    );
+    let slack = 2_000_000;
+    let mut times: Vec<i64> = readings.iter().map(|r| r.timestamp_us).collect();
+    times.sort_unstable();
+    for r in &readings {
+        assert!(
+            r.timestamp_us >= t0 - slack && r.timestamp_us <= now_us() + slack,
+            "reading {} was not corrected: the clock-behind run lasted {t0}..{t1} µs",
+            r.timestamp
+        );
+    }
+    let in_first_run = times.iter().filter(|&&t| t <= t1 + slack).count();
+    assert!(
+        in_first_run >= held.len(),
+        "only {in_first_run} corrected readings fall in the clock-behind run, {} were held",
+        held.len()
+    );
+    let gaps: Vec<i64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    let median = {
+        let mut g: Vec<i64> = gaps.iter().copied().filter(|&g| g < 1_000_000).collect();
+        g.sort_unstable();
+        g.get(g.len() / 2).copied().unwrap_or(0)
+    };
+    assert!(
+        (50_000..=250_000).contains(&median),
+        "corrected capture times are {median} µs apart (median), want about 100 ms"
     );
 }

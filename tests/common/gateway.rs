@@ -1,6 +1,7 @@
 //! [`Gateway`]: the `profilo-gateway` binary of this crate, run as a child process with
 //! a config, password file, queue and log in its own temporary directory.
 
+use std::cell::RefCell;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -83,7 +84,9 @@ pub struct Gateway {
     dir: tempfile::TempDir,
     options: GatewayOptions,
     base_url: String,
-    child: Option<Child>,
+    // RefCell: the waiting helpers take `&self`, so that a condition may call `&self`
+    // methods (`gw.wait_until(.., || gw.queue_counts().pending > 0)`).
+    child: RefCell<Option<Child>>,
     runs: u32,
 }
 
@@ -96,7 +99,7 @@ impl Gateway {
             dir,
             options,
             base_url: base_url.to_owned(),
-            child: None,
+            child: RefCell::new(None),
             runs: 0,
         };
         gw.write_password(&gw.options.password.clone());
@@ -241,12 +244,12 @@ impl Gateway {
             .stderr(log2)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {GATEWAY_BIN}: {e}"));
-        self.child = Some(child);
+        *self.child.borrow_mut() = Some(child);
     }
 
     /// Whether the daemon is running now.
-    pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
+    pub fn is_running(&self) -> bool {
+        match self.child.borrow_mut().as_mut() {
             Some(c) => matches!(c.try_wait(), Ok(None)),
             None => false,
         }
@@ -254,7 +257,7 @@ impl Gateway {
 
     /// The daemon's pid, when started.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.borrow().as_ref().map(Child::id)
     }
 
     /// Sends SIGTERM and waits up to `timeout` for the exit. Panics (after SIGKILL, with
@@ -271,6 +274,7 @@ impl Gateway {
     fn signal_and_wait(&mut self, signal: libc::c_int, timeout: Duration) -> Exit {
         let mut child = self
             .child
+            .borrow_mut()
             .take()
             .expect("signal sent to a gateway that was never spawned");
         if let Ok(Some(status)) = child.try_wait() {
@@ -305,29 +309,30 @@ impl Gateway {
 
     /// SIGKILLs the daemon (a crash or power cut) and reaps it. No-op when not running.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        let child = self.child.try_borrow_mut().ok().and_then(|mut c| c.take());
+        if let Some(mut child) = child {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
     /// Panics with the log tail when the daemon has exited (use inside polls).
-    pub fn assert_running(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            if let Ok(Some(status)) = c.try_wait() {
-                panic!(
-                    "gateway exited unexpectedly ({status})\n--- gateway log ---\n{}",
-                    tail(&self.log_text(), 60)
-                );
-            }
-        } else {
-            panic!("gateway not spawned");
+    pub fn assert_running(&self) {
+        let exited = match self.child.borrow_mut().as_mut() {
+            Some(c) => c.try_wait().ok().flatten(),
+            None => panic!("gateway not spawned"),
+        };
+        if let Some(status) = exited {
+            panic!(
+                "gateway exited unexpectedly ({status})\n--- gateway log ---\n{}",
+                tail(&self.log_text(), 60)
+            );
         }
     }
 
     /// [`wait_until`](super::wait_until) that also fails fast, with the log tail, when
     /// the daemon exits while waiting.
-    pub fn wait_until(&mut self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    pub fn wait_until(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
         let ok = poll_until(timeout, || {
             self.assert_running();
             cond()

@@ -30,6 +30,7 @@
 //! - `PROFILO_TEST_TEMPLATE_DB`: the migrated template DB
 //!   (default `tests/server/template.sqlite3`).
 //! - `PROFILO_TEST_KEEP=1`: keep the temporary directories (their paths are printed).
+//! - `PROFILO_TEST_TMPDIR`: where the temporary directories go (default `target/tmp`).
 
 // Each test crate uses only part of the harness.
 #![allow(dead_code, unused_imports)]
@@ -116,11 +117,25 @@ fn die_with_parent(cmd: &mut std::process::Command) {
 }
 
 /// A temporary directory for one server or gateway; kept when `PROFILO_TEST_KEEP=1`.
+///
+/// They live under `PROFILO_TEST_TMPDIR`, else cargo's `target/tmp`
+/// (`CARGO_TARGET_TMPDIR`), not `/tmp`: a clean-up of `/tmp` by someone else on a
+/// shared machine must not delete a running test's DB and logs.
 fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    let root = std::env::var_os("PROFILO_TEST_TMPDIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+    std::fs::create_dir_all(&root)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", root.display()));
     let mut dir = tempfile::Builder::new()
         .prefix(prefix)
-        .tempdir()
-        .expect("cannot create a temporary directory");
+        .tempdir_in(&root)
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot create a temporary directory in {}: {e}",
+                root.display()
+            )
+        });
     if std::env::var_os("PROFILO_TEST_KEEP").is_some_and(|v| v == "1") {
         eprintln!("PROFILO_TEST_KEEP=1: keeping {}", dir.path().display());
         dir.disable_cleanup(true);

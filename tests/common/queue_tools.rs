@@ -56,6 +56,26 @@ impl Gateway {
         self.set_config(&(out.join("\n") + "\n"));
     }
 
+    /// Like [`wait_until`](Gateway::wait_until), with the gateway handed to the condition
+    /// (so it can run CLI commands); fails fast, with the log, when the daemon exits.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut(&Gateway) -> bool,
+    ) {
+        let ok = super::poll_until(timeout, || {
+            self.assert_running();
+            cond(self)
+        });
+        if !ok {
+            panic!(
+                "timed out after {timeout:?}: waiting for {what}\n--- gateway log ---\n{}",
+                super::tail(&self.log_text(), 40)
+            );
+        }
+    }
+
     /// `api.base_url`.
     pub fn set_base_url(&self, url: &str) {
         self.set_config_key("api", "base_url", &format!("{url:?}"));

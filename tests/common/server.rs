@@ -399,7 +399,15 @@ impl TestServer {
         let status = resp.status();
         let text = resp.text().unwrap_or_default();
         if !status.is_success() {
-            panic!("{method} {url}: HTTP {status}: {text}");
+            let hint = if self.db_path().exists() {
+                String::new()
+            } else {
+                format!(
+                    "\n(the server's DB {} is gone: was the test's temporary directory deleted?)",
+                    self.db_path().display()
+                )
+            };
+            panic!("{method} {url}: HTTP {status}: {text}{hint}");
         }
         serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("{method} {url}: answer is not JSON ({e}): {text}"))

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Benchmarks of issue 7, side by side in one run (about 10 minutes on 2 cores):
+#   (1) the server's own limit: wrk -> POST /api/send/data/ (Django + SimpleJWT under
+#       gunicorn, 2 workers x gthread 2 threads, 127.0.0.1, DEBUG off)
+#   (2) the gateway draining a 20,000-reading backlog into that server (concurrency sweep)
+#   (3) the guide's naive client (scripts/bench/naive_client.py) on the same backlog
+#   (4) durable enqueue at 1 kHz (+ raw capacity: benches/enqueue/enqueue_bench.rs)
+#   (5) idle footprint at a 1 s interval for 60 s, start-to-READY
+#   (6) stripped release binary size
+# Prints every figure, the ratios and the budgets, and writes BENCHMARKS.md.
+#
+# Usage: bash scripts/bench.sh [run_bench.py options, e.g. --concurrency 4 --idle-seconds 30]
+# BENCH_DIR=DIR puts the work files (queues, server DB, logs) there; it must be on a real
+# disk (not tmpfs/overlay) for /proc/PID/io write_bytes to count. Default /var/tmp/profilo-bench.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+COMMAND="bash scripts/bench.sh${*:+ $*}"
+WORK="${BENCH_DIR:-/var/tmp/profilo-bench}"
+say() { echo "[bench] $*"; }
+
+say "building the release binary and the enqueue bench"
+cargo build --release --bin profilo-gateway --example enqueue_bench
+
+if ! command -v wrk >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "installing wrk with apt-get"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
+    else
+        say "error: wrk is missing (apt-get install wrk)" >&2
+        exit 1
+    fi
+fi
+
+# The test server's venv and template DB (idempotent), plus requests for the naive client.
+bash scripts/setup-test-env.sh
+VPY="$ROOT/tests/server/.venv/bin/python"
+if ! "$VPY" -c 'import requests' >/dev/null 2>&1; then
+    say "installing requests into $ROOT/tests/server/.venv (for the naive client)"
+    "$VPY" -m pip install --disable-pip-version-check -q requests
+fi
+
+rm -rf "$WORK"
+mkdir -p "$WORK"
+fs="$(stat -f -c %T "$WORK")"
+case "$fs" in
+    tmpfs|overlayfs|ramfs) say "warning: $WORK is on $fs: write_bytes will not count disk writes; set BENCH_DIR" ;;
+esac
+
+exec python3 "$ROOT/scripts/bench/run_bench.py" --root "$ROOT" --work "$WORK" --command "$COMMAND" "$@"
