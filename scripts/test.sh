@@ -5,5 +5,5 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 scripts/setup-test-env.sh
-echo "test.sh: cargo test --all-targets $*"
-cargo test --all-targets "$@"
+echo "test.sh: cargo test --all-targets --no-fail-fast $*"
+cargo test --all-targets --no-fail-fast "$@"

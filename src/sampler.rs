@@ -73,8 +73,10 @@ impl Sampler {
         let mut last_failed: Option<Vec<String>> = None;
         let mut health_at = Instant::now();
         let mut warned_clock = false;
+        let min_spacing = (self.interval / 2).max(Duration::from_millis(1));
         loop {
             self.heartbeat.beat();
+            let tick_started = Instant::now();
             let captured_at = self.clock.now();
             let monotonic_ms = boottime_ms();
             let tick = self.source.read_all();
@@ -118,10 +120,27 @@ impl Sampler {
                 let missed = (now - next).as_nanos() / self.interval.as_nanos().max(1) + 1;
                 next += self.interval * u32::try_from(missed).unwrap_or(u32::MAX);
             }
-            match stop.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                Err(RecvTimeoutError::Timeout) => {}
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            // A late tick followed by an on-time one could share a capture millisecond;
+            // keeping captures half an interval (and 1 ms) apart gives every reading its own.
+            next = next.max(tick_started + min_spacing);
+            if wait_or_stop(&stop, next, &self.heartbeat) {
+                return;
             }
+        }
+    }
+}
+
+/// Waits until `until`, beating the heartbeat at least every second so a long sampling
+/// interval never looks like a stall to the watchdog; true when asked to stop.
+fn wait_or_stop(stop: &Receiver<()>, until: Instant, heartbeat: &Heartbeat) -> bool {
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        match stop.recv_timeout(left.min(Duration::from_secs(1))) {
+            Err(RecvTimeoutError::Timeout) => heartbeat.beat(),
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return true,
         }
     }
 }
@@ -133,5 +152,79 @@ impl TickSource for SensorSet {
 
     fn health_json(&self) -> Option<String> {
         serde_json::to_string(&self.health()).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::QueueConfig;
+    use crate::queue::Queue;
+    use crate::sensors::Measurement;
+
+    /// A sensor whose reads are sometimes slow, so ticks run late.
+    struct Jittery(u32);
+
+    impl TickSource for Jittery {
+        fn read_all(&mut self) -> Tick {
+            self.0 += 1;
+            if self.0 % 3 == 0 {
+                std::thread::sleep(Duration::from_millis(4));
+            }
+            Tick {
+                measurements: vec![Measurement {
+                    field: "temperature".into(),
+                    value: f64::from(self.0),
+                }],
+                failed: Vec::new(),
+            }
+        }
+    }
+
+    #[test]
+    fn late_ticks_never_share_a_capture_millisecond_and_stop_is_prompt() -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let config = QueueConfig {
+            path: dir.path().join("q.db"),
+            ..QueueConfig::default()
+        };
+        let queue = Queue::open(&config).map_err(|e| e.to_string())?;
+        let (store, thread) = crate::store::spawn(
+            queue,
+            Duration::from_millis(10),
+            "b".into(),
+            Clock::system(),
+        )
+        .map_err(|e| e.to_string())?;
+        let sampler = Sampler {
+            source: Box::new(Jittery(0)),
+            store,
+            clock: Clock::system(),
+            interval: Duration::from_millis(5),
+            on_sensor_error: OnSensorError::Partial,
+            heartbeat: Heartbeat::new(),
+        };
+        let (stop, stop_rx) = std::sync::mpsc::channel();
+        let running = std::thread::spawn(move || sampler.run(stop_rx));
+        std::thread::sleep(Duration::from_millis(300));
+        let asked = Instant::now();
+        let _ = stop.send(());
+        running.join().map_err(|_| "sampler panicked".to_string())?;
+        assert!(asked.elapsed() < Duration::from_millis(100));
+        thread
+            .join()
+            .map_err(|_| "queue thread panicked".to_string())?;
+        let q = Queue::open_read_only(&config.path).map_err(|e| e.to_string())?;
+        let rows = q.peek(0, 10_000).map_err(|e| e.to_string())?;
+        assert!(
+            rows.len() >= 20,
+            "only {} readings in 300 ms at 5 ms",
+            rows.len()
+        );
+        let mut stamps: Vec<i64> = rows.iter().map(|r| r.reading.captured_at_ms).collect();
+        let n = stamps.len();
+        stamps.dedup();
+        assert_eq!(stamps.len(), n, "two readings share a capture millisecond");
+        Ok(())
     }
 }

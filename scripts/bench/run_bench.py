@@ -522,8 +522,8 @@ def fmt_budget(ok):
 
 def report(R, args):
     m = R["machine"]
-    w1, w2 = R["wrk_before"], R["wrk_after"]
-    wrk = (w1["requests_per_s"] + w2["requests_per_s"]) / 2
+    w1, wm, w2 = R["wrk_before"], R["wrk_mid"], R["wrk_after"]
+    wrk = (w1["requests_per_s"] + wm["requests_per_s"] + w2["requests_per_s"]) / 3
     d = R["drain"]
     nv = R["naive"]
     r_wrk = d["readings_per_s"] / wrk
@@ -572,7 +572,7 @@ template DB, access lifetime 1 h, one user.
 
 | # | figure | value |
 |---|---|---|
-| 1 | wrk straight to `POST /api/send/data/` (`-t{args.wrk_threads} -c{args.wrk_connections}`, {args.wrk_seconds} s before and {args.wrk_seconds} s after the drains) | **{wrk:.1f} req/s** (before {w1['requests_per_s']:.1f}, after {w2['requests_per_s']:.1f}; non-2xx {w1['non_2xx'] + w2['non_2xx']}) |
+| 1 | wrk straight to `POST /api/send/data/` (`-t{args.wrk_threads} -c{args.wrk_connections}`, 3 x {args.wrk_seconds} s: before the sweep, before the full drain, after it; mean) | **{wrk:.1f} req/s** ({w1['requests_per_s']:.1f}, {wm['requests_per_s']:.1f}, {w2['requests_per_s']:.1f}; non-2xx {w1['non_2xx'] + wm['non_2xx'] + w2['non_2xx']}) |
 | 2 | gateway draining {d['readings']} readings (concurrency {d['concurrency']}, batch {d['batch_size']}), start to pending == 0 | **{d['readings_per_s']:.1f} readings/s** ({d['seconds']} s; server counted {d['server_data_ok']} 2xx, {d['server_login_ok']} login; gateway CPU {d['gateway_cpu_pct']} %) |
 | 3 | guide's naive client (`scripts/bench/naive_client.py`), first {nv['sent']} readings of the same backlog | **{nv['readings_per_s']:.1f} readings/s** ({nv['seconds']} s; server counted {nv['server_data_ok']} 2xx) |
 | 4 | durable enqueue at 1 kHz (sampling.interval = 1ms, server unreachable), {b['window_s']} s window | **{b['readings_per_s']:.0f} readings/s**, **{b['write_bytes_per_reading']:.0f} B written per reading** (write_bytes; wchar {b['wchar_per_reading']:.0f} B/reading), CPU {b['cpu_pct']} % |
@@ -627,7 +627,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--wrk-threads", type=int, default=2)
     ap.add_argument("--wrk-connections", type=int, default=8)
-    ap.add_argument("--wrk-seconds", type=int, default=15)
+    ap.add_argument("--wrk-seconds", type=int, default=12)
     ap.add_argument("--backlog", type=int, default=20000)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--concurrency", default="4,8,16")
@@ -687,6 +687,9 @@ def main():
             s = drain(args, server, backlog_path, f"sweep-c{c}", c, stop_after=args.sweep_readings)
             R["sweep"].append(s)
             log(f"    {s}")
+        log(f"(1) wrk {args.wrk_seconds} s (between sweep and full drain)")
+        R["wrk_mid"] = run_wrk(args, server, token, args.wrk_seconds)
+        log(f"    {R['wrk_mid']}")
         best = max(R["sweep"], key=lambda s: s["readings_per_s"])["concurrency"]
         log(f"(2) full drain of the backlog, concurrency {best}")
         R["drain"] = drain(args, server, backlog_path, "drain", best)
