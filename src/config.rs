@@ -109,6 +109,19 @@ pub struct QueueConfig {
     /// spares the SD card at high sampling rates. A crash loses at most this window.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// Readings captured before the clock was synchronised, in an earlier boot, can no
+    /// longer be dated exactly: "flag" sends them with `"clock_unsynced": true`, "hold"
+    /// keeps them queued for an operator (`queue list`, `queue export`).
+    pub unfixable_time: UnfixableTime,
+}
+
+/// What to do with a reading whose capture time cannot be corrected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnfixableTime {
+    #[default]
+    Flag,
+    Hold,
 }
 
 impl Default for QueueConfig {
@@ -119,6 +132,7 @@ impl Default for QueueConfig {
             max_bytes: 0,
             overflow: OverflowPolicy::DropOldest,
             commit_interval: Duration::from_millis(50),
+            unfixable_time: UnfixableTime::Flag,
         }
     }
 }

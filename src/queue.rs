@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
-use crate::config::{OverflowPolicy, QueueConfig};
+use crate::config::{OverflowPolicy, QueueConfig, UnfixableTime};
 use crate::reading::{format_rfc3339_ms, unix_ms, Reading};
 
 const SCHEMA_VERSION: i64 = 1;
@@ -145,6 +145,8 @@ pub struct Queue {
     overflow: OverflowPolicy,
     /// The running boot's id: its unsynchronised readings are held until corrected.
     current_boot: Option<String>,
+    /// Whether unsynchronised readings of earlier boots are sent (flagged) or held.
+    hold_unfixable: bool,
 }
 
 impl Queue {
@@ -179,6 +181,7 @@ impl Queue {
             max_bytes: config.max_bytes,
             overflow: config.overflow,
             current_boot: None,
+            hold_unfixable: config.unfixable_time == UnfixableTime::Hold,
         })
     }
 
@@ -229,6 +232,7 @@ impl Queue {
             max_bytes: 0,
             overflow: OverflowPolicy::DropOldest,
             current_boot: None,
+            hold_unfixable: false,
         })
     }
 
@@ -413,10 +417,16 @@ impl Queue {
     pub fn peek(&self, after_id: i64, limit: usize) -> Result<Vec<Stored>, QueueError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, captured_at_ms, fields, clock_synced FROM readings
-             WHERE id > ?1 AND (clock_synced = 1 OR ?3 IS NULL OR boot_id IS NOT ?3)
+             WHERE id > ?1 AND (clock_synced = 1 OR ?3 IS NULL OR (boot_id IS NOT ?3 AND NOT ?4))
              ORDER BY id LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![after_id, limit as i64, self.current_boot], |r| {
+        let params = params![
+            after_id,
+            limit as i64,
+            self.current_boot,
+            self.hold_unfixable
+        ];
+        let rows = stmt.query_map(params, |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, i64>(1)?,
@@ -958,6 +968,14 @@ mod tests {
         assert_eq!(all[1].reading.captured_at_ms, 1_800_000_000_000 - 60_000);
         assert_eq!(all[2].reading.captured_at_ms, 1_800_000_000_000 - 59_000);
         assert!(!all[1].clock_unsynced);
+
+        let mut cfg = config(dir.path(), 100, OverflowPolicy::DropOldest);
+        cfg.path = dir.path().join("hold.db");
+        cfg.unfixable_time = UnfixableTime::Hold;
+        let mut held = Queue::open(&cfg)?;
+        held.set_current_boot("boot-b");
+        held.enqueue_with_origin(&[reading(5)], Some(("boot-a", &clocks[..1])))?;
+        assert!(held.peek(0, 10)?.is_empty(), "hold keeps it back");
         Ok(())
     }
 
