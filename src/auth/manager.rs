@@ -368,3 +368,224 @@ impl TokenManager {
         Ok(secret)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicI64;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A tiny SimpleJWT stand-in: issues tokens in ITS clock, rotates refresh tokens and
+    /// refuses a refresh token used twice, counting every call.
+    #[derive(Default)]
+    struct FakeServer {
+        logins: AtomicU64,
+        refreshes: AtomicU64,
+        refused: AtomicU64,
+        serial: AtomicU64,
+        /// The refresh token currently valid (rotation: only the newest).
+        valid_refresh: std::sync::Mutex<String>,
+        access_lifetime_s: AtomicI64,
+    }
+
+    impl FakeServer {
+        fn issue(&self, kind: &str, lifetime: i64) -> String {
+            let now = crate::reading::unix_ms(std::time::SystemTime::now()) / 1000;
+            let jti = self.serial.fetch_add(1, Ordering::SeqCst).to_string();
+            secrecy::ExposeSecret::expose_secret(&super::super::jwt::make_token(
+                now + lifetime,
+                now,
+                kind,
+                &jti,
+            ))
+            .to_owned()
+        }
+
+        fn answer(&self, path: &str, body: &str) -> (u16, String) {
+            let access = self.issue("access", self.access_lifetime_s.load(Ordering::SeqCst));
+            let refresh = self.issue("refresh", 3600);
+            let mut valid = self.valid_refresh.lock().unwrap_or_else(|e| e.into_inner());
+            if path == "/api/token/" {
+                self.logins.fetch_add(1, Ordering::SeqCst);
+            } else if body.contains(valid.as_str()) && !valid.is_empty() {
+                self.refreshes.fetch_add(1, Ordering::SeqCst);
+            } else {
+                self.refused.fetch_add(1, Ordering::SeqCst);
+                return (
+                    401,
+                    r#"{"detail":"Token is blacklisted","code":"token_not_valid"}"#.into(),
+                );
+            }
+            *valid = refresh.clone();
+            (
+                200,
+                format!(r#"{{"access":"{access}","refresh":"{refresh}"}}"#),
+            )
+        }
+    }
+
+    async fn serve(server: Arc<FakeServer>) -> String {
+        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => l,
+            Err(e) => panic!("bind: {e}"),
+        };
+        let url = format!(
+            "http://{}",
+            listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        );
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = sock.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        let Some(head_end) = text.find("\r\n\r\n") else {
+                            continue;
+                        };
+                        let len = text[..head_end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() < head_end + 4 + len {
+                            continue;
+                        }
+                        let path = text.split_whitespace().nth(1).unwrap_or("").to_owned();
+                        let body = text[head_end + 4..].to_owned();
+                        // Slow answers widen the window in which callers could race.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let (status, answer) = server.answer(&path, &body);
+                        let reply = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                            answer.len()
+                        );
+                        let _ = sock.write_all(reply.as_bytes()).await;
+                        buf.clear();
+                    }
+                });
+            }
+        });
+        url
+    }
+
+    fn manager(url: &str, clock: Clock, dir: &std::path::Path) -> TokenManager {
+        let pw = dir.join("pw");
+        let _ = std::fs::write(&pw, "secret");
+        let _ = std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600));
+        let mut sources = PasswordSources::new("dev", Some(pw));
+        sources.credentials_dir = None;
+        sources.use_keyring = false;
+        let api = match Api::new(url, Duration::from_secs(5)) {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        };
+        TokenManager::new(
+            api,
+            Some("dev".into()),
+            Some(sources),
+            clock,
+            AuthSettings {
+                refresh_margin: None,
+                login_backoff_base: Duration::from_millis(100),
+                login_backoff_max: Duration::from_secs(1),
+            },
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_at_expiry_cause_one_refresh() {
+        let server = Arc::new(FakeServer::default());
+        server.access_lifetime_s.store(2, Ordering::SeqCst);
+        let url = serve(server.clone()).await;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let m = Arc::new(manager(&url, Clock::system(), dir.path()));
+        assert!(m.access_token().await.is_ok());
+        // Lifetime 2 s, margin 1 s: after 1.1 s every caller finds the token due.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let calls: Vec<_> = (0..50)
+            .map(|_| {
+                let m = m.clone();
+                tokio::spawn(async move { m.access_token().await.is_ok() })
+            })
+            .collect();
+        for c in calls {
+            assert!(matches!(c.await, Ok(true)));
+        }
+        assert_eq!(server.logins.load(Ordering::SeqCst), 1);
+        assert_eq!(server.refreshes.load(Ordering::SeqCst), 1);
+        assert_eq!(server.refused.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_device_clock_years_off_neither_loops_nor_uses_expired_tokens() {
+        let year_ms = 365 * 86_400_000;
+        for skew in [year_ms, -year_ms] {
+            let server = Arc::new(FakeServer::default());
+            server.access_lifetime_s.store(60, Ordering::SeqCst);
+            let url = serve(server.clone()).await;
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let m = manager(&url, Clock::with_skew_ms(skew), dir.path());
+            for _ in 0..100 {
+                assert!(m.access_token().await.is_ok());
+            }
+            assert_eq!(server.logins.load(Ordering::SeqCst), 1, "skew {skew}");
+            assert_eq!(
+                server.refreshes.load(Ordering::SeqCst),
+                0,
+                "skew {skew}: refresh storm"
+            );
+            let offset = m
+                .session_info()
+                .await
+                .map(|s| s.clock_offset_secs)
+                .unwrap_or(0.0);
+            assert!(
+                (offset + skew as f64 / 1000.0).abs() < 5.0,
+                "offset {offset} for skew {skew}"
+            );
+            // Renewal is planned in server time: due in about lifetime - margin.
+            let due = m.renew_in().await;
+            assert!(
+                due > Duration::from_secs(40) && due <= Duration::from_secs(60),
+                "{due:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_refresh_leads_to_a_fresh_login_and_a_rejected_token_is_renewed_once() {
+        let server = Arc::new(FakeServer::default());
+        server.access_lifetime_s.store(60, Ordering::SeqCst);
+        let url = serve(server.clone()).await;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let m = manager(&url, Clock::system(), dir.path());
+        let first = m.access_token().await.unwrap_or_else(|e| panic!("{e}"));
+        // The server blacklists everything (logout, admin action).
+        server
+            .valid_refresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        m.reject(&first).await;
+        m.reject(&first).await;
+        assert!(m.access_token().await.is_ok());
+        assert_eq!(server.refused.load(Ordering::SeqCst), 1);
+        assert_eq!(server.logins.load(Ordering::SeqCst), 2);
+    }
+}
