@@ -46,6 +46,25 @@ pub enum DaemonError {
 
 /// Runs the gateway in the foreground until SIGTERM or SIGINT.
 pub fn run(config: &Config) -> Result<(), DaemonError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| DaemonError::Start {
+            what: "the async runtime",
+            source,
+        })?;
+    // Handlers first: a SIGTERM during start-up (systemd stopping a service that is still
+    // opening its queue) must mean a clean stop, not death by the default action.
+    let signals = {
+        let _context = runtime.enter();
+        let signals = StopSignals::install().map_err(|source| DaemonError::Start {
+            what: "signal handling",
+            source,
+        })?;
+        // A signal that arrived while held (see `hold_stop_signals`) is delivered now.
+        set_stop_signals_blocked(false);
+        signals
+    };
     let clock = Clock::from_env().map_err(DaemonError::Clock)?;
     let queue = Queue::open(&config.queue)?;
     let pending = queue.pending()?;
@@ -87,13 +106,6 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
             source,
         })?;
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| DaemonError::Start {
-            what: "the async runtime",
-            source,
-        })?;
     let api = Api::new(&config.api.base_url, config.api.request_timeout)?;
     let result = runtime.block_on(serve(
         config,
@@ -104,6 +116,7 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
             ("sampler", sampler_heartbeat),
             ("uploader", uploader_heartbeat),
         ],
+        signals,
     ));
     // Dropping the runtime drops any task that outlived the stop timeout, and with them the
     // last queue handles, so the queue thread makes its final commit and ends.
@@ -125,6 +138,7 @@ async fn serve(
     clock: Clock,
     store: crate::store::StoreHandle,
     heartbeats: [(&'static str, Heartbeat); 2],
+    mut signals: StopSignals,
 ) -> Result<(), DaemonError> {
     let notifier = Notifier::from_env();
     let cancel = CancellationToken::new();
@@ -184,7 +198,7 @@ async fn serve(
     }
     tracing::info!("ready");
 
-    wait_for_signal().await;
+    signals.recv().await;
     tracing::info!("stopping: finishing in-flight uploads, closing the queue");
     let _ = notifier.stopping();
     cancel.cancel();
@@ -198,21 +212,48 @@ async fn serve(
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            tracing::warn!("cannot install signal handlers; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
+/// Holds SIGTERM and SIGINT pending from the very start of the process until `run` has
+/// its handlers, so a stop request during start-up is never fatal. Call before any thread.
+pub fn hold_stop_signals() {
+    set_stop_signals_blocked(true);
+}
+
+fn set_stop_signals_blocked(blocked: bool) {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset; pthread_sigmask only
+    // changes this thread's mask (threads started later inherit it).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let how = if blocked {
+            libc::SIG_BLOCK
+        } else {
+            libc::SIG_UNBLOCK
+        };
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
+}
+
+/// SIGTERM and SIGINT, registered once at start.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
     }
 }

@@ -7,6 +7,9 @@ use profilo_gateway::cli::{self, Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run) {
+        profilo_gateway::daemon::hold_stop_signals();
+    }
     let config = match cli::load_config(cli.config.clone()) {
         Ok(c) => c,
         Err(e) => {

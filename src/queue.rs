@@ -28,6 +28,11 @@ pub enum QueueError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("queue {path} is corrupt and cannot be moved aside: {source} (move or delete it by hand; the service user needs write access to its directory)")]
+    MoveAside {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot open queue {path}: {source}{hint}")]
     Open {
         path: PathBuf,
@@ -722,12 +727,23 @@ fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-/// Renames a damaged queue (and its WAL and shared-memory files) out of the way.
+/// Renames a damaged queue (and its WAL and shared-memory files) out of the way, never
+/// over an earlier one: each is evidence of what the SD card did.
 fn move_aside(path: &Path) -> Result<PathBuf, QueueError> {
     let stamp = unix_ms(SystemTime::now()) / 1000;
-    let mut aside = path.as_os_str().to_owned();
-    aside.push(format!(".corrupt-{stamp}"));
-    let aside = PathBuf::from(aside);
+    let mut aside = PathBuf::new();
+    for n in 0.. {
+        let mut name = path.as_os_str().to_owned();
+        name.push(if n == 0 {
+            format!(".corrupt-{stamp}")
+        } else {
+            format!(".corrupt-{stamp}-{n}")
+        });
+        aside = PathBuf::from(name);
+        if !aside.exists() {
+            break;
+        }
+    }
     for suffix in ["", "-wal", "-shm"] {
         let mut from = path.as_os_str().to_owned();
         from.push(suffix);
@@ -737,7 +753,7 @@ fn move_aside(path: &Path) -> Result<PathBuf, QueueError> {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
-                return Err(QueueError::CreateDir {
+                return Err(QueueError::MoveAside {
                     path: PathBuf::from(from),
                     source,
                 })

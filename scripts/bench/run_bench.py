@@ -485,8 +485,12 @@ def enqueue_capacity(args):
     if out.returncode != 0:
         raise SystemExit(f"enqueue_bench failed: {out.stderr}")
     runs = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
-    kept = [r for r in runs if r["kept_up"]]
-    best = max(kept, key=lambda r: r["readings_per_s"]) if kept else None
+    # Sustained = the highest paced rate such that it and every lower rate kept up.
+    best = None
+    for r in sorted((r for r in runs if r["target_rate"] > 0), key=lambda r: r["target_rate"]):
+        if not r["kept_up"]:
+            break
+        best = r
     return {"runs": runs, "sustained_per_s": best["readings_per_s"] if best else 0,
             "sustained_at_target": best["target_rate"] if best else 0}
 
@@ -542,8 +546,9 @@ def report(R, args):
          i["cpu_pct"] <= BUDGET["idle_cpu_pct"]),
         ("enqueue at 1 kHz keeps up", f"{b['readings_per_s']:.0f} readings/s", ">= 990/s",
          b["readings_per_s"] >= 990),
-        ("enqueue raw durable capacity", f"{e['sustained_per_s']:.0f} readings/s", ">= 20,000/s",
-         e["sustained_per_s"] >= BUDGET["enqueue_per_s"]),
+        ("enqueue raw durable capacity (highest paced rate kept with no loss)",
+         f"{e['sustained_at_target']}/s target ({e['sustained_per_s']:.0f} committed/s incl. final commit)",
+         ">= 20,000/s", e["sustained_at_target"] >= BUDGET["enqueue_per_s"]),
         ("bytes written per reading at 1 kHz", f"{b['write_bytes_per_reading']:.0f} B",
          "<= 1024 B", b["write_bytes_per_reading"] <= BUDGET["bytes_per_reading_1khz"]
          and b["write_bytes"] > 0),
