@@ -7,7 +7,7 @@
 //! disk changes, and the readings wait in memory (bounded; overflow counted as drops) until
 //! a later commit succeeds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -22,6 +22,10 @@ use crate::reading::Reading;
 /// Readings held in memory while the disk refuses writes; beyond this they are dropped
 /// (and counted) rather than letting memory grow on a small Pi.
 const MAX_BUFFERED: usize = 10_000;
+/// Most readings in one commit while writes work: bounds the transaction and its memory.
+const MAX_GROUP: usize = 2_000;
+/// Status updates alone wait this long for a data commit to join.
+const STATUS_WINDOW: Duration = Duration::from_secs(5);
 /// Between two attempts to write after a failure.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// A failing write is logged at most this often.
@@ -134,7 +138,7 @@ pub fn spawn(
                 boot_id,
                 clock,
                 maybe_unsynced,
-                readings: Vec::new(),
+                readings: VecDeque::new(),
                 settlements: Vec::new(),
                 status: BTreeMap::new(),
                 dropped_in_memory: 0,
@@ -153,7 +157,7 @@ struct Writer {
     clock: Clock,
     /// Readings with an unsynchronised capture time may be stored.
     maybe_unsynced: bool,
-    readings: Vec<Captured>,
+    readings: VecDeque<Captured>,
     settlements: Vec<(Settlement, oneshot::Sender<Result<(), String>>)>,
     status: BTreeMap<&'static str, String>,
     /// Drops that happened in memory (writes failing); added to the stored counter later.
@@ -175,6 +179,7 @@ impl Writer {
                 Ok(command) => {
                     if self.accept(command) {
                         self.flush();
+                        deadline = None;
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -192,18 +197,31 @@ impl Writer {
                     return;
                 }
             }
-            // The first write after a commit opens the window; later ones do not move it,
-            // so at a steady high rate commits still happen every `commit_interval`.
+            // A channel that is never empty never times out: commit when the window has
+            // passed or the group is full, whatever keeps arriving.
+            let now = Instant::now();
+            let group_full = self.failing_since.is_none() && self.readings.len() >= MAX_GROUP;
+            if group_full || deadline.is_some_and(|d| d <= now) {
+                self.flush();
+                deadline = None;
+            }
             if !self.has_writes() {
                 deadline = None;
-            } else if deadline.is_none() {
-                let wait = if self.failing_since.is_some() {
-                    RETRY_AFTER_FAILURE
-                } else {
-                    commit_interval
-                };
-                deadline = Some(Instant::now() + wait);
+                continue;
             }
+            let wait = if self.failing_since.is_some() {
+                RETRY_AFTER_FAILURE
+            } else if self.readings.is_empty() && self.settlements.is_empty() {
+                // Status alone rides along with the next data commit, sparing the SD card
+                // an fsync of its own.
+                STATUS_WINDOW
+            } else {
+                commit_interval
+            };
+            // Only ever brought forward: at a steady high rate the first write of a group
+            // fixes its commit time.
+            let wanted = now + wait;
+            deadline = Some(deadline.map_or(wanted, |d| d.min(wanted)));
         }
     }
 
@@ -215,12 +233,12 @@ impl Writer {
     fn accept(&mut self, command: Command) -> bool {
         match command {
             Command::Enqueue(c) => {
-                if self.readings.len() >= MAX_BUFFERED {
-                    // Only reachable while writes fail: keep the newest, count the loss.
-                    self.readings.remove(0);
+                if self.failing_since.is_some() && self.readings.len() >= MAX_BUFFERED {
+                    // Writes fail (disk full): keep the newest in memory, count the loss.
+                    self.readings.pop_front();
                     self.dropped_in_memory += 1;
                 }
-                self.readings.push(c);
+                self.readings.push_back(c);
                 false
             }
             Command::Status(key, value) => {
@@ -424,6 +442,48 @@ mod tests {
             q.stats().map_err(|e| e.to_string())?.last_error.as_deref(),
             Some("x")
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_unpaced_burst_is_committed_in_groups_and_nothing_dropped() -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let config = QueueConfig {
+            path: dir.path().join("q.db"),
+            ..QueueConfig::default()
+        };
+        let queue = Queue::open(&config).map_err(|e| e.to_string())?;
+        let (store, thread) = spawn(
+            queue,
+            Duration::from_secs(5),
+            "boot".into(),
+            Clock::system(),
+        )
+        .map_err(|e| e.to_string())?;
+        for ms in 0..30_000 {
+            store.enqueue(captured(ms)).map_err(|e| e.to_string())?;
+        }
+        // Groups are committed while the channel is still busy, well before the 5 s window.
+        let started = Instant::now();
+        loop {
+            let stats = store.stats().await?;
+            if stats.pending >= 28_000 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "only {} committed",
+                stats.pending
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(store);
+        thread
+            .join()
+            .map_err(|_| "queue thread panicked".to_string())?;
+        let q = Queue::open_read_only(&config.path).map_err(|e| e.to_string())?;
+        let stats = q.stats().map_err(|e| e.to_string())?;
+        assert_eq!((stats.pending, stats.dropped_total), (30_000, 0));
         Ok(())
     }
 }

@@ -846,9 +846,9 @@ fn e_device_clock_one_year_behind_no_refresh_or_401_storm() {
     wait_for(
         &server,
         &mut gw,
-        "a backlog of 1000 readings (server down)",
+        "a backlog of 1500 readings (server down)",
         Duration::from_secs(40),
-        |gw| gw.queue_counts().pending >= 1000,
+        |gw| gw.queue_counts().pending >= 1500,
     );
     stop(&server, &mut gw, "backlog run");
     let backlog = queued_keys(&gw);
