@@ -414,6 +414,12 @@ impl Config {
                 "must be between 1 and 10000".into(),
             ));
         }
+        if self.upload.batch_size < self.upload.concurrency {
+            return Err(invalid(
+                "upload.batch_size",
+                "must be at least upload.concurrency".into(),
+            ));
+        }
         if self.queue.max_readings == 0 {
             return Err(invalid("queue.max_readings", "must be at least 1".into()));
         }

@@ -2,11 +2,13 @@
 //! in flight. A reading leaves the queue only on a 2xx (or as a dead letter on a permanent
 //! refusal); on anything transient the whole loop backs off and tries again later.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{self, StreamExt};
+use std::collections::VecDeque;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{Api, SendOutcome};
@@ -49,17 +51,17 @@ pub struct Uploader {
     pub counters: Arc<UploadCounters>,
 }
 
-/// What one batch came to.
+/// What one drain came to.
 #[derive(Debug, Default)]
-struct BatchResult {
-    settlement: Settlement,
-    /// The first transient failure, with the server's `Retry-After` if any.
+struct DrainResult {
+    acked: usize,
+    /// The first transient failure, with the longest `Retry-After` the server asked for.
     transient: Option<(String, Option<Duration>)>,
 }
 
 enum Item {
     Done(i64, SendOutcome),
-    /// Not sent: an earlier reading of the batch failed transiently.
+    /// Not sent: an earlier send failed transiently, or shutdown was asked for.
     Skipped,
 }
 
@@ -72,8 +74,8 @@ impl Uploader {
             if cancel.is_cancelled() {
                 return;
             }
-            let batch = match self.store.peek(0, self.settings.batch_size).await {
-                Ok(b) => b,
+            let waiting = match self.store.peek(0, 1).await {
+                Ok(b) => !b.is_empty(),
                 Err(e) => {
                     tracing::error!("cannot read the queue: {e}");
                     if self.pause(&cancel, backoff.next_wait(None)).await {
@@ -82,7 +84,7 @@ impl Uploader {
                     continue;
                 }
             };
-            if batch.is_empty() {
+            if !waiting {
                 self.set_state(&mut last_state, "idle");
                 tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -91,7 +93,7 @@ impl Uploader {
                 }
                 continue;
             }
-            // No batch without a session; each send then asks for the token of its moment.
+            // No drain without a session; each send then asks for the token of its moment.
             match self.auth.access_token().await {
                 Ok(_) => {}
                 Err(AuthError::Waiting { until, reason }) => {
@@ -116,29 +118,7 @@ impl Uploader {
                 }
             }
             self.set_state(&mut last_state, "uploading");
-            self.store
-                .set_status(status_key::IN_FLIGHT, batch.len().to_string());
-            let result = self.send_batch(batch, &cancel).await;
-            let acked = result.settlement.acked.len();
-            let dead = result.settlement.dead.len();
-            for (id, status, body) in &result.settlement.dead {
-                tracing::warn!(
-                    reading_id = id,
-                    status,
-                    "server refused a reading for good; kept as a dead letter: {body}"
-                );
-            }
-            if acked > 0 {
-                self.store.set_status(
-                    status_key::LAST_UPLOAD_AT,
-                    crate::reading::format_rfc3339_ms(self.clock.now_ms()),
-                );
-            }
-            self.store.set_status(status_key::IN_FLIGHT, "0".into());
-            if let Err(e) = self.store.settle(result.settlement).await {
-                tracing::error!("cannot record uploaded readings: {e}; they may be sent again");
-            }
-            tracing::debug!(acked, dead, "batch done");
+            let result = self.drain(&cancel).await;
             match result.transient {
                 None => backoff.reset(),
                 Some((detail, retry_after)) => {
@@ -184,74 +164,58 @@ impl Uploader {
         }
     }
 
-    async fn send_batch(&self, batch: Vec<Stored>, cancel: &CancellationToken) -> BatchResult {
-        // After one transient failure the rest of the batch is not sent: against a server
-        // that accepts connections but never answers, one timeout per batch, not per reading.
-        let halt = &std::sync::atomic::AtomicBool::new(false);
-        let sends = stream::iter(batch)
-            .map(|stored| async move {
-                if halt.load(Ordering::Relaxed) {
-                    return Item::Skipped;
-                }
-                let mut body = stored.reading.to_wire_json();
-                if stored.clock_unsynced {
-                    // Captured in an earlier boot before the clock was set: the time may be wrong.
-                    if let Some(o) = body.as_object_mut() {
-                        o.insert("clock_unsynced".into(), true.into());
-                    }
-                }
-                // The token of this moment, not of the batch: a batch can outlive its token,
-                // and once one send has renewed it the others must not use the dead one.
-                let token = match self.auth.access_token().await {
-                    Ok(t) => t,
-                    Err(e) => {
-                        halt.store(true, Ordering::Relaxed);
-                        return Item::Done(
-                            stored.id,
-                            SendOutcome::Transient {
-                                status: None,
-                                retry_after: None,
-                                detail: e.to_string(),
-                            },
-                        );
-                    }
-                };
-                let token = &token;
-                let mut outcome = self.api.send_reading(token, &body).await;
-                if outcome == SendOutcome::Unauthorized {
-                    // One renewal and one retry, never a loop.
-                    self.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
-                    self.auth.reject(token).await;
-                    outcome = match self.auth.access_token().await {
-                        Ok(fresh) => self.api.send_reading(&fresh, &body).await,
-                        Err(e) => SendOutcome::Transient {
-                            status: Some(401),
-                            retry_after: None,
-                            detail: e.to_string(),
-                        },
-                    };
-                    if outcome == SendOutcome::Unauthorized {
-                        self.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
-                        outcome = SendOutcome::Transient {
-                            status: Some(401),
-                            retry_after: None,
-                            detail: "server refused a freshly renewed token (401)".into(),
-                        };
-                    }
-                }
-                if matches!(outcome, SendOutcome::Transient { .. }) {
-                    halt.store(true, Ordering::Relaxed);
-                }
-                Item::Done(stored.id, outcome)
-            })
-            .buffer_unordered(self.settings.concurrency);
-        let mut result = BatchResult::default();
-        let mut sends = std::pin::pin!(sends);
+    /// Sends the queue, oldest first, until it is empty or a send fails transiently.
+    /// `concurrency` requests stay in flight across batch boundaries: the next batch is read
+    /// while the last sends of the current one are still out. Acknowledgements are
+    /// committed whenever `batch_size - concurrency` have gathered, so at any moment at most
+    /// `batch_size` readings were accepted by the server without their ack being on disk:
+    /// the bound on duplicates after a crash.
+    async fn drain(&self, cancel: &CancellationToken) -> DrainResult {
+        // After one transient failure nothing more is sent: against a server that accepts
+        // connections but never answers, one timeout per round, not per reading.
+        let halt = &AtomicBool::new(false);
+        let concurrency = self.settings.concurrency;
+        let settle_at = self.settings.batch_size.saturating_sub(concurrency).max(1);
+        self.store
+            .set_status(status_key::IN_FLIGHT, concurrency.to_string());
+        let mut result = DrainResult::default();
+        let mut unsettled = Settlement::default();
+        let mut in_flight = FuturesUnordered::new();
+        let mut ready: VecDeque<Stored> = VecDeque::new();
+        let mut after_id = 0;
+        let mut exhausted = false;
         let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         loop {
+            self.heartbeat.beat();
+            // Keep `concurrency` sends out, reading the next batch when this one runs dry.
+            while in_flight.len() < concurrency && !halt.load(Ordering::Relaxed) {
+                if ready.is_empty() && !exhausted {
+                    match self.store.peek(after_id, self.settings.batch_size).await {
+                        Ok(batch) => match batch.last() {
+                            Some(last) => {
+                                after_id = last.id;
+                                ready.extend(batch);
+                            }
+                            None => exhausted = true,
+                        },
+                        Err(e) => {
+                            tracing::error!("cannot read the queue: {e}");
+                            exhausted = true;
+                        }
+                    }
+                }
+                match ready.pop_front() {
+                    Some(stored) => in_flight.push(self.send_one(stored, halt)),
+                    None => break,
+                }
+            }
+            if in_flight.is_empty() {
+                break;
+            }
             let next = tokio::select! {
-                item = sends.next() => item,
+                item = in_flight.next() => item,
                 _ = cancel.cancelled(), if grace.is_none() => {
+                    halt.store(true, Ordering::Relaxed);
                     grace = Some(Box::pin(tokio::time::sleep(SHUTDOWN_GRACE)));
                     continue;
                 }
@@ -268,14 +232,19 @@ impl Uploader {
             match outcome {
                 SendOutcome::Accepted => {
                     self.counters.accepted.fetch_add(1, Ordering::Relaxed);
-                    result.settlement.acked.push(id);
+                    unsettled.acked.push(id);
                 }
                 SendOutcome::Rejected { status, body } => {
                     self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                    result.settlement.dead.push((id, status, body));
+                    tracing::warn!(
+                        reading_id = id,
+                        status,
+                        "server refused a reading for good; kept as a dead letter: {body}"
+                    );
+                    unsettled.dead.push((id, status, body));
                 }
                 SendOutcome::Unauthorized => {
-                    // The send closure already turned a second 401 into a transient failure.
+                    // send_one already turned a second 401 into a transient failure.
                     result
                         .transient
                         .get_or_insert(("401 unauthorized".into(), None));
@@ -287,19 +256,97 @@ impl Uploader {
                 } => {
                     self.counters.transient.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(reading_id = id, status, "transient failure: {detail}");
-                    if result.transient.is_none() {
-                        result.transient = Some((detail, retry_after));
-                    } else if let (Some((_, ra)), Some(new)) =
-                        (result.transient.as_mut(), retry_after)
-                    {
-                        *ra = Some(ra.map_or(new, |old| old.max(new)));
+                    match result.transient.as_mut() {
+                        None => result.transient = Some((detail, retry_after)),
+                        Some((_, ra)) => {
+                            if let Some(new) = retry_after {
+                                *ra = Some(ra.map_or(new, |old| old.max(new)));
+                            }
+                        }
                     }
                 }
             }
-            if grace.is_none() && result.transient.is_some() && cancel.is_cancelled() {
-                break;
+            if unsettled.acked.len() + unsettled.dead.len() >= settle_at {
+                result.acked += self.settle(std::mem::take(&mut unsettled)).await;
             }
         }
+        result.acked += self.settle(unsettled).await;
+        self.store.set_status(status_key::IN_FLIGHT, "0".into());
         result
+    }
+
+    /// Commits acks and dead letters; returns how many were acked.
+    async fn settle(&self, settlement: Settlement) -> usize {
+        let acked = settlement.acked.len();
+        if acked == 0 && settlement.dead.is_empty() {
+            return 0;
+        }
+        if acked > 0 {
+            self.store.set_status(
+                status_key::LAST_UPLOAD_AT,
+                crate::reading::format_rfc3339_ms(self.clock.now_ms()),
+            );
+        }
+        if let Err(e) = self.store.settle(settlement).await {
+            tracing::error!("cannot record uploaded readings: {e}; they may be sent again");
+        }
+        tracing::debug!(acked, "uploads recorded");
+        acked
+    }
+
+    async fn send_one(&self, stored: Stored, halt: &AtomicBool) -> Item {
+        if halt.load(Ordering::Relaxed) {
+            return Item::Skipped;
+        }
+        let mut body = stored.reading.to_wire_json();
+        if stored.clock_unsynced {
+            // Captured in an earlier boot before the clock was set: the time may be wrong.
+            if let Some(o) = body.as_object_mut() {
+                o.insert("clock_unsynced".into(), true.into());
+            }
+        }
+        // The token of this moment, not of the batch: a batch can outlive its token,
+        // and once one send has renewed it the others must not use the dead one.
+        let token = match self.auth.access_token().await {
+            Ok(t) => t,
+            Err(e) => {
+                halt.store(true, Ordering::Relaxed);
+                return Item::Done(
+                    stored.id,
+                    SendOutcome::Transient {
+                        status: None,
+                        retry_after: None,
+                        detail: e.to_string(),
+                    },
+                );
+            }
+        };
+        let token = &token;
+        let mut outcome = self.api.send_reading(token, &body).await;
+        if outcome == SendOutcome::Unauthorized {
+            // One renewal and one retry, never a loop.
+            self.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+            self.auth.reject(token).await;
+            outcome = match self.auth.access_token().await {
+                Ok(fresh) => self.api.send_reading(&fresh, &body).await,
+                Err(e) => SendOutcome::Transient {
+                    status: Some(401),
+                    retry_after: None,
+                    detail: e.to_string(),
+                },
+            };
+            if outcome == SendOutcome::Unauthorized {
+                self.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+                outcome = SendOutcome::Transient {
+                    status: Some(401),
+                    retry_after: None,
+                    detail: "server refused a freshly renewed token (401)".into(),
+                };
+            }
+        }
+        if matches!(outcome, SendOutcome::Transient { .. }) {
+            halt.store(true, Ordering::Relaxed);
+        }
+        Item::Done(stored.id, outcome)
     }
 }
