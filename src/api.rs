@@ -86,7 +86,11 @@ impl Api {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
+        // Reading the system's CA certificates costs ~300 KiB of heap for good: skip it when
+        // the server is plain http (a LAN or a test bench).
+        let https = base.scheme() == "https";
         let client = reqwest::Client::builder()
+            .tls_built_in_root_certs(https)
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))

@@ -12,6 +12,9 @@ use crate::sensors::set::{SensorSet, Tick};
 use crate::store::{Captured, StoreHandle};
 use crate::systemd::Heartbeat;
 
+/// Ticks late by less than this are caught up (at up to twice the rate) instead of skipped,
+/// so a loaded machine that wakes the sampler late still takes every reading at 1 kHz.
+const CATCH_UP_LIMIT: Duration = Duration::from_millis(100);
 /// Sensor health is written to the queue when it changes, and at least this often.
 const HEALTH_EVERY: Duration = Duration::from_secs(30);
 
@@ -114,16 +117,18 @@ impl Sampler {
             }
             next += self.interval;
             let now = Instant::now();
-            if next < now {
-                // Fell behind (slow sensor, suspended machine): skip the missed ticks
-                // rather than firing a burst.
-                let missed = (now - next).as_nanos() / self.interval.as_nanos().max(1) + 1;
+            let behind = now.saturating_duration_since(next);
+            if behind > self.interval.max(CATCH_UP_LIMIT) {
+                // Far behind (slow sensor, suspended machine): skip the missed ticks rather
+                // than firing a burst. A little behind (a late wake-up) is caught up below.
+                let missed = behind.as_nanos() / self.interval.as_nanos().max(1) + 1;
                 next += self.interval * u32::try_from(missed).unwrap_or(u32::MAX);
             }
             // A late tick followed by an on-time one could share a capture millisecond;
             // keeping captures half an interval (and 1 ms) apart gives every reading its own.
-            next = next.max(tick_started + min_spacing);
-            if wait_or_stop(&stop, next, &self.heartbeat) {
+            // The schedule itself stays put, so a lag is caught up at up to twice the rate.
+            let wake = next.max(tick_started + min_spacing);
+            if wait_or_stop(&stop, wake, &self.heartbeat) {
                 return;
             }
         }
