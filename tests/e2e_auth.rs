@@ -872,7 +872,7 @@ fn e_device_clock_one_year_behind_no_refresh_or_401_storm() {
         &server,
         &mut gw,
         "the backlog to be uploaded with the clock a year behind",
-        Duration::from_secs(40),
+        Duration::from_secs(60),
         |gw| {
             let s = server.stats();
             check!(

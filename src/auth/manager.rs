@@ -110,8 +110,20 @@ impl TokenManager {
             if self.is_fresh(access, st.offset_ms) {
                 return Ok(access.secret.clone());
             }
+            // Renewal failed a moment ago and waits for its backoff: the token is due, not
+            // dead, so uploads go on with it meanwhile.
+            let backing_off = st.next_login_at.is_some_and(|at| Instant::now() < at);
+            if backing_off && self.is_unexpired(access, st.offset_ms) {
+                return Ok(access.secret.clone());
+            }
         }
-        self.renew(&mut st).await
+        let renewed = self.renew(&mut st).await;
+        match (&renewed, &st.access) {
+            (Err(_), Some(access)) if self.is_unexpired(access, st.offset_ms) => {
+                Ok(access.secret.clone())
+            }
+            _ => renewed,
+        }
     }
 
     /// A protected call answered 401 with `used`: that token is dead. Only the token that
@@ -179,11 +191,16 @@ impl TokenManager {
     }
 
     fn margin(&self, token: &Token) -> Duration {
-        if let Some(m) = self.settings.refresh_margin {
-            return m;
-        }
         let lifetime = Duration::from_secs(token.lifetime_secs().unwrap_or(0).max(0) as u64);
-        (lifetime / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+        let margin = self.settings.refresh_margin.unwrap_or_else(|| {
+            (lifetime / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+        });
+        // A margin as long as the lifetime would renew at every call: a refresh storm.
+        if lifetime.is_zero() {
+            margin
+        } else {
+            margin.min(lifetime / 2)
+        }
     }
 
     /// The refresh token is renewed by a login well before it expires (a tenth of its
@@ -196,6 +213,12 @@ impl TokenManager {
     fn is_fresh(&self, token: &Token, offset_ms: i64) -> bool {
         let server_now = self.clock.now_ms() + offset_ms;
         token.claims.exp * 1000 - self.margin(token).as_millis() as i64 > server_now
+    }
+
+    /// Not yet expired in server time (with a second of slack for the request's travel).
+    fn is_unexpired(&self, token: &Token, offset_ms: i64) -> bool {
+        let server_now = self.clock.now_ms() + offset_ms;
+        token.claims.exp * 1000 - 1000 > server_now
     }
 
     fn refresh_usable(&self, token: &Token, offset_ms: i64) -> bool {
