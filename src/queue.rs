@@ -208,6 +208,9 @@ impl Queue {
         // The access pattern is append at the tail, read and delete at the head: a small
         // page cache serves it, and memory is scarce on a Pi Zero (default is 2 MiB).
         conn.pragma_update(None, "cache_size", -512)?;
+        // After a checkpoint the WAL file is cut back to this size, so a burst (a backlog
+        // drained, a disk that was full) does not leave it large for good.
+        conn.pragma_update(None, "journal_size_limit", 1024 * 1024)?;
         migrate(&conn, path)?;
         Ok(conn)
     }
@@ -261,6 +264,15 @@ impl Queue {
 
     pub fn commit(&self) -> Result<(), QueueError> {
         self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    /// Copies the WAL into the database and truncates it: on a full disk this gives back the
+    /// space the log took, so that the next commit (acks delete rows, but still need log
+    /// space) can succeed.
+    pub fn checkpoint_truncate(&self) -> Result<(), QueueError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
 

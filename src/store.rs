@@ -99,13 +99,21 @@ impl StoreHandle {
         rx.await.map_err(|_| StoreClosed.to_string())?
     }
 
-    /// Records acks and dead letters; returns once they are committed.
-    pub async fn settle(&self, settlement: Settlement) -> Result<(), String> {
+    /// Records acks and dead letters at once (the commit starts now); the returned future
+    /// resolves once they are committed.
+    pub fn settle(
+        &self,
+        settlement: Settlement,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
-        self.tx
+        let sent = self
+            .tx
             .send(Command::Settle { settlement, reply })
-            .map_err(|_| StoreClosed.to_string())?;
-        rx.await.map_err(|_| StoreClosed.to_string())?
+            .map_err(|_| StoreClosed.to_string());
+        async move {
+            sent?;
+            rx.await.map_err(|_| StoreClosed.to_string())?
+        }
     }
 
     pub async fn stats(&self) -> Result<Stats, String> {
@@ -254,8 +262,12 @@ impl Writer {
                 limit,
                 reply,
             } => {
-                // Acks must be on disk before a peek, or acked readings would be sent again.
-                self.flush();
+                // A drain starts at id 0: its acks must be on disk first, or acked readings
+                // would be sent again. Later peeks of a drain read past its cursor and never
+                // meet an acked reading, so they need no commit (and no fsync stall).
+                if after_id == 0 {
+                    self.flush();
+                }
                 let _ = reply.send(self.queue.peek(after_id, limit).map_err(|e| e.to_string()));
                 false
             }
@@ -290,6 +302,12 @@ impl Writer {
             }
             Err(e) => {
                 self.queue.rollback();
+                if e.is_disk_full() {
+                    // The WAL may hold most of a small filesystem; give it back before retrying.
+                    if let Err(c) = self.queue.checkpoint_truncate() {
+                        tracing::debug!("checkpoint after a full disk failed: {c}");
+                    }
+                }
                 self.failing_since.get_or_insert_with(Instant::now);
                 let now = Instant::now();
                 if self

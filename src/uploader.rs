@@ -51,6 +51,8 @@ pub struct Uploader {
     pub counters: Arc<UploadCounters>,
 }
 
+type SettleFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
 /// What one drain came to.
 #[derive(Debug, Default)]
 struct DrainResult {
@@ -166,20 +168,23 @@ impl Uploader {
 
     /// Sends the queue, oldest first, until it is empty or a send fails transiently.
     /// `concurrency` requests stay in flight across batch boundaries: the next batch is read
-    /// while the last sends of the current one are still out. Acknowledgements are
-    /// committed whenever `batch_size - concurrency` have gathered, so at any moment at most
-    /// `batch_size` readings were accepted by the server without their ack being on disk:
-    /// the bound on duplicates after a crash.
+    /// while the last sends of the current one are still out, and acknowledgements are
+    /// committed while sends go on. No send starts while `batch_size` readings are sent or
+    /// acked but not yet committed: that is the bound on duplicates after a crash.
     async fn drain(&self, cancel: &CancellationToken) -> DrainResult {
         // After one transient failure nothing more is sent: against a server that accepts
         // connections but never answers, one timeout per round, not per reading.
         let halt = &AtomicBool::new(false);
         let concurrency = self.settings.concurrency;
-        let settle_at = self.settings.batch_size.saturating_sub(concurrency).max(1);
+        let batch_size = self.settings.batch_size;
+        // Half the room left by the sends in flight, so that sends continue while one
+        // group of acks is being committed.
+        let settle_at = (batch_size.saturating_sub(concurrency) / 2).max(1);
         self.store
             .set_status(status_key::IN_FLIGHT, concurrency.to_string());
         let mut result = DrainResult::default();
         let mut unsettled = Settlement::default();
+        let mut settling: Option<(usize, SettleFuture)> = None;
         let mut in_flight = FuturesUnordered::new();
         let mut ready: VecDeque<Stored> = VecDeque::new();
         let mut after_id = 0;
@@ -188,7 +193,17 @@ impl Uploader {
         loop {
             self.heartbeat.beat();
             // Keep `concurrency` sends out, reading the next batch when this one runs dry.
-            while in_flight.len() < concurrency && !halt.load(Ordering::Relaxed) {
+            loop {
+                let uncommitted = unsettled.acked.len()
+                    + unsettled.dead.len()
+                    + settling.as_ref().map_or(0, |(n, _)| *n)
+                    + in_flight.len();
+                if in_flight.len() >= concurrency
+                    || uncommitted >= batch_size
+                    || halt.load(Ordering::Relaxed)
+                {
+                    break;
+                }
                 if ready.is_empty() && !exhausted {
                     match self.store.peek(after_id, self.settings.batch_size).await {
                         Ok(batch) => match batch.last() {
@@ -209,11 +224,21 @@ impl Uploader {
                     None => break,
                 }
             }
-            if in_flight.is_empty() {
+            if in_flight.is_empty() && settling.is_none() {
                 break;
             }
             let next = tokio::select! {
-                item = in_flight.next() => item,
+                item = in_flight.next(), if !in_flight.is_empty() => item,
+                done = async {
+                    match settling.as_mut() {
+                        Some((_, commit)) => commit.await,
+                        None => std::future::pending().await,
+                    }
+                }, if settling.is_some() => {
+                    log_settle_failure(done);
+                    result.acked += settling.take().map_or(0, |(n, _)| n);
+                    continue;
+                }
                 _ = cancel.cancelled(), if grace.is_none() => {
                     halt.store(true, Ordering::Relaxed);
                     grace = Some(Box::pin(tokio::time::sleep(SHUTDOWN_GRACE)));
@@ -266,20 +291,23 @@ impl Uploader {
                     }
                 }
             }
-            if unsettled.acked.len() + unsettled.dead.len() >= settle_at {
-                result.acked += self.settle(std::mem::take(&mut unsettled)).await;
+            if settling.is_none() && unsettled.acked.len() + unsettled.dead.len() >= settle_at {
+                settling = Some(self.begin_settle(std::mem::take(&mut unsettled)));
             }
         }
-        result.acked += self.settle(unsettled).await;
+        for (n, commit) in settling.into_iter().chain([self.begin_settle(unsettled)]) {
+            log_settle_failure(commit.await);
+            result.acked += n;
+        }
         self.store.set_status(status_key::IN_FLIGHT, "0".into());
         result
     }
 
-    /// Commits acks and dead letters; returns how many were acked.
-    async fn settle(&self, settlement: Settlement) -> usize {
+    /// Starts committing acks and dead letters: how many were acked, and the commit.
+    fn begin_settle(&self, settlement: Settlement) -> (usize, SettleFuture) {
         let acked = settlement.acked.len();
         if acked == 0 && settlement.dead.is_empty() {
-            return 0;
+            return (0, Box::pin(async { Ok(()) }));
         }
         if acked > 0 {
             self.store.set_status(
@@ -287,11 +315,8 @@ impl Uploader {
                 crate::reading::format_rfc3339_ms(self.clock.now_ms()),
             );
         }
-        if let Err(e) = self.store.settle(settlement).await {
-            tracing::error!("cannot record uploaded readings: {e}; they may be sent again");
-        }
-        tracing::debug!(acked, "uploads recorded");
-        acked
+        tracing::debug!(acked, "recording uploads");
+        (acked, Box::pin(self.store.settle(settlement)))
     }
 
     async fn send_one(&self, stored: Stored, halt: &AtomicBool) -> Item {
@@ -348,5 +373,11 @@ impl Uploader {
             halt.store(true, Ordering::Relaxed);
         }
         Item::Done(stored.id, outcome)
+    }
+}
+
+fn log_settle_failure(result: Result<(), String>) {
+    if let Err(e) = result {
+        tracing::error!("cannot record uploaded readings: {e}; they may be sent again");
     }
 }
