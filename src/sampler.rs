@@ -76,11 +76,23 @@ impl Sampler {
         let mut last_failed: Option<Vec<String>> = None;
         let mut health_at = Instant::now();
         let mut warned_clock = false;
-        let min_spacing = (self.interval / 2).max(Duration::from_millis(1));
+        let min_spacing = self.interval / 2;
+        let mut last_capture_ms = i64::MIN;
         loop {
             self.heartbeat.beat();
             let tick_started = Instant::now();
-            let captured_at = self.clock.now();
+            let mut captured_at = self.clock.now();
+            if crate::reading::unix_ms(captured_at) == last_capture_ms {
+                // Capture times have millisecond precision and identify a reading: wait for
+                // the next millisecond rather than stamp two readings alike.
+                let into_ms = captured_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_micros() % 1000)
+                    .unwrap_or(0);
+                std::thread::sleep(Duration::from_micros(u64::from(1000 - into_ms)));
+                captured_at = self.clock.now();
+            }
+            last_capture_ms = crate::reading::unix_ms(captured_at);
             let monotonic_ms = boottime_ms();
             let tick = self.source.read_all();
             // Serialising health at every tick would cost more than sampling at 1 kHz.
@@ -124,8 +136,7 @@ impl Sampler {
                 let missed = behind.as_nanos() / self.interval.as_nanos().max(1) + 1;
                 next += self.interval * u32::try_from(missed).unwrap_or(u32::MAX);
             }
-            // A late tick followed by an on-time one could share a capture millisecond;
-            // keeping captures half an interval (and 1 ms) apart gives every reading its own.
+            // Half an interval apart at least: a lag is caught up, not fired as a burst.
             // The schedule itself stays put, so a lag is caught up at up to twice the rate.
             let wake = next.max(tick_started + min_spacing);
             if wait_or_stop(&stop, wake, &self.heartbeat) {
