@@ -2,11 +2,10 @@
 //! in flight. A reading leaves the queue only on a 2xx (or as a dead letter on a permanent
 //! refusal); on anything transient the whole loop backs off and tries again later.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::collections::VecDeque;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -121,6 +120,11 @@ impl Uploader {
             }
             self.set_state(&mut last_state, "uploading");
             let result = self.drain(&cancel).await;
+            if result.acked >= 1000 {
+                tracing::info!(uploaded = result.acked, "backlog sent");
+            } else {
+                tracing::debug!(uploaded = result.acked, "upload round done");
+            }
             match result.transient {
                 None => backoff.reset(),
                 Some((detail, retry_after)) => {
