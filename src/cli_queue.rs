@@ -35,8 +35,14 @@ pub fn stats_text(s: &Stats) -> String {
         opt(&s.uploader_state),
         opt(&s.daemon_updated_at),
     );
-    if let Some(sensors) = &s.sensors {
-        out.push_str(&format!("sensors:        {sensors}\n"));
+    for (name, value) in [
+        ("sensors", &s.sensors),
+        ("auth", &s.auth),
+        ("uploads", &s.uploads),
+    ] {
+        if let Some(v) = value {
+            out.push_str(&format!("{:<16}{v}\n", format!("{name}:")));
+        }
     }
     out
 }

@@ -160,6 +160,7 @@ async fn serve(
         },
     ));
     let [sampler_hb, uploader_hb] = heartbeats;
+    let upload_counters = Arc::new(UploadCounters::default());
     let uploader = Uploader {
         api,
         auth: auth.clone(),
@@ -172,7 +173,7 @@ async fn serve(
             backoff_max: config.upload.backoff_max,
         },
         heartbeat: uploader_hb.1.clone(),
-        counters: Arc::new(UploadCounters::default()),
+        counters: upload_counters.clone(),
     };
     tracker.spawn(uploader.run(cancel.child_token()));
     {
@@ -190,6 +191,10 @@ async fn serve(
         store.clone(),
         notifier.clone(),
         clock,
+        Counters {
+            auth: auth.clone(),
+            uploads: upload_counters,
+        },
         cancel.child_token(),
     ));
     drop(store);
@@ -258,11 +263,18 @@ impl StopSignals {
     }
 }
 
-/// Keeps systemd's STATUS= line and the daemon timestamp in the queue current.
+/// What `queue stats` shows of the daemon's activity since start.
+struct Counters {
+    auth: Arc<TokenManager>,
+    uploads: Arc<UploadCounters>,
+}
+
+/// Keeps systemd's STATUS= line and the daemon's state in the queue current.
 async fn status_loop(
     store: crate::store::StoreHandle,
     notifier: Notifier,
     clock: Clock,
+    counters: Counters,
     cancel: CancellationToken,
 ) {
     loop {
@@ -270,6 +282,11 @@ async fn status_loop(
             status_key::UPDATED_AT,
             crate::reading::format_rfc3339_ms(clock.now_ms()),
         );
+        store.set_status(
+            status_key::AUTH,
+            counters.auth.counters.to_json().to_string(),
+        );
+        store.set_status(status_key::UPLOADS, counters.uploads.to_json().to_string());
         if notifier.is_enabled() {
             if let Ok(stats) = store.stats().await {
                 let last = stats

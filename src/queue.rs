@@ -126,6 +126,10 @@ pub struct Stats {
     pub last_error: Option<String>,
     pub uploader_state: Option<String>,
     pub sensors: Option<serde_json::Value>,
+    /// Logins and refreshes since the daemon started.
+    pub auth: Option<serde_json::Value>,
+    /// Send outcomes since the daemon started.
+    pub uploads: Option<serde_json::Value>,
     pub daemon_updated_at: Option<String>,
 }
 
@@ -137,6 +141,8 @@ pub mod status_key {
     pub const UPLOADER_STATE: &str = "uploader_state";
     pub const SENSORS: &str = "sensors";
     pub const UPDATED_AT: &str = "updated_at";
+    pub const AUTH: &str = "auth";
+    pub const UPLOADS: &str = "uploads";
 }
 
 const COUNTER_DROPPED: &str = "dropped_total";
@@ -601,6 +607,8 @@ impl Queue {
             last_error: status(status_key::LAST_ERROR)?,
             uploader_state: status(status_key::UPLOADER_STATE)?,
             sensors: status(status_key::SENSORS)?.and_then(|s| serde_json::from_str(&s).ok()),
+            auth: status(status_key::AUTH)?.and_then(|s| serde_json::from_str(&s).ok()),
+            uploads: status(status_key::UPLOADS)?.and_then(|s| serde_json::from_str(&s).ok()),
             daemon_updated_at: status(status_key::UPDATED_AT)?,
         })
     }

@@ -31,13 +31,24 @@ pub struct UploadSettings {
     pub backoff_max: Duration,
 }
 
-/// Counters for logs and tests.
+/// Send outcomes since start, shown by `queue stats`.
 #[derive(Debug, Default)]
 pub struct UploadCounters {
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
     pub unauthorized: AtomicU64,
     pub transient: AtomicU64,
+}
+
+impl UploadCounters {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "accepted": self.accepted.load(Ordering::Relaxed),
+            "rejected": self.rejected.load(Ordering::Relaxed),
+            "unauthorized": self.unauthorized.load(Ordering::Relaxed),
+            "transient_failures": self.transient.load(Ordering::Relaxed),
+        })
+    }
 }
 
 pub struct Uploader {

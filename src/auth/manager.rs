@@ -37,7 +37,7 @@ fn round_secs(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs())
 }
 
-/// Counters for `login` output, logs and tests.
+/// Token activity since start, shown by `queue stats` (the guide: monitor refreshes).
 #[derive(Debug, Default)]
 pub struct AuthCounters {
     pub logins: AtomicU64,
@@ -74,6 +74,17 @@ pub struct SessionInfo {
     pub refresh_expires_at: Option<String>,
     /// Server clock minus device clock, in seconds (±1 s: `iat` has a one-second resolution).
     pub clock_offset_secs: f64,
+}
+
+impl AuthCounters {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "logins": self.logins.load(Ordering::Relaxed),
+            "login_failures": self.login_failures.load(Ordering::Relaxed),
+            "refreshes": self.refreshes.load(Ordering::Relaxed),
+            "refresh_failures": self.refresh_failures.load(Ordering::Relaxed),
+        })
+    }
 }
 
 impl TokenManager {
