@@ -418,21 +418,24 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn readings_are_committed_in_groups_and_settled() -> Result<(), String> {
+    type Started = (tempfile::TempDir, QueueConfig, StoreHandle, JoinHandle<()>);
+
+    /// A fresh queue in a temporary directory, served by its thread.
+    fn started(commit_interval: Duration) -> Result<Started, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let config = QueueConfig {
             path: dir.path().join("q.db"),
             ..QueueConfig::default()
         };
         let queue = Queue::open(&config).map_err(|e| e.to_string())?;
-        let (store, thread) = spawn(
-            queue,
-            Duration::from_millis(20),
-            "boot".into(),
-            Clock::system(),
-        )
-        .map_err(|e| e.to_string())?;
+        let (store, thread) = spawn(queue, commit_interval, "boot".into(), Clock::system())
+            .map_err(|e| e.to_string())?;
+        Ok((dir, config, store, thread))
+    }
+
+    #[tokio::test]
+    async fn readings_are_committed_in_groups_and_settled() -> Result<(), String> {
+        let (_dir, config, store, thread) = started(Duration::from_millis(20))?;
         for ms in 0..100 {
             store.enqueue(captured(ms)).map_err(|e| e.to_string())?;
         }
@@ -465,19 +468,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unpaced_burst_is_committed_in_groups_and_nothing_dropped() -> Result<(), String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let config = QueueConfig {
-            path: dir.path().join("q.db"),
-            ..QueueConfig::default()
-        };
-        let queue = Queue::open(&config).map_err(|e| e.to_string())?;
-        let (store, thread) = spawn(
-            queue,
-            Duration::from_secs(5),
-            "boot".into(),
-            Clock::system(),
-        )
-        .map_err(|e| e.to_string())?;
+        let (_dir, config, store, thread) = started(Duration::from_secs(5))?;
         for ms in 0..30_000 {
             store.enqueue(captured(ms)).map_err(|e| e.to_string())?;
         }
