@@ -7,9 +7,13 @@
 #   (4) durable enqueue at 1 kHz (+ raw capacity: benches/enqueue/enqueue_bench.rs)
 #   (5) idle footprint at a 1 s interval for 60 s, start-to-READY
 #   (6) stripped release binary size
+#   (2L)/(3L) (2) and (3) again over an emulated WAN link (scripts/bench/delay_proxy.py, a
+#       user-space delay proxy on 127.0.0.1, RTT 40 ms; --link-rtt-ms 0 skips it): the
+#       gateway at upload.concurrency 32 and 4, the naive client on its first 300 readings
 # Prints every figure, the ratios and the budgets, and writes BENCHMARKS.md.
 #
-# Usage: bash scripts/bench.sh [run_bench.py options, e.g. --concurrency 4 --idle-seconds 30]
+# Usage: bash scripts/bench.sh [run_bench.py options, e.g. --concurrency 4 --idle-seconds 30
+#        --link-rtt-ms 40 --link-readings 5000 --link-naive-readings 300]
 # BENCH_DIR=DIR puts the work files (queues, server DB, logs) there; it must be on a real
 # disk (not tmpfs/overlay) for /proc/PID/io write_bytes to count. Default /var/tmp/profilo-bench.
 set -euo pipefail

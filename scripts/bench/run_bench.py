@@ -372,9 +372,13 @@ def build_backlog(args, dead_port):
     return gw.queue_path, res
 
 
-def drain(args, server, backlog_path, name, concurrency, stop_after=None):
-    """(2): time from process start until pending == 0 (or uploaded_total >= stop_after)."""
-    gw = Gateway(args.binary, args.work, name, server.base, interval="1h",
+def drain(args, server, backlog_path, name, concurrency, stop_after=None, base_url=None):
+    """(2): time from process start until pending == 0 (or uploaded_total >= stop_after).
+
+    base_url: where the gateway sends (default the server itself; (2L): the delay proxy).
+    The server's own counters are always read straight from the server.
+    """
+    gw = Gateway(args.binary, args.work, name, base_url or server.base, interval="1h",
                  concurrency=concurrency, batch_size=args.batch_size)
     copy_queue(backlog_path, gw.queue_path)
     before = server.stats()
@@ -415,19 +419,95 @@ def drain(args, server, backlog_path, name, concurrency, stop_after=None):
     }
 
 
-def naive(args, server, jsonl):
+def naive(args, server, jsonl, base_url=None, limit=None, out_name="naive.out"):
+    """(3): the naive client on the first `limit` readings (default --naive-limit).
+
+    base_url: where it sends (default the server itself; (3L): the delay proxy).
+    """
+    limit = limit or args.naive_limit
     py = os.path.join(args.root, "tests/server/.venv/bin/python")
-    cmd = [py, os.path.join(args.root, "scripts/bench/naive_client.py"), server.base,
-           "bench", args.password, jsonl, str(args.naive_limit)]
+    cmd = [py, os.path.join(args.root, "scripts/bench/naive_client.py"), base_url or server.base,
+           "bench", args.password, jsonl, str(limit)]
     before = server.stats()
-    with open(os.path.join(args.work, "naive.out"), "w") as out:
+    with open(os.path.join(args.work, out_name), "w") as out:
         p = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True, timeout=1200)
     if p.returncode != 0:
         raise SystemExit(f"naive client failed: {p.stderr[-2000:]}")
     res = json.loads(p.stderr.strip().splitlines()[-1])
     after = server.stats()
     res["server_data_ok"] = after.get("data_ok", 0) - before.get("data_ok", 0)
-    res["limit"] = args.naive_limit
+    res["limit"] = limit
+    return res
+
+
+# ---------------------------------------------------------------- the emulated WAN link
+
+
+class DelayProxy:
+    """scripts/bench/delay_proxy.py in front of the server: a link with a round trip of
+    rtt_ms (RTT/2 per direction per chunk, plus one RTT of handshake per connection)."""
+
+    def __init__(self, args, server, rtt_ms):
+        self.dir = os.path.join(args.work, "link")
+        os.makedirs(self.dir, exist_ok=True)
+        self.stats_path = os.path.join(self.dir, "proxy-stats.json")
+        self.log_path = os.path.join(self.dir, "proxy.log")
+        cmd = [sys.executable, os.path.join(args.root, "scripts/bench/delay_proxy.py"),
+               "--upstream", f"127.0.0.1:{server.port}", "--rtt-ms", str(rtt_ms),
+               "--stats", self.stats_path]
+        logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=logf, text=True)
+        STARTED.append((self.proc, False))
+        line = self.proc.stdout.readline()  # "LISTENING 127.0.0.1 PORT", or "" if it died
+        if not line.startswith("LISTENING "):
+            raise SystemExit(f"delay proxy did not start; see {self.log_path}")
+        self.port = int(line.split()[2])
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def cpu_s(self):
+        return proc_cpu_s(self.proc.pid)
+
+    def stop(self):
+        stop_proc(self.proc)
+        try:
+            with open(self.stats_path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+
+def link(args, server, backlog_path, jsonl):
+    """(2L) and (3L): (2) and (3) again, through the delay proxy, on the first readings."""
+    concs = [int(x) for x in args.link_concurrency.split(",")]
+    proxy = DelayProxy(args, server, args.link_rtt_ms)
+    log(f"    delay proxy {proxy.base} -> {server.base}, RTT {args.link_rtt_ms} ms")
+    res = {"rtt_ms": args.link_rtt_ms, "runs": []}
+    try:
+        for i, c in enumerate(concs):
+            n = args.link_readings if i == 0 else args.link_sweep_readings
+            log(f"(2L) gateway through the link: concurrency {c}, first {n} readings")
+            cpu0 = proxy.cpu_s()
+            d = drain(args, server, backlog_path, f"link-c{c}", c, stop_after=n,
+                      base_url=proxy.base)
+            d["proxy_cpu_pct"] = round(100 * (proxy.cpu_s() - cpu0) / d["seconds"], 1)
+            res["runs"].append(d)
+            log(f"    {d}")
+        log(f"(3L) naive client through the link, first {args.link_naive_readings} readings")
+        cpu0 = proxy.cpu_s()
+        nv = naive(args, server, jsonl, base_url=proxy.base, limit=args.link_naive_readings,
+                   out_name="naive-link.out")
+        nv["proxy_cpu_pct"] = round(100 * (proxy.cpu_s() - cpu0) / nv["seconds"], 1)
+        nv["ms_per_reading"] = round(1000 * nv["seconds"] / max(nv["sent"], 1), 1)
+        res["naive"] = nv
+        log(f"    {nv}")
+    finally:
+        res["proxy"] = proxy.stop()
+    log(f"    proxy: {res['proxy']}")
+    res["drain"] = res["runs"][0]
+    res["ratio"] = res["drain"]["readings_per_s"] / nv["readings_per_s"]
+    log(f"    (2L)/(3L) = {res['drain']['readings_per_s']:.1f} / {nv['readings_per_s']:.2f} "
+        f"= {res['ratio']:.1f}")
     return res
 
 
@@ -537,9 +617,15 @@ def report(R, args):
     i = R["idle"]
     rd = R["ready"]
     sz = R["size"]
+    L = R.get("link")
     checks = [
         ("drain (2)/(1)", f"{r_wrk:.2f}", ">= 0.9", r_wrk >= BUDGET["drain_vs_wrk"]),
-        ("drain (2)/(3)", f"{r_naive:.1f}", ">= 20", r_naive >= BUDGET["drain_vs_naive"]),
+        ("drain (2)/(3) on loopback", f"{r_naive:.1f}", ">= 20",
+         r_naive >= BUDGET["drain_vs_naive"]),
+    ] + ([
+        (f"drain (2)/(3) over an emulated {L['rtt_ms']:g} ms RTT link", f"{L['ratio']:.1f}",
+         ">= 20", L["ratio"] >= BUDGET["drain_vs_naive"]),
+    ] if L else []) + [
         ("idle VmHWM", f"{i['vmhwm_kib'] / 1024:.2f} MiB", "<= 6 MiB",
          i["vmhwm_kib"] <= BUDGET["vmhwm_kib"]),
         ("idle CPU", f"{i['cpu_pct']:.3f} % of a core", "<= 0.2 %",
@@ -563,6 +649,38 @@ def report(R, args):
         f"{r['committed']} | {r['dropped_total']} | {r['elapsed_s']} | {r['readings_per_s']} | "
         f"{r['write_bytes_per_reading']} | {'yes' if r['kept_up'] else 'no'} |"
         for r in e["runs"])
+    link_rows = link_ratio = link_table = ""
+    if L:
+        ld, ln, px = L["drain"], L["naive"], L.get("proxy") or {}
+        link_rows = (
+            f"| 2L | gateway through the emulated {L['rtt_ms']:g} ms RTT link "
+            f"(`scripts/bench/delay_proxy.py`), first {ld['readings']} readings of a copy of the "
+            f"backlog, **upload.concurrency {ld['concurrency']}** (batch {ld['batch_size']}) | "
+            f"**{ld['readings_per_s']:.1f} readings/s** ({ld['seconds']} s; server counted "
+            f"{ld['server_data_ok']} 2xx; gateway CPU {ld['gateway_cpu_pct']} %, proxy CPU "
+            f"{ld['proxy_cpu_pct']} %) |\n"
+            f"| 3L | naive client through the same link, first {ln['sent']} readings | "
+            f"**{ln['readings_per_s']:.2f} readings/s** ({ln['seconds']} s, "
+            f"{ln['ms_per_reading']} ms per reading; server counted {ln['server_data_ok']} 2xx) |\n")
+        link_ratio = f", (2L)/(3L) over the {L['rtt_ms']:g} ms link = **{L['ratio']:.1f}**"
+        runs = "\n".join(
+            f"| {s['concurrency']} | {s['readings']} | {s['seconds']} | {s['readings_per_s']} | "
+            f"{s['gateway_cpu_pct']} | {s['proxy_cpu_pct']} |" for s in L["runs"])
+        link_table = f"""
+Emulated WAN link (`scripts/bench/delay_proxy.py`, RTT {L['rtt_ms']:g} ms: every chunk
+delayed RTT/2 each way, in order, and one more RTT before a connection's first byte reaches
+the server; same server, after the other figures). Gateway through the link, first readings
+of a copy of the backlog:
+
+| upload.concurrency | readings | s | readings/s | gateway CPU % | proxy CPU % |
+|---|---|---|---|---|---|
+{runs}
+
+Naive client through the link: {ln['sent']} readings in {ln['seconds']} s
+({ln['ms_per_reading']} ms per reading). Proxy: {px.get('connections', '?')} connections,
+chunks released late by p50 {px.get('late_ms_p50', '?')} ms, p99 {px.get('late_ms_p99', '?')} ms,
+max {px.get('late_ms_max', '?')} ms against their due time.
+"""
     lines = f"""## Results of {R['date']}
 
 Command: `{R['command']}` (total {R['total_s']:.0f} s)
@@ -585,8 +703,8 @@ template DB, access lifetime 1 h, one user.
 | 5 | idle, 1 s interval, server up, {i['seconds']} s | VmRSS **{i['vmrss_kib'] / 1024:.2f} MiB** (max {i['vmrss_max_kib'] / 1024:.2f}), VmHWM **{i['vmhwm_kib'] / 1024:.2f} MiB**, CPU **{i['cpu_pct']:.3f} %** of a core ({i['cpu_s_window']} s; startup {i['cpu_s_startup']} s), {i['threads']} threads, {i['uploaded']} readings uploaded |
 | 5b | start to READY, empty queue, {len(rd['runs_ms'])} starts | **median {rd['median_ms']} ms** (min {rd['min_ms']}, max {rd['max_ms']}) |
 | 6 | release binary | **{sz['stripped_bytes'] / 1048576:.2f} MiB** stripped ({sz['stripped_bytes']} B; as built {sz['as_built_bytes']} B) |
-
-Ratios: (2)/(1) = **{r_wrk:.2f}**, (2)/(3) = **{r_naive:.1f}**.
+{link_rows}
+Ratios: (2)/(1) = **{r_wrk:.2f}**, (2)/(3) on loopback = **{r_naive:.1f}**{link_ratio}.
 
 | budget | measured | target | |
 |---|---|---|---|
@@ -605,7 +723,7 @@ commit_interval 50 ms, synchronous = FULL):
 | target/s | enqueued | committed | dropped | s | committed/s | bytes written/reading | kept up |
 |---|---|---|---|---|---|---|---|
 {eq}
-"""
+{link_table}"""
     return lines, checks, r_wrk, r_naive, wrk
 
 
@@ -643,6 +761,16 @@ def main():
     ap.add_argument("--ready-runs", type=int, default=7)
     ap.add_argument("--enqueue-seconds", type=float, default=2)
     ap.add_argument("--enqueue-rates", default="1000,20000,50000,100000,0")
+    ap.add_argument("--link-rtt-ms", type=float, default=40,
+                    help="RTT of the emulated link for (2L)/(3L); 0 disables that step")
+    ap.add_argument("--link-concurrency", default="32,4",
+                    help="upload.concurrency values through the link; the first is (2L)")
+    ap.add_argument("--link-readings", type=int, default=5000,
+                    help="readings the gateway uploads through the link for (2L)")
+    ap.add_argument("--link-sweep-readings", type=int, default=1000,
+                    help="readings for the other --link-concurrency values")
+    ap.add_argument("--link-naive-readings", type=int, default=300,
+                    help="readings the naive client sends through the link for (3L)")
     ap.add_argument("--no-md", action="store_true")
     args = ap.parse_args()
     args.binary = os.path.join(args.root, "target/release/profilo-gateway")
@@ -714,6 +842,10 @@ def main():
         log(f"(5) idle {args.idle_seconds} s at 1 s interval")
         R["idle"] = idle(args, server)
         log(f"    {R['idle']}")
+
+        if args.link_rtt_ms > 0:
+            log(f"(2L)/(3L) emulated WAN link, RTT {args.link_rtt_ms:g} ms")
+            R["link"] = link(args, server, backlog_path, jsonl)
         server.stop()
     finally:
         for proc, group in STARTED:
