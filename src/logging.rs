@@ -13,7 +13,7 @@
 //!   stderr is a terminal. Fields print as `reading_id=42 status=201`.
 //!
 //! The filter is `RUST_LOG` when that is set and not empty, else the `level`
-//! argument (from the config), both in `EnvFilter` syntax: `info`,
+//! argument (from the config), both as tracing target directives: `info`,
 //! `debug`, `warn,profilo_gateway=debug`, ...
 //!
 //! Never log a token or a password: they are `secrecy::SecretString` in the
@@ -24,9 +24,10 @@ use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::Layer;
 
 /// The name journald files our lines under (`SYSLOG_IDENTIFIER=`, `journalctl -t`).
 pub const SYSLOG_IDENTIFIER: &str = "profilo-gateway";
@@ -37,7 +38,7 @@ pub const RUST_LOG: &str = "RUST_LOG";
 /// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum LoggingError {
-    /// `RUST_LOG` holds something `EnvFilter` cannot parse.
+    /// `RUST_LOG` holds something that is not a level or target directives.
     #[error(
         "invalid RUST_LOG={value:?}: {source} (use a level such as `info` or directives such as `warn,profilo_gateway=debug`, or unset RUST_LOG)"
     )]
@@ -48,7 +49,7 @@ pub enum LoggingError {
     },
     /// The configured level is not a valid filter.
     #[error(
-        "invalid log level {value:?}: {source} (use one of error, warn, info, debug, trace, or EnvFilter directives)"
+        "invalid log level {value:?}: {source} (use one of error, warn, info, debug, trace, or directives such as warn,profilo_gateway=debug)"
     )]
     InvalidLevel {
         value: String,
@@ -144,16 +145,14 @@ pub fn journal_stream_matches(value: Option<&str>, dev: u64, ino: u64) -> bool {
 }
 
 /// The filter: `rust_log` when set and not blank, else `level`.
-pub fn build_filter(level: &str, rust_log: Option<&str>) -> Result<EnvFilter, LoggingError> {
+pub fn build_filter(level: &str, rust_log: Option<&str>) -> Result<Targets, LoggingError> {
     match rust_log.map(str::trim).filter(|s| !s.is_empty()) {
-        Some(value) => {
-            EnvFilter::builder()
-                .parse(value)
-                .map_err(|source| LoggingError::InvalidRustLog {
-                    value: value.to_owned(),
-                    source,
-                })
-        }
+        Some(value) => value
+            .parse::<Targets>()
+            .map_err(|source| LoggingError::InvalidRustLog {
+                value: value.to_owned(),
+                source,
+            }),
         None => {
             let value = level.trim();
             let value = if value.is_empty() { "info" } else { value };
@@ -161,7 +160,7 @@ pub fn build_filter(level: &str, rust_log: Option<&str>) -> Result<EnvFilter, Lo
                 value: level.to_owned(),
                 source,
             };
-            // EnvFilter reads a bare word as a target name, so a misspelt
+            // A bare word parses as a target name, so a misspelt
             // level ("verbose") would silently log nothing else; in the
             // config, a directive without `=` must be a level.
             let bare_word = value
@@ -178,7 +177,7 @@ pub fn build_filter(level: &str, rust_log: Option<&str>) -> Result<EnvFilter, Lo
                     word: word.to_owned(),
                 });
             }
-            EnvFilter::builder().parse(value).map_err(invalid)
+            value.parse::<Targets>().map_err(invalid)
         }
     }
 }
