@@ -169,7 +169,9 @@ impl Default for SamplingConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UploadConfig {
-    /// Requests in flight at once while a backlog drains.
+    /// Requests in flight at once while a backlog drains. The drain rate is about
+    /// `concurrency / round-trip time` until the server is the limit, so a slow link
+    /// wants more (RTT x the server's rate).
     pub concurrency: usize,
     /// Readings taken from the queue per round; also the bound on duplicates after a crash.
     pub batch_size: usize,
