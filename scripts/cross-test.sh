@@ -6,13 +6,15 @@
 # TARGET: aarch64-unknown-linux-gnu and/or armv7-unknown-linux-gnueabihf
 #         (short: aarch64 / arm64, armv7 / armhf); default: both.
 #
-# Runs the library's unit tests (`cargo test --lib`), which need neither the
-# Django test server nor systemd, through
+# Runs the library's unit tests (`cargo test --lib`) and the integration tests
+# that need neither the Django test server nor systemd (`--test sensors_set`),
+# then the cross-built `profilo-gateway` binary itself (`--version`,
+# `config check`, `sensors read` of the simulated sensor), through
 #   qemu-aarch64-static -L /usr/aarch64-linux-gnu      (aarch64)
 #   qemu-arm-static     -L /usr/arm-linux-gnueabihf    (armv7)
-# set as CARGO_TARGET_<TRIPLE>_RUNNER. More test targets can be added with
-# CROSS_TEST_ARGS, e.g. CROSS_TEST_ARGS="--test some_test" (integration tests
-# that start the Django server or call systemd-analyze are not meant for this).
+# set as CARGO_TARGET_<TRIPLE>_RUNNER. CROSS_TEST_ARGS replaces the integration
+# test selection (default "--test sensors_set"; integration tests that start the
+# Django server or call systemd-analyze are not meant for this).
 # Debian's cross gcc, the libc headers and qemu-user-static are installed
 # (apt-get) when missing.
 #
@@ -52,7 +54,7 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-read -r -a extra <<<"${CROSS_TEST_ARGS:-}"
+read -r -a extra <<<"${CROSS_TEST_ARGS:---test sensors_set}"
 summary=()
 for target in "${targets[@]}"; do
     case "$target" in
@@ -103,6 +105,15 @@ for target in "${targets[@]}"; do
     start=$(date +%s)
     cargo test --locked --target "$target" --lib "${extra[@]}"
     run_secs=$(($(date +%s) - start))
+
+    # The binary as a user meets it: it starts, parses its defaults, reads a sensor.
+    bin="$CARGO_TARGET_DIR/$target/debug/profilo-gateway"
+    echo "==> $bin under $qemu"
+    home="$(mktemp -d)"
+    HOME="$home" $qemu -L "/usr/$prefix" "$bin" --version
+    HOME="$home" $qemu -L "/usr/$prefix" "$bin" config check >/dev/null
+    HOME="$home" $qemu -L "/usr/$prefix" "$bin" sensors read --json
+    rm -rf "$home"
 
     summary+=("$target: build ${build_secs}s, run under qemu ${run_secs}s")
 done

@@ -27,6 +27,14 @@ const STATUS_EVERY: Duration = Duration::from_secs(10);
 /// A task silent for this long is stalled: the watchdog stops being fed.
 const STALL_AFTER: Duration = Duration::from_secs(60);
 
+/// The stall limit for a configuration. The uploader only beats between events, and one
+/// event may wait for a token renewal (one request) and then its own request, each bounded
+/// by `api.request_timeout`: a slow but healthy link must not look like a stalled task, or
+/// systemd would restart a gateway that is only waiting for a black-holed server.
+fn stall_after(request_timeout: Duration) -> Duration {
+    STALL_AFTER.max(request_timeout.saturating_mul(3) + Duration::from_secs(10))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("{0}")]
@@ -184,7 +192,7 @@ async fn serve(
     tracker.spawn(crate::systemd::watchdog_loop(
         notifier.clone(),
         vec![sampler_hb, uploader_hb],
-        STALL_AFTER,
+        stall_after(config.api.request_timeout),
         cancel.child_token(),
     ));
     tracker.spawn(status_loop(
@@ -301,5 +309,17 @@ async fn status_loop(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(STATUS_EVERY) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stall_limit_outlasts_a_renewal_and_a_request() {
+        assert_eq!(stall_after(Duration::from_secs(10)), STALL_AFTER);
+        let long = Duration::from_secs(60);
+        assert!(stall_after(long) > long * 2);
     }
 }
