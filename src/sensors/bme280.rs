@@ -54,6 +54,9 @@ pub const CTRL_HUM_OSRS_X1: u8 = 0x01;
 pub const CTRL_MEAS_FORCED_X1: u8 = (1 << 5) | (1 << 2) | 0b01;
 /// A skipped measurement reads as this raw value (0x80000).
 pub const SKIPPED_20BIT: i32 = 0x80000;
+/// A skipped humidity measurement reads as this raw value (0x8000), e.g. when ctrl_hum
+/// was reset to "skipped" by a brown-out.
+pub const SKIPPED_16BIT: i32 = 0x8000;
 /// Maximum measurement time with 1x oversampling of all three, datasheet 9.1:
 /// 1.25 + 2.3 + (2.3 + 0.575) + (2.3 + 0.575) = 9.3 ms.
 pub const MEASUREMENT_MS: u32 = 10;
@@ -293,8 +296,8 @@ impl<I2C: I2c> Bme280<I2C> {
             .map_err(Error::Bus)
     }
 
-    /// Checks the chip id, resets the chip, reads its calibration and sets humidity
-    /// oversampling x1 and the filter off. Returns the chip id.
+    /// Checks the chip id, resets the chip, reads its calibration and sets the filter
+    /// off. Returns the chip id. (Humidity oversampling is set by every `measure`.)
     pub fn init(&mut self, delay: &mut impl DelayNs) -> Result<u8, Error<I2C::Error>> {
         let mut id = [0u8];
         self.read_reg(reg::CHIP_ID, &mut id)?;
@@ -311,8 +314,6 @@ impl<I2C: I2c> Bme280<I2C> {
         let mut h = [0u8; reg::CALIB_H_LEN];
         if self.humidity {
             self.read_reg(reg::CALIB_H, &mut h)?;
-            // ctrl_hum takes effect at the next write of ctrl_meas (datasheet 5.4.3).
-            self.write_reg(reg::CTRL_HUM, CTRL_HUM_OSRS_X1)?;
         }
         self.calibration = Calibration::from_registers(&tp, &h);
         self.write_reg(reg::CONFIG, 0x00)?;
@@ -337,6 +338,14 @@ impl<I2C: I2c> Bme280<I2C> {
 
     /// Starts a forced-mode measurement, waits for it and compensates it.
     pub fn measure(&mut self, delay: &mut impl DelayNs) -> Result<Values, Error<I2C::Error>> {
+        if self.humidity {
+            // Written before every ctrl_meas, not once in `init`: a brown-out resets
+            // ctrl_hum to 0 (humidity skipped) while temperature and pressure still work,
+            // and a change of ctrl_hum takes effect only at the next ctrl_meas write
+            // (datasheet 5.4.3). One extra byte per reading buys a chip that always
+            // measures humidity.
+            self.write_reg(reg::CTRL_HUM, CTRL_HUM_OSRS_X1)?;
+        }
         self.write_reg(reg::CTRL_MEAS, CTRL_MEAS_FORCED_X1)?;
         delay.delay_ms(MEASUREMENT_MS);
         self.wait_until_clear(STATUS_MEASURING, delay)?;
@@ -344,7 +353,13 @@ impl<I2C: I2c> Bme280<I2C> {
         let len = if self.humidity { 8 } else { 6 };
         self.read_reg(reg::DATA, &mut data[..len])?;
         let raw = Raw::from_registers(&data[..len]);
-        if raw.adc_t == SKIPPED_20BIT || raw.adc_p == SKIPPED_20BIT {
+        // A skipped humidity measurement (0x8000) would still compensate to a believable
+        // %RH: refuse it like a skipped temperature or pressure. A BMP280 has no humidity
+        // register, so its (absent) humidity is not checked.
+        if raw.adc_t == SKIPPED_20BIT
+            || raw.adc_p == SKIPPED_20BIT
+            || (self.humidity && raw.adc_h == SKIPPED_16BIT)
+        {
             return Err(Error::Skipped);
         }
         Ok(self.calibration.compensate(raw, self.humidity))
@@ -601,7 +616,9 @@ mod tests {
     /// adc_T = 519888, adc_P = 415148 (the datasheet's example), adc_H = 0x6A1F.
     const DATA: [u8; 8] = [0x65, 0x5A, 0xC0, 0x7E, 0xED, 0x00, 0x6A, 0x1F];
 
-    /// The datasheet's double-precision humidity formula (4.2.3), as a reference.
+    /// The datasheet's double-precision humidity formula (4.2.3), as a reference. Not
+    /// clamped to 0..100 %RH (the datasheet's version is): comparing two clamped values
+    /// would pass for any input that saturates both.
     fn humidity_f64(c: &Calibration, adc_h: f64, t_fine: f64) -> f64 {
         let mut h = t_fine - 76800.0;
         h = (adc_h - (f64::from(c.h4) * 64.0 + f64::from(c.h5) / 16384.0 * h))
@@ -609,7 +626,18 @@ mod tests {
                 * (1.0
                     + f64::from(c.h6) / 67108864.0 * h * (1.0 + f64::from(c.h3) / 67108864.0 * h)));
         h *= 1.0 - f64::from(c.h1) * h / 524288.0;
-        h.clamp(0.0, 100.0)
+        h
+    }
+
+    /// A calibration whose dig_H3 is not 0 (it is 0 on many chips, which leaves the
+    /// `h3` term of the formula untested), with the other words of [`example`]. The term
+    /// is second order (it scales the dig_H6 correction), so the largest dig_H3 makes it
+    /// worth ~0.2 %RH here, well above the comparison's 0.05 %RH tolerance.
+    fn example_h3() -> Calibration {
+        Calibration {
+            h3: 255,
+            ..example()
+        }
     }
 
     #[test]
@@ -624,13 +652,21 @@ mod tests {
 
     #[test]
     fn humidity_integer_formula_matches_the_floating_point_one() {
-        let c = example();
-        let (t_fine, _) = c.temperature(519888);
-        for adc_h in [0x5000, 0x6A1F, 0x7000, 0x8000] {
-            let int = f64::from(c.humidity(adc_h, t_fine)) / 1024.0;
-            let float = humidity_f64(&c, f64::from(adc_h), f64::from(t_fine));
-            assert!((int - float).abs() < 0.05, "{adc_h:#x}: {int} vs {float}");
+        for c in [example(), example_h3()] {
+            let (t_fine, _) = c.temperature(519888);
+            for adc_h in [0x5000, 0x6A1F, 0x7000, 0x7800] {
+                let int = f64::from(c.humidity(adc_h, t_fine)) / 1024.0;
+                let float = humidity_f64(&c, f64::from(adc_h), f64::from(t_fine));
+                // Inside 0..100 so that the integer formula's clamp cannot hide a mismatch.
+                assert!(float > 1.0 && float < 99.0, "{adc_h:#x}: reference {float}");
+                assert!((int - float).abs() < 0.05, "{adc_h:#x}: {int} vs {float}");
+            }
         }
+        // dig_H3 changes the result, so the comparison above does exercise that term.
+        let (t_fine, _) = example().temperature(519888);
+        let a = example().humidity(0x6A1F, t_fine);
+        let b = example_h3().humidity(0x6A1F, t_fine);
+        assert!(a.abs_diff(b) > 102, "{a} vs {b}"); // > 0.1 %RH (Q22.10)
     }
 
     #[test]
@@ -672,7 +708,6 @@ mod tests {
             T::write_read(ADDR, vec![reg::STATUS], vec![0x00]),
             T::write_read(ADDR, vec![reg::CALIB_TP], tp),
             T::write_read(ADDR, vec![reg::CALIB_H], h),
-            T::write(ADDR, vec![reg::CTRL_HUM, 0x01]),
             T::write(ADDR, vec![reg::CONFIG, 0x00]),
         ]
     }
@@ -682,6 +717,7 @@ mod tests {
         let c = example();
         let mut tx = init_transactions(&c);
         tx.extend([
+            T::write(ADDR, vec![reg::CTRL_HUM, 0x01]),
             T::write(ADDR, vec![reg::CTRL_MEAS, 0x25]),
             T::write_read(ADDR, vec![reg::STATUS], vec![STATUS_MEASURING]),
             T::write_read(ADDR, vec![reg::STATUS], vec![0x00]),
@@ -695,8 +731,65 @@ mod tests {
         assert_eq!(v.temperature, 25.08);
         assert!((v.pressure - 100653.27).abs() < 0.5, "{}", v.pressure);
         let h = v.humidity.unwrap();
-        assert!((0.0..=100.0).contains(&h), "{h}");
+        let (t_fine, _) = c.temperature(519888);
+        let expected = humidity_f64(&c, f64::from(0x6A1F), f64::from(t_fine));
+        assert!(expected > 1.0 && expected < 99.0, "reference {expected}");
+        assert!((h - expected).abs() < 0.05, "{h} vs {expected}");
         dev.destroy();
+        i2c.done();
+    }
+
+    #[test]
+    fn ctrl_hum_is_written_before_every_measurement() {
+        // After a brown-out the chip forgets ctrl_hum (humidity skipped) but still
+        // measures temperature and pressure: rewriting it before each ctrl_meas brings
+        // humidity back at the very next reading, without a new `init`.
+        let c = example_h3();
+        let mut tx = init_transactions(&c);
+        for _ in 0..2 {
+            tx.extend([
+                T::write(ADDR, vec![reg::CTRL_HUM, CTRL_HUM_OSRS_X1]),
+                T::write(ADDR, vec![reg::CTRL_MEAS, CTRL_MEAS_FORCED_X1]),
+                T::write_read(ADDR, vec![reg::STATUS], vec![0x00]),
+                T::write_read(ADDR, vec![reg::DATA], DATA.to_vec()),
+            ]);
+        }
+        let mut i2c = Mock::new(&tx);
+        let mut dev = Bme280::new(i2c.clone(), ADDR);
+        dev.init(&mut NoopDelay).unwrap();
+        for _ in 0..2 {
+            let v = dev.measure(&mut NoopDelay).unwrap();
+            let (t_fine, _) = c.temperature(519888);
+            let expected = humidity_f64(&c, f64::from(0x6A1F), f64::from(t_fine));
+            let h = v.humidity.unwrap();
+            assert!((h - expected).abs() < 0.05, "{h} vs {expected}");
+        }
+        i2c.done();
+    }
+
+    #[test]
+    fn skipped_humidity_alone_is_an_error() {
+        // Temperature and pressure measured, humidity skipped (raw 0x8000): the
+        // compensation would turn 0x8000 into a believable %RH, so it must be refused.
+        let c = example();
+        let mut tx = init_transactions(&c);
+        tx.extend([
+            T::write(ADDR, vec![reg::CTRL_HUM, CTRL_HUM_OSRS_X1]),
+            T::write(ADDR, vec![reg::CTRL_MEAS, CTRL_MEAS_FORCED_X1]),
+            T::write_read(ADDR, vec![reg::STATUS], vec![0x00]),
+            T::write_read(
+                ADDR,
+                vec![reg::DATA],
+                vec![0x65, 0x5A, 0xC0, 0x7E, 0xED, 0x00, 0x80, 0x00],
+            ),
+        ]);
+        let mut i2c = Mock::new(&tx);
+        let mut dev = Bme280::new(i2c.clone(), ADDR);
+        dev.init(&mut NoopDelay).unwrap();
+        let (t_fine, _) = c.temperature(519888);
+        let believable = f64::from(c.humidity(0x8000, t_fine)) / 1024.0;
+        assert!(believable > 0.0 && believable < 100.0, "{believable}");
+        assert!(matches!(dev.measure(&mut NoopDelay), Err(Error::Skipped)));
         i2c.done();
     }
 
@@ -728,9 +821,11 @@ mod tests {
         let c = example();
         let mut tx = init_transactions(&c);
         tx.extend([
+            T::write(ADDR, vec![reg::CTRL_HUM, 0x01]),
             T::write(ADDR, vec![reg::CTRL_MEAS, 0x25]),
             T::write_read(ADDR, vec![reg::STATUS], vec![0x00]),
             T::write_read(ADDR, vec![reg::DATA], vec![0x80, 0, 0, 0x80, 0, 0, 0x80, 0]),
+            T::write(ADDR, vec![reg::CTRL_HUM, 0x01]),
             T::write(ADDR, vec![reg::CTRL_MEAS, 0x25]),
         ]);
         tx.extend((0..5).map(|_| T::write_read(ADDR, vec![reg::STATUS], vec![STATUS_MEASURING])));
