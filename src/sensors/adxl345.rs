@@ -239,11 +239,34 @@ impl Adxl345Config {
     }
 }
 
+/// Whether the FIFO was found full at the last poll. A full FIFO means samples were
+/// lost (the thread was starved: a loaded CPU, a slow bus), so the aggregate covers
+/// fewer samples than it should: worth a warning, but one when it starts and one when
+/// it stops, not one per poll (up to 20 a second).
+#[derive(Debug, Default)]
+struct FifoWatch {
+    full: bool,
+}
+
+impl FifoWatch {
+    /// `Some(true)` when the FIFO has just become full, `Some(false)` when it has just
+    /// stopped being full, `None` when nothing changed.
+    fn update(&mut self, entries: u8) -> Option<bool> {
+        let full = u32::from(entries) >= FIFO_DEPTH;
+        if full == self.full {
+            return None;
+        }
+        self.full = full;
+        Some(full)
+    }
+}
+
 /// An open, measuring ADXL345.
 struct Source {
     name: String,
     address: u8,
     dev: Adxl345<I2cBus>,
+    fifo: FifoWatch,
     poll: std::time::Duration,
 }
 
@@ -252,8 +275,17 @@ impl AccelSource for Source {
         let start = out.len();
         match self.dev.read_fifo(out) {
             Ok(entries) => {
-                if u32::from(entries) >= FIFO_DEPTH {
-                    tracing::debug!(sensor = %self.name, "FIFO full: samples may have been lost");
+                match self.fifo.update(entries) {
+                    Some(true) => tracing::warn!(
+                        sensor = %self.name,
+                        "FIFO full: samples were lost (the sampling thread could not keep up: \
+                         CPU load or a slow bus; a lower rate_hz helps); the aggregate covers \
+                         fewer samples until it catches up"
+                    ),
+                    Some(false) => {
+                        tracing::info!(sensor = %self.name, "FIFO no longer full: sampling keeps up again")
+                    }
+                    None => {}
                 }
                 for s in &mut out[start..] {
                     for v in s.iter_mut() {
@@ -310,6 +342,7 @@ pub fn sensor(config: Adxl345Config) -> AccelSensor {
             name: opener_name.clone(),
             address,
             dev,
+            fifo: FifoWatch::default(),
             poll,
         }) as Box<dyn AccelSource>)
     });
@@ -323,6 +356,28 @@ mod tests {
     use embedded_hal_mock::eh1::i2c::{Mock, Transaction as T};
 
     const ADDR: u8 = 0x53;
+
+    #[test]
+    fn full_fifo_is_reported_once_per_change_of_state() {
+        let mut w = FifoWatch::default();
+        let seen: Vec<Option<bool>> = [10, 32, 32, 32, 5, 6, 32, 31]
+            .into_iter()
+            .map(|entries| w.update(entries))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                None,
+                Some(true),
+                None,
+                None,
+                Some(false),
+                None,
+                Some(true),
+                Some(false)
+            ]
+        );
+    }
 
     #[test]
     fn init_sequence_on_the_wire() {

@@ -23,6 +23,11 @@ pub const FAMILY: &str = "28-";
 pub const DEFAULT_BASE_PATH: &str = "/sys/bus/w1/devices";
 /// The scratchpad's power-on value, 85.000 °C: read back when the conversion did not
 /// run (power dropped, parasite power too weak), so it is treated as a fault.
+///
+/// It is ALWAYS rejected, even though 85.000 °C is inside the chip's range: the file
+/// gives no way to tell a real 85.000 from a conversion that never ran, and sending a
+/// believable wrong value is worse than a gap. A probe really at 85 °C loses only the
+/// readings that land exactly on 85.000 (the next 1/16 °C step, 85.0625, passes).
 pub const POWER_ON_RESET_MILLI_C: i64 = 85_000;
 
 fn default_base_path() -> String {
@@ -118,6 +123,28 @@ pub fn parse_w1_slave(text: &str) -> Result<i64, String> {
         return Err(format!(
             "CRC check failed ({crc_line:?}): noise on the 1-Wire line; check the 4.7 kΩ \
              pull-up and the cable length"
+        ));
+    }
+    // An all-00 scratchpad passes the CRC (the CRC-8 of zeros is 0) and reads as
+    // t=0, a believable 0 °C: it is a data line held low (short to GND, a dead probe).
+    // All-ff is an open line or a missing pull-up (the kernel's CRC rejects it, but
+    // checking costs nothing and does not depend on that).
+    let bytes: Vec<&str> = crc_line
+        .split(':')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    if !bytes.is_empty() && bytes.iter().all(|b| b.eq_ignore_ascii_case("00")) {
+        return Err(format!(
+            "the scratchpad is all zeros ({crc_line:?}): the data line is held low; check \
+             for a short to GND or a dead probe"
+        ));
+    }
+    if !bytes.is_empty() && bytes.iter().all(|b| b.eq_ignore_ascii_case("ff")) {
+        return Err(format!(
+            "the scratchpad is all ff ({crc_line:?}): nothing drives the data line; check \
+             the 4.7 kΩ pull-up and the probe's wiring"
         ));
     }
     let t_line = lines.next().unwrap_or("");
@@ -260,12 +287,27 @@ mod tests {
         assert_eq!(parse_w1_slave(NEGATIVE), Ok(-10125));
         assert!(parse_w1_slave(BAD_CRC).unwrap_err().contains("CRC"));
         assert!(parse_w1_slave("").unwrap_err().contains("empty"));
-        assert!(parse_w1_slave("00 : crc=00 YES\n00 t=abc\n").is_err());
-        assert!(parse_w1_slave("00 : crc=00 YES\n")
+        assert!(parse_w1_slave("50 05 : crc=00 YES\n00 t=abc\n").is_err());
+        assert!(parse_w1_slave("50 05 : crc=00 YES\n")
             .unwrap_err()
             .contains("no t="));
         let por = "50 05 4b 46 7f ff 0c 10 1c : crc=1c YES\n50 05 4b 46 7f ff 0c 10 1c t=85000\n";
         assert!(parse_w1_slave(por).unwrap_err().contains("power-on"));
+    }
+
+    #[test]
+    fn stuck_scratchpads_are_rejected_not_sent_as_0_degrees() {
+        // A shorted or stuck-low bus: every byte 00, and the CRC of zeros is 00, so the
+        // kernel says YES and t=0.
+        let zeros = "00 00 00 00 00 00 00 00 00 : crc=00 YES\n00 00 00 00 00 00 00 00 00 t=0\n";
+        let e = parse_w1_slave(zeros).unwrap_err();
+        assert!(e.contains("all zeros") && e.contains("GND"), "{e}");
+        let ones = "ff ff ff ff ff ff ff ff ff : crc=ff YES\nff ff ff ff ff ff ff ff ff t=-62\n";
+        let e = parse_w1_slave(ones).unwrap_err();
+        assert!(e.contains("all ff") && e.contains("pull-up"), "{e}");
+        // A real 0 °C has a non-zero scratchpad (config byte 7f, reserved ff/10).
+        let freezing = "00 00 4b 46 7f ff 10 10 6c : crc=6c YES\n00 00 4b 46 7f ff 10 10 6c t=0\n";
+        assert_eq!(parse_w1_slave(freezing), Ok(0));
     }
 
     #[test]

@@ -131,6 +131,21 @@ impl fmt::Display for I2cBusError {
 
 impl std::error::Error for I2cBusError {}
 
+impl I2cBusError {
+    /// The errno of the failed ioctl, if the backend reports one.
+    pub fn os_error(&self) -> Option<i32> {
+        use linux_embedded_hal::i2cdev::linux::LinuxI2CError;
+        match self {
+            I2cBusError::Combined(e) => match e.inner() {
+                LinuxI2CError::Errno(n) => Some(*n),
+                LinuxI2CError::Io(e) => e.raw_os_error(),
+            },
+            I2cBusError::Rppal(rppal::i2c::Error::Io(e)) => e.raw_os_error(),
+            I2cBusError::Rppal(_) => None,
+        }
+    }
+}
+
 impl embedded_hal::i2c::Error for I2cBusError {
     fn kind(&self) -> ErrorKind {
         match self {
@@ -213,7 +228,24 @@ pub fn open_hint(path: &str, e: &io::Error) -> String {
 }
 
 /// Describes a driver's bus error with what to check, e.g. a NACK at the address.
-pub fn bus_detail<E: embedded_hal::i2c::Error + fmt::Display>(e: &E, address: u8) -> String {
+pub fn bus_detail<E: embedded_hal::i2c::Error + fmt::Display + 'static>(
+    e: &E,
+    address: u8,
+) -> String {
+    // EBUSY from i2c-dev means the I2C_SLAVE ioctl refused the address because a kernel
+    // driver owns it (a `dtoverlay=i2c-sensor,...` line): both backends map it to a
+    // generic bus fault, whose "check wiring" hint would send the user the wrong way.
+    // Only our own bus error carries the errno, hence the downcast.
+    let os_error = (e as &dyn std::any::Any)
+        .downcast_ref::<I2cBusError>()
+        .and_then(I2cBusError::os_error);
+    if os_error == Some(libc::EBUSY) {
+        return format!(
+            "0x{address:02x} is claimed by a kernel driver ({e}), usually a `dtoverlay` in \
+             /boot/firmware/config.txt: read the chip through that driver with \
+             `type = \"iio\"`, or remove the overlay and reboot to use this type"
+        );
+    }
     match e.kind() {
         ErrorKind::NoAcknowledge(NoAcknowledgeSource::Address) => format!(
             "no device answered at 0x{address:02x} (NACK; check wiring, power, the `address` \
@@ -298,5 +330,28 @@ mod tests {
             0x76,
         );
         assert!(d.contains("0x76") && d.contains("sensors scan"), "{d}");
+    }
+
+    #[test]
+    fn ebusy_says_a_kernel_driver_owns_the_address() {
+        use linux_embedded_hal::i2cdev::linux::LinuxI2CError;
+        let busy = || io::Error::from_raw_os_error(libc::EBUSY);
+        for e in [
+            I2cBusError::Rppal(rppal::i2c::Error::Io(busy())),
+            I2cBusError::Combined(LinuxI2CError::Io(busy()).into()),
+            I2cBusError::Combined(LinuxI2CError::Errno(libc::EBUSY).into()),
+        ] {
+            let d = bus_detail(&e, 0x77);
+            assert!(
+                d.contains("0x77") && d.contains("kernel driver") && d.contains("type = \"iio\""),
+                "{d}"
+            );
+            assert!(!d.contains("wiring"), "{d}");
+        }
+        // Other faults keep their own hint.
+        let eio = I2cBusError::Rppal(rppal::i2c::Error::Io(io::Error::from_raw_os_error(
+            libc::EIO,
+        )));
+        assert!(bus_detail(&eio, 0x77).contains("wiring"));
     }
 }
