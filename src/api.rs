@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use reqwest::{header, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
 
 /// The longest piece of a server answer kept for logs and dead letters.
 const MAX_BODY_KEPT: usize = 2048;
@@ -31,14 +32,20 @@ pub enum CallError {
     /// Another 4xx the same request will always get (400, 403, 404, 413, 415, 422, ...).
     #[error("{status} refused: {detail}")]
     Refused { status: u16, detail: String },
-    /// Worth retrying later: network error, timeout, 408, 429, 5xx, or a 2xx whose body is
-    /// not what the contract says (a proxy's page, a truncated answer).
+    /// Worth retrying later: timeout, a connection lost after the request was written, 408,
+    /// 429, 5xx, or a 2xx whose body is not what the contract says (a proxy's page, a
+    /// truncated answer). The server may have acted on the request.
     #[error("{detail}")]
     Transient {
         status: Option<u16>,
         retry_after: Option<Duration>,
         detail: String,
     },
+    /// The request provably never left: no connection could be made (refused, DNS, connect
+    /// timeout, TLS handshake). Unlike `Transient`, the server cannot have acted on it, so a
+    /// single-use token sent with it is still unused.
+    #[error("{detail}")]
+    NotSent { detail: String },
 }
 
 /// What became of one reading sent to `/api/send/data/`.
@@ -65,10 +72,32 @@ pub struct RawTokens {
     pub refresh: Option<SecretString>,
 }
 
+/// A token answer as parsed. Its strings are moved into `SecretString`s at once; whatever
+/// is left when it drops (on an error path) is wiped.
 #[derive(Deserialize)]
 struct TokenBody {
     access: String,
     refresh: Option<String>,
+}
+
+impl Drop for TokenBody {
+    fn drop(&mut self) {
+        self.access.zeroize();
+        self.refresh.zeroize();
+    }
+}
+
+/// `POST /api/token/` body, borrowing the password instead of copying it into a
+/// `serde_json::Value`.
+#[derive(Serialize)]
+struct LoginBody<'a> {
+    username: &'a str,
+    password: &'a str,
+}
+
+#[derive(Serialize)]
+struct RefreshBody<'a> {
+    refresh: &'a str,
 }
 
 #[derive(Clone)]
@@ -112,28 +141,48 @@ impl Api {
         username: &str,
         password: &SecretString,
     ) -> Result<RawTokens, CallError> {
-        let body = serde_json::json!({"username": username, "password": password.expose_secret()});
-        self.token_call("api/token/", &body).await
+        let body = secret_json(&LoginBody {
+            username,
+            password: password.expose_secret(),
+        })?;
+        self.token_call("api/token/", body).await
     }
 
     /// `POST /api/token/refresh/`.
     pub async fn refresh(&self, refresh: &SecretString) -> Result<RawTokens, CallError> {
-        let body = serde_json::json!({"refresh": refresh.expose_secret()});
-        self.token_call("api/token/refresh/", &body).await
+        let body = secret_json(&RefreshBody {
+            refresh: refresh.expose_secret(),
+        })?;
+        self.token_call("api/token/refresh/", body).await
     }
 
     async fn token_call(
         &self,
         path: &str,
-        body: &serde_json::Value,
+        body: Zeroizing<Vec<u8>>,
     ) -> Result<RawTokens, CallError> {
-        // A token answer's body is never quoted in an error: it may hold a token.
-        let tokens: TokenBody = self
-            .call_json(self.client.post(self.url(path)).json(body), false)
-            .await?;
+        // reqwest takes ownership of the bytes it sends and hyper/rustls keep their own
+        // buffers (and the kernel its socket buffers): none of them is wiped, and nothing
+        // here can reach them. What this code owns (the serialised body, the answer's text,
+        // the parsed strings) is wiped when dropped.
+        let request = self
+            .client
+            .post(self.url(path))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.to_vec());
+        drop(body);
+        let (status, text) = self.call_text(request).await?;
+        // A token answer's body is never quoted in an error: it holds tokens.
+        let mut tokens: TokenBody =
+            serde_json::from_str(&text).map_err(|e| CallError::Transient {
+                status: Some(status.as_u16()),
+                retry_after: None,
+                detail: format!("{status} with an unexpected body ({e})"),
+            })?;
+        // `take` moves the strings out (no copy); the emptied body is wiped on drop anyway.
         Ok(RawTokens {
-            access: tokens.access.into(),
-            refresh: tokens.refresh.map(Into::into),
+            access: std::mem::take(&mut tokens.access).into(),
+            refresh: tokens.refresh.take().map(Into::into),
         })
     }
 
@@ -153,13 +202,7 @@ impl Api {
         request: reqwest::RequestBuilder,
         quote_body: bool,
     ) -> Result<T, CallError> {
-        let response = request.send().await.map_err(network_error)?;
-        let status = response.status();
-        let retry_after = retry_after(response.headers());
-        let text = response.text().await.map_err(network_error)?;
-        if !status.is_success() {
-            return Err(classify_failure(status, retry_after, &text));
-        }
+        let (status, text) = self.call_text(request).await?;
         serde_json::from_str(&text).map_err(|e| CallError::Transient {
             status: Some(status.as_u16()),
             retry_after: None,
@@ -169,6 +212,31 @@ impl Api {
                 format!("{status} with an unexpected body ({e})")
             },
         })
+    }
+
+    /// Sends a request and returns a 2xx answer's status and text (wiped when dropped:
+    /// a token answer holds tokens); any other answer is classified into an error.
+    async fn call_text(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, Zeroizing<String>), CallError> {
+        let response = request.send().await.map_err(network_error)?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        // The answer has arrived: whatever goes wrong from here, the server acted on the
+        // request, so a failure to read the body is never `NotSent`.
+        let text = Zeroizing::new(response.text().await.map_err(|e| match network_error(e) {
+            CallError::NotSent { detail } => CallError::Transient {
+                status: Some(status.as_u16()),
+                retry_after: None,
+                detail,
+            },
+            other => other,
+        })?);
+        if !status.is_success() {
+            return Err(classify_failure(status, retry_after, &text));
+        }
+        Ok((status, text))
     }
 
     /// `POST /api/send/data/` with one reading's wire JSON.
@@ -203,7 +271,7 @@ impl Api {
                 status,
                 body: snippet(&text),
             },
-            e @ CallError::Transient { .. } => transient(e),
+            e @ (CallError::Transient { .. } | CallError::NotSent { .. }) => transient(e),
         }
     }
 }
@@ -271,15 +339,46 @@ fn error_detail(body: &str) -> (Option<String>, Option<String>) {
     }
 }
 
+/// Serialises a body holding a secret into a buffer that is wiped when dropped. A first pass
+/// only measures the output, so the buffer is allocated once at its final size: growing it
+/// would free the old allocation unwiped.
+fn secret_json<T: Serialize>(body: &T) -> Result<Zeroizing<Vec<u8>>, CallError> {
+    let mut sized = SizeOnly(0);
+    let _ = serde_json::to_writer(&mut sized, body);
+    let mut buf = Zeroizing::new(Vec::with_capacity(sized.0));
+    serde_json::to_writer(&mut *buf, body).map_err(|e| CallError::NotSent {
+        detail: format!("cannot serialise the request body: {e}"),
+    })?;
+    Ok(buf)
+}
+
+/// A writer that only counts (to size `secret_json`'s buffer without a copy of the secret).
+struct SizeOnly(usize);
+
+impl std::io::Write for SizeOnly {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0 += b.len();
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn network_error(e: reqwest::Error) -> CallError {
+    // reqwest's Display names the URL, never the headers or body, so no secret leaks here.
+    if e.is_connect() {
+        // No connection was made (refused, DNS, connect timeout, TLS handshake): hyper
+        // writes nothing before that, so the server never saw the request.
+        return CallError::NotSent {
+            detail: format!("cannot connect: {}", error_chain(&e)),
+        };
+    }
     let what = if e.is_timeout() {
         "no answer within api.request_timeout"
-    } else if e.is_connect() {
-        "cannot connect"
     } else {
         "request failed"
     };
-    // reqwest's Display names the URL, never the headers or body, so no secret leaks here.
     CallError::Transient {
         status: None,
         retry_after: None,

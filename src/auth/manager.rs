@@ -46,13 +46,26 @@ pub struct AuthCounters {
     pub refresh_failures: AtomicU64,
 }
 
+/// A token as held, with the moments (monotonic) at which it is due for renewal and at
+/// which it dies. They are computed once, when the token arrives, from its own lifetime
+/// (`exp - iat`): a later step of the wall clock (NTP syncing a Pi that booted offline)
+/// cannot make a held token look fresher or staler than it is.
+struct Held {
+    token: Token,
+    renew_at: Instant,
+    expires_at: Instant,
+}
+
 struct State {
-    access: Option<Token>,
-    refresh: Option<Token>,
+    access: Option<Held>,
+    refresh: Option<Held>,
     /// Server clock minus device clock, in ms, measured from the last fresh token's `iat`.
+    /// Shown by `login` and logged; no deadline depends on it after a token is installed.
     offset_ms: i64,
-    login_backoff: Backoff,
-    next_login_at: Option<Instant>,
+    /// One backoff for every renewal, refresh or login: failures of either kind grow it.
+    backoff: Backoff,
+    /// No renewal (refresh or login) starts before this.
+    next_attempt_at: Option<Instant>,
     /// The last failure that was logged, so an unchanged one is not logged again.
     last_failure: Option<String>,
 }
@@ -87,6 +100,12 @@ impl AuthCounters {
     }
 }
 
+/// `iat` has a one-second resolution: a token was issued on average half a second after
+/// it, so its remaining life on arrival is taken as `exp - iat - 0.5 s`.
+const IAT_CENTRE: Duration = Duration::from_millis(500);
+/// A token is not sent in its last second: it could expire on the way.
+const EXPIRY_SLACK: Duration = Duration::from_secs(1);
+
 impl TokenManager {
     pub fn new(
         api: Api,
@@ -95,7 +114,7 @@ impl TokenManager {
         clock: Clock,
         settings: AuthSettings,
     ) -> Self {
-        let login_backoff = Backoff::new(settings.login_backoff_base, settings.login_backoff_max);
+        let backoff = Backoff::new(settings.login_backoff_base, settings.login_backoff_max);
         TokenManager {
             api,
             username,
@@ -106,8 +125,8 @@ impl TokenManager {
                 access: None,
                 refresh: None,
                 offset_ms: 0,
-                login_backoff,
-                next_login_at: None,
+                backoff,
+                next_attempt_at: None,
                 last_failure: None,
             }),
             counters: AuthCounters::default(),
@@ -118,20 +137,16 @@ impl TokenManager {
     pub async fn access_token(&self) -> Result<SecretString, AuthError> {
         let mut st = self.state.lock().await;
         if let Some(access) = &st.access {
-            if self.is_fresh(access, st.offset_ms) {
-                return Ok(access.secret.clone());
-            }
-            // Renewal failed a moment ago and waits for its backoff: the token is due, not
-            // dead, so uploads go on with it meanwhile.
-            let backing_off = st.next_login_at.is_some_and(|at| Instant::now() < at);
-            if backing_off && self.is_unexpired(access, st.offset_ms) {
-                return Ok(access.secret.clone());
+            if Instant::now() < access.renew_at {
+                return Ok(access.token.secret.clone());
             }
         }
         let renewed = self.renew(&mut st).await;
         match (&renewed, &st.access) {
-            (Err(_), Some(access)) if self.is_unexpired(access, st.offset_ms) => {
-                Ok(access.secret.clone())
+            // Renewal failed or waits for its backoff: a due token is not dead, so uploads
+            // go on with it meanwhile.
+            (Err(_), Some(access)) if Instant::now() < access.expires_at => {
+                Ok(access.token.secret.clone())
             }
             _ => renewed,
         }
@@ -144,26 +159,25 @@ impl TokenManager {
         if st
             .access
             .as_ref()
-            .is_some_and(|a| a.secret.expose_secret() == used.expose_secret())
+            .is_some_and(|a| a.token.secret.expose_secret() == used.expose_secret())
         {
             tracing::info!("server refused the access token (401): renewing it");
             st.access = None;
         }
     }
 
-    /// How long until the access token should be renewed (zero when there is none).
+    /// How long until the access token should be renewed and a renewal may start (zero
+    /// when there is no token and no backoff).
     pub async fn renew_in(&self) -> Duration {
         let st = self.state.lock().await;
+        let now = Instant::now();
+        let backoff = st
+            .next_attempt_at
+            .map(|at| at.saturating_duration_since(now))
+            .unwrap_or(Duration::ZERO);
         match &st.access {
-            Some(a) => {
-                let due_ms = a.claims.exp * 1000 - self.margin(a).as_millis() as i64;
-                let server_now = self.clock.now_ms() + st.offset_ms;
-                Duration::from_millis(due_ms.saturating_sub(server_now).max(0) as u64)
-            }
-            None => st
-                .next_login_at
-                .map(|at| at.saturating_duration_since(Instant::now()))
-                .unwrap_or(Duration::ZERO),
+            Some(a) => a.renew_at.saturating_duration_since(now).max(backoff),
+            None => backoff,
         }
     }
 
@@ -175,12 +189,17 @@ impl TokenManager {
         }
         loop {
             let wait = match self.access_token().await {
-                Ok(_) => self.renew_in().await.max(Duration::from_millis(100)),
-                Err(AuthError::Waiting { until, .. }) => until
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(100)),
+                Ok(_) => self.renew_in().await,
+                Err(AuthError::Waiting { until, .. }) => {
+                    until.saturating_duration_since(Instant::now())
+                }
                 Err(AuthError::NoUsername) => return,
             };
+            // Never sleep past one token lifetime, whatever a deadline says: a plan that
+            // went wrong is corrected within a lifetime.
+            let wait = wait
+                .min(self.access_lifetime().await)
+                .max(Duration::from_millis(100));
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -188,15 +207,26 @@ impl TokenManager {
         }
     }
 
+    /// The held access token's lifetime as issued; a minute when unknown.
+    async fn access_lifetime(&self) -> Duration {
+        let st = self.state.lock().await;
+        st.access
+            .as_ref()
+            .and_then(|a| a.token.lifetime_secs())
+            .filter(|&l| l > 0)
+            .map(|l| Duration::from_secs(l as u64))
+            .unwrap_or(Duration::from_secs(60))
+    }
+
     pub async fn session_info(&self) -> Option<SessionInfo> {
         let st = self.state.lock().await;
         let access = st.access.as_ref()?;
         Some(SessionInfo {
-            access_expires_at: crate::reading::format_rfc3339_ms(access.claims.exp * 1000),
+            access_expires_at: crate::reading::format_rfc3339_ms(access.token.claims.exp * 1000),
             refresh_expires_at: st
                 .refresh
                 .as_ref()
-                .map(|r| crate::reading::format_rfc3339_ms(r.claims.exp * 1000)),
+                .map(|r| crate::reading::format_rfc3339_ms(r.token.claims.exp * 1000)),
             clock_offset_secs: st.offset_ms as f64 / 1000.0,
         })
     }
@@ -221,99 +251,124 @@ impl TokenManager {
         (lifetime / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600))
     }
 
-    fn is_fresh(&self, token: &Token, offset_ms: i64) -> bool {
-        let server_now = self.clock.now_ms() + offset_ms;
-        token.claims.exp * 1000 - self.margin(token).as_millis() as i64 > server_now
-    }
-
-    /// Not yet expired in server time (with a second of slack for the request's travel).
-    fn is_unexpired(&self, token: &Token, offset_ms: i64) -> bool {
-        let server_now = self.clock.now_ms() + offset_ms;
-        token.claims.exp * 1000 - 1000 > server_now
-    }
-
-    fn refresh_usable(&self, token: &Token, offset_ms: i64) -> bool {
-        let server_now = self.clock.now_ms() + offset_ms;
-        token.claims.exp * 1000 - self.refresh_margin(token).as_millis() as i64 > server_now
+    /// Plans a token that has just arrived: due `margin` before its end, dead a second
+    /// before it. Its remaining life is its own lifetime when it carries `iat` (no clock
+    /// involved); otherwise `exp` against the device clock corrected by the offset.
+    fn hold(&self, token: Token, margin: Duration, offset_ms: i64) -> Held {
+        let now = Instant::now();
+        let remaining = match token.lifetime_secs() {
+            Some(l) => Duration::from_secs(l.max(0) as u64).saturating_sub(IAT_CENTRE),
+            None => {
+                let server_now = self.clock.now_ms() + offset_ms;
+                Duration::from_millis((token.claims.exp * 1000 - server_now).max(0) as u64)
+            }
+        };
+        Held {
+            token,
+            renew_at: now + remaining.saturating_sub(margin),
+            expires_at: now + remaining.saturating_sub(EXPIRY_SLACK),
+        }
     }
 
     async fn renew(&self, st: &mut State) -> Result<SecretString, AuthError> {
-        let Some(username) = self.username.clone() else {
+        let Some(username) = self.username.as_deref() else {
             return Err(AuthError::NoUsername);
         };
-        if let Some(refresh) = st.refresh.clone() {
-            if self.refresh_usable(&refresh, st.offset_ms) {
-                match self.api.refresh(&refresh.secret).await {
-                    Ok(tokens) => {
-                        self.counters.refreshes.fetch_add(1, Ordering::Relaxed);
-                        match self.install(st, tokens, false) {
-                            Ok(access) => {
-                                tracing::debug!("access token refreshed");
-                                return Ok(access);
-                            }
-                            Err(e) => {
-                                tracing::warn!("refresh answer unusable ({e}); logging in again")
-                            }
-                        }
-                    }
-                    Err(CallError::Transient {
-                        detail,
-                        retry_after,
-                        ..
-                    }) => {
-                        // The old token may already be blacklisted if the answer was lost; the
-                        // next attempt will find out (401) and log in.
-                        self.counters
-                            .refresh_failures
-                            .fetch_add(1, Ordering::Relaxed);
-                        let wait = retry_after.unwrap_or(self.settings.login_backoff_base);
-                        return Err(self.fail(st, format!("token refresh failed: {detail}"), wait));
-                    }
-                    Err(e) => {
-                        self.counters
-                            .refresh_failures
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::info!("refresh token refused ({e}); logging in again");
-                    }
-                }
-            } else {
-                tracing::info!("refresh token is about to expire; logging in again");
-            }
-            st.refresh = None;
-            st.access = None;
-        }
-        self.login(st, &username).await
-    }
-
-    async fn login(&self, st: &mut State, username: &str) -> Result<SecretString, AuthError> {
-        if let Some(at) = st.next_login_at {
+        // Every renewal, refresh or login, waits for the one backoff deadline: callers
+        // queued on the lock behind a failure do not each try again.
+        if let Some(at) = st.next_attempt_at {
             if Instant::now() < at {
                 return Err(AuthError::Waiting {
                     until: at,
                     reason: st
                         .last_failure
                         .clone()
-                        .unwrap_or_else(|| "login backing off".into()),
+                        .unwrap_or_else(|| "token renewal backing off".into()),
                 });
             }
         }
+        // Taken out of the state before it is sent: whatever happens to this call (an
+        // error, or this future dropped by a caller that gave up), the token is not sent
+        // again unless the request provably never left.
+        if let Some(refresh) = st.refresh.take() {
+            if Instant::now() < refresh.renew_at {
+                return match self.api.refresh(&refresh.token.secret).await {
+                    Ok(tokens) => match self.install(st, tokens, Some(refresh)) {
+                        Ok(access) => {
+                            let n = self.counters.refreshes.fetch_add(1, Ordering::Relaxed) + 1;
+                            if st.last_failure.take().is_some() {
+                                tracing::info!(refreshes = n, "access token refreshed: recovered");
+                            } else {
+                                tracing::debug!(refreshes = n, "access token refreshed");
+                            }
+                            Ok(access)
+                        }
+                        // The server answered 2xx: it rotated (and blacklisted) the token.
+                        Err(e) => Err(self.refresh_failed(
+                            st,
+                            format!("token refresh answer unusable ({e}); logging in next"),
+                            None,
+                        )),
+                    },
+                    Err(CallError::NotSent { detail }) => {
+                        // Never reached the server: still unused, kept for the next try.
+                        st.refresh = Some(refresh);
+                        Err(self.refresh_failed(
+                            st,
+                            format!("token refresh failed: {detail}"),
+                            None,
+                        ))
+                    }
+                    Err(CallError::Transient {
+                        detail,
+                        retry_after,
+                        ..
+                    }) => {
+                        // The request may have reached the server, which then blacklisted the
+                        // token: it is dropped, and the next renewal is a login (always safe).
+                        Err(self.refresh_failed(
+                            st,
+                            format!("token refresh failed: {detail}; logging in next"),
+                            retry_after,
+                        ))
+                    }
+                    Err(e @ (CallError::Unauthorized { .. } | CallError::Refused { .. })) => {
+                        self.counters
+                            .refresh_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("refresh token refused ({e}); logging in again");
+                        st.access = None;
+                        self.login(st, username).await
+                    }
+                };
+            }
+            tracing::info!("refresh token is about to expire; logging in again");
+        }
+        self.login(st, username).await
+    }
+
+    fn refresh_failed(
+        &self,
+        st: &mut State,
+        reason: String,
+        retry_after: Option<Duration>,
+    ) -> AuthError {
+        self.counters
+            .refresh_failures
+            .fetch_add(1, Ordering::Relaxed);
+        self.fail(st, reason, retry_after)
+    }
+
+    async fn login(&self, st: &mut State, username: &str) -> Result<SecretString, AuthError> {
         let password = match self.passwords.as_ref().map(|p| p.read()) {
             Some(Ok((password, _source))) => password,
-            Some(Err(e)) => {
-                let wait = self.login_wait(st);
-                return Err(self.fail(st, e.to_string(), wait));
-            }
-            None => {
-                let wait = self.login_wait(st);
-                return Err(self.fail(st, PasswordError::None.to_string(), wait));
-            }
+            Some(Err(e)) => return Err(self.fail(st, e.to_string(), None)),
+            None => return Err(self.fail(st, PasswordError::None.to_string(), None)),
         };
         match self.api.login(username, &password).await {
-            Ok(tokens) => match self.install(st, tokens, true) {
+            Ok(tokens) => match self.install(st, tokens, None) {
                 Ok(access) => {
                     self.counters.logins.fetch_add(1, Ordering::Relaxed);
-                    st.login_backoff.reset();
-                    st.next_login_at = None;
                     if st.last_failure.take().is_some() {
                         tracing::info!(user = %username, "logged in: recovered");
                     } else {
@@ -323,43 +378,44 @@ impl TokenManager {
                 }
                 Err(e) => {
                     self.counters.login_failures.fetch_add(1, Ordering::Relaxed);
-                    let wait = self.login_wait(st);
-                    Err(self.fail(st, format!("login answer unusable: {e}"), wait))
+                    Err(self.fail(st, format!("login answer unusable: {e}"), None))
                 }
             },
             Err(e) => {
                 self.counters.login_failures.fetch_add(1, Ordering::Relaxed);
-                let reason = match &e {
-                    CallError::Unauthorized { detail, .. } => format!(
+                let (reason, retry_after) = match e {
+                    CallError::Unauthorized { detail, .. } => (format!(
                         "login refused for user {username:?}: {detail} (check the password and that the account is active)"
-                    ),
+                    ), None),
                     CallError::Refused { status, detail } => {
-                        format!("login refused ({status}) for user {username:?}: {detail}")
+                        (format!("login refused ({status}) for user {username:?}: {detail}"), None)
                     }
-                    CallError::Transient { detail, .. } => format!("login failed: {detail}"),
+                    CallError::Transient { detail, retry_after, .. } => (format!("login failed: {detail}"), retry_after),
+                    CallError::NotSent { detail } => (format!("login failed: {detail}"), None),
                 };
-                let mut wait = self.login_wait(st);
-                if let CallError::Transient {
-                    retry_after: Some(ra),
-                    ..
-                } = e
-                {
-                    wait = wait.max(ra);
-                }
-                Err(self.fail(st, reason, wait))
+                Err(self.fail(st, reason, retry_after))
             }
         }
     }
 
-    /// Equal jitter: at least half the ceiling, so failed logins stay a few a minute at most.
-    fn login_wait(&self, st: &mut State) -> Duration {
-        let ceiling = st.login_backoff.ceiling();
-        let jitter = st.login_backoff.next_wait(None);
-        ceiling / 2 + jitter / 2
+    /// The wait after a failed renewal: the backoff's ceiling with equal jitter (at least
+    /// half the ceiling, so failed logins stay a few a minute at most), and at least the
+    /// server's `Retry-After` capped at `login_backoff_max` (a proxy asking for an hour
+    /// must not park the gateway for an hour).
+    fn backoff_wait(&self, st: &mut State, retry_after: Option<Duration>) -> Duration {
+        let ceiling = st.backoff.ceiling();
+        let jitter = st.backoff.next_wait(None);
+        let wait = ceiling / 2 + jitter / 2;
+        match retry_after {
+            Some(ra) => wait.max(ra.min(self.settings.login_backoff_max)),
+            None => wait,
+        }
     }
 
-    /// Records a failure: logged when it differs from the previous one, not at every attempt.
-    fn fail(&self, st: &mut State, reason: String, wait: Duration) -> AuthError {
+    /// Records a failed renewal: sets the backoff deadline every renewal waits for, and
+    /// logs the failure when it differs from the previous one, not at every attempt.
+    fn fail(&self, st: &mut State, reason: String, retry_after: Option<Duration>) -> AuthError {
+        let wait = self.backoff_wait(st, retry_after);
         if st.last_failure.as_deref() != Some(reason.as_str()) {
             tracing::warn!(retry_in = %humantime::format_duration(round_secs(wait)), "{reason}");
             st.last_failure = Some(reason.clone());
@@ -367,26 +423,32 @@ impl TokenManager {
             tracing::debug!("{reason}");
         }
         let until = Instant::now() + wait;
-        st.next_login_at = Some(until);
+        st.next_attempt_at = Some(until);
         AuthError::Waiting { until, reason }
     }
 
+    /// Installs the tokens of a login (`used_refresh` None) or of a refresh, measures the
+    /// clock offset, and ends any backoff.
     fn install(
         &self,
         st: &mut State,
         tokens: RawTokens,
-        is_login: bool,
+        used_refresh: Option<Held>,
     ) -> Result<SecretString, String> {
         let access = Token::parse(tokens.access).map_err(|e| format!("access token: {e}"))?;
-        let refresh = match tokens.refresh {
-            Some(r) => Some(Token::parse(r).map_err(|e| format!("refresh token: {e}"))?),
-            None if is_login => return Err("no refresh token in the login answer".into()),
-            // Without rotation the server sends no new refresh token: the old one stays valid.
-            None => st.refresh.take(),
+        let refresh = match (tokens.refresh, used_refresh) {
+            (Some(r), _) => Some(Token::parse(r).map_err(|e| format!("refresh token: {e}"))?),
+            (None, None) => return Err("no refresh token in the login answer".into()),
+            // Without rotation the server sends no new refresh token: the old one stays
+            // valid (it was not blacklisted), with the deadlines planned when it arrived.
+            (None, Some(old)) => {
+                st.refresh = Some(old);
+                None
+            }
         };
         if let Some(iat) = access.claims.iat {
             // iat has one-second resolution: +500 ms centres the estimate.
-            let offset = iat * 1000 + 500 - self.clock.now_ms();
+            let offset = iat * 1000 + IAT_CENTRE.as_millis() as i64 - self.clock.now_ms();
             if (offset - st.offset_ms).abs() > 5_000 {
                 tracing::info!(
                     offset_secs = offset / 1000,
@@ -395,10 +457,16 @@ impl TokenManager {
             }
             st.offset_ms = offset;
         }
-        let secret = access.secret.clone();
-        st.access = Some(access);
-        st.refresh = refresh;
-        st.next_login_at = None;
+        if let Some(r) = refresh {
+            let margin = self.refresh_margin(&r);
+            st.refresh = Some(self.hold(r, margin, st.offset_ms));
+        }
+        let margin = self.margin(&access);
+        let held = self.hold(access, margin, st.offset_ms);
+        let secret = held.token.secret.clone();
+        st.access = Some(held);
+        st.backoff.reset();
+        st.next_attempt_at = None;
         Ok(secret)
     }
 }
