@@ -403,6 +403,14 @@ pub fn read(configs: &[SensorConfig], json: bool) -> anyhow::Result<()> {
         let outcome = sensor.read();
         let mut values = serde_json::Map::new();
         let error = match outcome {
+            // Only an accelerometer whose thread has neither sampled nor failed yet
+            // returns nothing: after ACCEL_WINDOW that is worth saying, not an "ok".
+            Ok(measurements) if measurements.is_empty() => Some(format!(
+                "{}: no samples after {} ms (the chip is slow to start, or its sampling \
+                 thread is stuck opening the bus)",
+                sensor.name(),
+                ACCEL_WINDOW.as_millis()
+            )),
             Ok(measurements) => {
                 for m in measurements {
                     values.insert(m.field, serde_json::json!(m.value));

@@ -40,6 +40,10 @@ pub struct AccelSettings {
 struct State {
     acc: Accumulator,
     error: Option<SensorError>,
+    /// The thread has delivered samples or met an error at least once. Before that, an
+    /// empty accumulator is "no fields yet", not a fault: the first tick comes right
+    /// after the daemon starts the thread, before the chip has produced anything.
+    started: bool,
 }
 
 struct Shared {
@@ -107,10 +111,26 @@ impl Sensor for AccelSensor {
         &self.name
     }
 
+    /// The thread reopens the chip with its own backoff (`REOPEN_FIRST`..`REOPEN_CAP`)
+    /// and `read` only takes the accumulator, so the set's backoff would add nothing but
+    /// a late recovery; and reading at every tick also empties the accumulator, so the
+    /// first value after a failure covers one interval, not the whole outage.
+    fn retries_itself(&self) -> bool {
+        true
+    }
+
+    fn skipped(&mut self) {
+        self.discard();
+    }
+
     fn read(&mut self) -> Result<Vec<Measurement>, SensorError> {
-        let (acc, error) = {
+        let (acc, error, started) = {
             let mut state = self.shared.lock();
-            (std::mem::take(&mut state.acc), state.error.clone())
+            (
+                std::mem::take(&mut state.acc),
+                state.error.clone(),
+                state.started,
+            )
         };
         if let Some(e) = error {
             return Err(e);
@@ -121,6 +141,7 @@ impl Sensor for AccelSensor {
                 field: self.field.clone(),
                 value: round(v, 5),
             }]),
+            None if !started => Ok(Vec::new()),
             None => Err(SensorError::BadData {
                 sensor: self.name.clone(),
                 detail: "no samples since the last reading (the sampling thread is starting, or \
@@ -128,6 +149,16 @@ impl Sensor for AccelSensor {
                     .into(),
             }),
         }
+    }
+}
+
+impl AccelSensor {
+    /// Drops what was sampled since the last read: the sensor set calls this (through
+    /// `Sensor::skipped`) when it skips a tick, e.g. for an `iio` device whose other
+    /// channels are in backoff, so that the first value after recovery covers one
+    /// interval rather than the whole outage.
+    pub fn discard(&self) {
+        self.shared.lock().acc = Accumulator::default();
     }
 }
 
@@ -168,7 +199,11 @@ fn sample_loop(shared: &Shared, name: &str, mut opener: Opener, rate_hz: u32) {
                     reopen_wait = REOPEN_FIRST;
                 }
             }
-            Err(e) => shared.lock().error = Some(e),
+            Err(e) => {
+                let mut state = shared.lock();
+                state.error = Some(e);
+                state.started = true;
+            }
         }
         if sleep_or_stop(shared, reopen_wait) {
             return;
@@ -217,8 +252,10 @@ fn run_source(
             }
             if failed {
                 state.error = failure;
+                state.started = true;
             } else if !buffer.is_empty() {
                 state.error = None;
+                state.started = true;
             }
         }
         if failed || sleep_or_stop(shared, poll.saturating_sub(started.elapsed())) {
@@ -418,6 +455,98 @@ mod tests {
         let started = Instant::now();
         drop(s);
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn first_read_before_any_sample_is_no_fields_not_an_error() {
+        // The daemon's first tick comes right after the thread starts: the chip has not
+        // produced anything yet, which is not a fault.
+        let go = Arc::new(AtomicBool::new(false));
+        let g = Arc::clone(&go);
+        let opener: Opener = Box::new(move || {
+            while !g.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(Box::new(Fake {
+                per_drain: 4,
+                phase: false,
+                fail: Arc::new(AtomicBool::new(false)),
+            }) as Box<dyn AccelSource>)
+        });
+        let mut s = AccelSensor::start(
+            "fake".into(),
+            "acc".into(),
+            settings(Aggregate::Rms),
+            opener,
+        );
+        let first = s.read();
+        go.store(true, Ordering::SeqCst);
+        assert_eq!(first.unwrap(), Vec::new());
+        assert!(wait_for(|| matches!(s.read(), Ok(m) if m.len() == 1)));
+    }
+
+    #[test]
+    fn a_set_reads_a_recovered_accelerometer_at_the_next_tick() {
+        use crate::sensors::set::SensorSet;
+        use std::time::SystemTime;
+        let fail = Arc::new(AtomicBool::new(true));
+        let f = Arc::clone(&fail);
+        let opener: Opener = Box::new(move || {
+            Ok(Box::new(Fake {
+                per_drain: 4,
+                phase: false,
+                fail: Arc::clone(&f),
+            }) as Box<dyn AccelSource>)
+        });
+        let mut s = AccelSensor::start(
+            "fake".into(),
+            "acc".into(),
+            settings(Aggregate::Rms),
+            opener,
+        );
+        assert!(wait_for(|| matches!(
+            s.read(),
+            Err(SensorError::Bus { .. })
+        )));
+        let sec = Duration::from_secs(1);
+        let mut set = SensorSet::from_sensors(vec![(Box::new(s), "adxl345".into())], sec);
+        let (t0, wall) = (Instant::now(), SystemTime::now());
+        // Two failed ticks: a sensor the set backs off would now wait until t0 + 2.5 s.
+        assert_eq!(set.read_all_at(t0, wall).failed.len(), 1);
+        assert_eq!(set.read_all_at(t0 + sec, wall).failed.len(), 1);
+        fail.store(false, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(100)); // the thread reopens within 500 ms..
+        let mut tick = set.read_all_at(t0 + 2 * sec, wall);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tick.measurements.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            tick = set.read_all_at(t0 + 2 * sec, wall);
+        }
+        // ..and the tick at 2 s, still inside the set's backoff, reads it.
+        assert_eq!(tick.measurements.len(), 1, "{tick:?}");
+        assert!(tick.failed.is_empty(), "{tick:?}");
+    }
+
+    #[test]
+    fn discard_drops_what_was_sampled() {
+        let opener: Opener = Box::new(|| {
+            Ok(Box::new(Fake {
+                per_drain: 4,
+                phase: false,
+                fail: Arc::new(AtomicBool::new(false)),
+            }) as Box<dyn AccelSource>)
+        });
+        let mut s = AccelSensor::start(
+            "fake".into(),
+            "acc".into(),
+            settings(Aggregate::Rms),
+            opener,
+        );
+        assert!(wait_for(|| s.shared.lock().acc.count() > 400));
+        s.skipped();
+        // Samples keep coming, but the ones before `skipped` are gone: the accumulator
+        // now holds what a few polls (4 samples per 2 ms) add, not hundreds.
+        assert!(s.shared.lock().acc.count() < 100);
     }
 
     #[test]

@@ -402,6 +402,15 @@ impl Sensor for IioSensor {
         &self.name
     }
 
+    /// Not `retries_itself`: the sysfs channels are retried by the set's backoff. The
+    /// accelerometer thread goes on meanwhile, so what it sampled during a skipped tick
+    /// is dropped (see `AccelSensor::discard`).
+    fn skipped(&mut self) {
+        if let Some(accel) = &self.accel {
+            accel.discard();
+        }
+    }
+
     fn read(&mut self) -> Result<Vec<Measurement>, SensorError> {
         let channels = match self.channels.take() {
             Some(c) => c,

@@ -74,8 +74,20 @@ pub struct Measurement {
 pub trait Sensor: Send {
     /// A name for logs and `sensors read`, e.g. `bme280@i2c-1:0x76`.
     fn name(&self) -> &str;
-    /// One measurement of every quantity this sensor maps to a payload field.
+    /// One measurement of every quantity this sensor maps to a payload field. An empty
+    /// list is "no fields yet" (an accelerometer whose thread has not sampled yet).
     fn read(&mut self) -> Result<Vec<Measurement>, SensorError>;
+    /// True for a sensor whose own thread reopens its device with backoff
+    /// (accelerometers): [`set::SensorSet`] then reads it at every tick instead of
+    /// skipping it in backoff. Its `read` is only a look at the thread's state, so
+    /// skipping saves nothing, and the thread's recovery shows at the next tick.
+    fn retries_itself(&self) -> bool {
+        false
+    }
+    /// Called instead of `read` at a tick that skips this sensor (it is in backoff):
+    /// a sensor that accumulates between reads drops what it has, so the first value
+    /// after recovery covers one interval, not the whole outage.
+    fn skipped(&mut self) {}
 }
 
 /// One `[[sensors]]` entry of the configuration, selected by `type`.

@@ -135,7 +135,12 @@ impl SensorSet {
     pub(crate) fn read_all_at(&mut self, now: Instant, wall: SystemTime) -> Tick {
         let mut tick = Tick::default();
         for i in 0..self.slots.len() {
-            if matches!(self.slots[i].retry_at, Some(at) if now < at) {
+            // A sensor that retries by itself (accelerometer thread) is never skipped: see
+            // `Sensor::retries_itself`.
+            let in_backoff = matches!(self.slots[i].retry_at, Some(at) if now < at)
+                && !self.slots[i].sensor.retries_itself();
+            if in_backoff {
+                self.slots[i].sensor.skipped();
                 tick.failed.push(self.slots[i].name.clone());
                 continue;
             }
@@ -208,17 +213,25 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
     use std::sync::Arc;
 
-    /// Sends `field = 1.0`, or fails while `fail` is set; counts its reads.
+    /// Sends `field = 1.0`, or fails while `fail` is set; counts its reads and the
+    /// ticks that skipped it (in `reads` too, as 1000 each).
     struct Flaky {
         name: String,
         field: String,
         fail: Arc<AtomicBool>,
         reads: Arc<AtomicU32>,
+        retries_itself: bool,
     }
 
     impl Sensor for Flaky {
         fn name(&self) -> &str {
             &self.name
+        }
+        fn retries_itself(&self) -> bool {
+            self.retries_itself
+        }
+        fn skipped(&mut self) {
+            self.reads.fetch_add(1000, Ordering::SeqCst);
         }
         fn read(&mut self) -> Result<Vec<Measurement>, SensorError> {
             self.reads.fetch_add(1, Ordering::SeqCst);
@@ -243,8 +256,39 @@ mod tests {
             field: field.into(),
             fail: Arc::clone(&fail),
             reads: Arc::clone(&reads),
+            retries_itself: false,
         };
         (Box::new(s), fail, reads)
+    }
+
+    #[test]
+    fn skipped_ticks_tell_the_sensor_and_self_retrying_sensors_are_never_skipped() {
+        let (a, a_fail, a_reads) = flaky("a", "t");
+        let b_fail = Arc::new(AtomicBool::new(true));
+        let b_reads = Arc::new(AtomicU32::new(0));
+        let b = Box::new(Flaky {
+            name: "b".into(),
+            field: "acc".into(),
+            fail: Arc::clone(&b_fail),
+            reads: Arc::clone(&b_reads),
+            retries_itself: true,
+        });
+        let mut set = SensorSet::from_sensors(vec![(a, "x".into()), (b, "adxl345".into())], SEC);
+        a_fail.store(true, Ordering::SeqCst);
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        // Failures at 0 and 1 put `a` in backoff until 2.5 s: skipped (and told) at 2.
+        for s in 0..3u64 {
+            set.read_all_at(t0 + Duration::from_secs(s), wall);
+        }
+        assert_eq!(a_reads.load(Ordering::SeqCst), 2 + 1000);
+        // `b` failed every tick but was read every tick, and counts its failures.
+        assert_eq!(b_reads.load(Ordering::SeqCst), 3);
+        assert_eq!(set.health()[1].consecutive_failures, 3);
+        // Its recovery shows at the very next tick.
+        b_fail.store(false, Ordering::SeqCst);
+        let tick = set.read_all_at(t0 + Duration::from_secs(3), wall);
+        assert!(tick.measurements.iter().any(|m| m.field == "acc"));
     }
 
     const SEC: Duration = Duration::from_secs(1);
@@ -284,14 +328,14 @@ mod tests {
         // Ticks every second for 20 s: attempts at 0, 1, 3, 7, 15 (waits 1, 2, 4, 8 s).
         let mut attempted = Vec::new();
         for s in 0..20u64 {
-            let before = reads.load(Ordering::SeqCst);
+            let before = reads.load(Ordering::SeqCst) % 1000; // skips count as 1000
             let tick = set.read_all_at(t0 + Duration::from_secs(s), wall);
             assert_eq!(
                 tick.failed,
                 vec!["a".to_owned()],
                 "failed or skipped at {s}"
             );
-            if reads.load(Ordering::SeqCst) > before {
+            if reads.load(Ordering::SeqCst) % 1000 > before {
                 attempted.push(s);
             }
         }
