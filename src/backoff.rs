@@ -26,12 +26,14 @@ impl Backoff {
         self.base.saturating_mul(factor).min(self.cap)
     }
 
-    /// The next wait, at least `floor` (e.g. a server's `Retry-After`).
+    /// The next wait, at least `floor` (e.g. a server's `Retry-After`) but never more
+    /// than the cap: a `Retry-After` of days, or an HTTP date compared with a local clock
+    /// that is wrong (a Pi without RTC before NTP), must not stall the uploader for good.
     pub fn next_wait(&mut self, floor: Option<Duration>) -> Duration {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
         let jittered = ceiling.mul_f64(fastrand::f64());
-        jittered.max(floor.unwrap_or(Duration::ZERO))
+        jittered.max(floor.unwrap_or(Duration::ZERO).min(self.cap))
     }
 
     pub fn attempts(&self) -> u32 {
@@ -64,8 +66,16 @@ mod tests {
 
     #[test]
     fn retry_after_is_a_floor() {
-        let mut b = Backoff::new(Duration::from_millis(1), Duration::from_millis(2));
+        let mut b = Backoff::new(Duration::from_millis(1), Duration::from_secs(10));
         assert!(b.next_wait(Some(Duration::from_secs(5))) >= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn retry_after_is_capped_at_backoff_max() {
+        let mut b = Backoff::new(Duration::from_millis(1), Duration::from_secs(2));
+        // A year, as a far-future HTTP date read with a clock stuck in the past gives.
+        let wait = b.next_wait(Some(Duration::from_secs(365 * 86_400)));
+        assert!(wait <= Duration::from_secs(2), "{wait:?}");
     }
 
     #[test]

@@ -45,6 +45,22 @@ impl Reading {
     }
 }
 
+impl Reading {
+    /// The fields as the queue stores them. Non-finite values are left out: serde_json
+    /// would write them as `null`, which no later read of the queue could parse back into
+    /// a number, so one NaN would block the queue. A value that is not a number was
+    /// never measured.
+    pub fn stored_fields_json(&self) -> Result<String, serde_json::Error> {
+        let finite: BTreeMap<&str, f64> = self
+            .fields
+            .iter()
+            .filter(|(_, v)| v.is_finite())
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        serde_json::to_string(&finite)
+    }
+}
+
 /// Non-finite values have no JSON form; they become `null` rather than an invalid body.
 fn json_number(v: f64) -> serde_json::Value {
     serde_json::Number::from_f64(v)
@@ -95,6 +111,16 @@ mod tests {
         let mut r = Reading::new(UNIX_EPOCH);
         r.fields.insert("temperature".into(), f64::NAN);
         assert_eq!(r.to_wire_json()["temperature"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn stored_fields_never_hold_null() -> Result<(), serde_json::Error> {
+        let mut r = Reading::new(UNIX_EPOCH);
+        r.fields.insert("temperature".into(), f64::NAN);
+        r.fields.insert("humidite".into(), f64::INFINITY);
+        r.fields.insert("accelerometre".into(), 0.5);
+        assert_eq!(r.stored_fields_json()?, r#"{"accelerometre":0.5}"#);
+        Ok(())
     }
 
     #[test]
