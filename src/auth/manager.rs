@@ -478,6 +478,18 @@ mod tests {
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// What the fake server does to the next refresh (after consuming its token, as a
+    /// real server whose answer is lost would) or to the next login.
+    #[derive(Clone, Copy, Debug)]
+    enum Fault {
+        /// 503 with `Retry-After: <secs>`.
+        Unavailable(u64),
+        /// 200 with a proxy's HTML page.
+        BadBody,
+        /// Answers after this long (longer than the client's timeout).
+        Slow(Duration),
+    }
+
     /// A tiny SimpleJWT stand-in: issues tokens in ITS clock, rotates refresh tokens and
     /// refuses a refresh token used twice, counting every call.
     #[derive(Default)]
@@ -488,7 +500,12 @@ mod tests {
         serial: AtomicU64,
         /// The refresh token currently valid (rotation: only the newest).
         valid_refresh: std::sync::Mutex<String>,
+        /// Every refresh token received, in order.
+        received_refresh: std::sync::Mutex<Vec<String>>,
+        refresh_fault: std::sync::Mutex<Option<Fault>>,
+        login_fault: std::sync::Mutex<Option<Fault>>,
         access_lifetime_s: AtomicI64,
+        requests: AtomicU64,
     }
 
     impl FakeServer {
@@ -504,27 +521,73 @@ mod tests {
             .to_owned()
         }
 
-        fn answer(&self, path: &str, body: &str) -> (u16, String) {
+        /// Every refresh token received more than once.
+        fn reused_refresh(&self) -> Vec<String> {
+            let received = lock(&self.received_refresh);
+            let mut seen = std::collections::HashSet::new();
+            received
+                .iter()
+                .filter(|t| !seen.insert(t.as_str()))
+                .cloned()
+                .collect()
+        }
+
+        /// Status, extra header lines, body, and a delay before answering.
+        fn answer(&self, path: &str, body: &str) -> (u16, String, String, Duration) {
+            self.requests.fetch_add(1, Ordering::SeqCst);
             let access = self.issue("access", self.access_lifetime_s.load(Ordering::SeqCst));
             let refresh = self.issue("refresh", 3600);
-            let mut valid = self.valid_refresh.lock().unwrap_or_else(|e| e.into_inner());
-            if path == "/api/token/" {
-                self.logins.fetch_add(1, Ordering::SeqCst);
-            } else if body.contains(valid.as_str()) && !valid.is_empty() {
-                self.refreshes.fetch_add(1, Ordering::SeqCst);
+            let mut valid = lock(&self.valid_refresh);
+            let fault = if path == "/api/token/" {
+                let fault = lock(&self.login_fault).take();
+                if fault.is_none() {
+                    self.logins.fetch_add(1, Ordering::SeqCst);
+                }
+                fault
             } else {
-                self.refused.fetch_add(1, Ordering::SeqCst);
-                return (
-                    401,
-                    r#"{"detail":"Token is blacklisted","code":"token_not_valid"}"#.into(),
-                );
+                let sent = serde_json::from_str::<serde_json::Value>(body)
+                    .ok()
+                    .and_then(|v| v["refresh"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                lock(&self.received_refresh).push(sent.clone());
+                if valid.is_empty() || sent != *valid {
+                    self.refused.fetch_add(1, Ordering::SeqCst);
+                    let refusal = r#"{"detail":"Token is blacklisted","code":"token_not_valid"}"#;
+                    return (401, String::new(), refusal.into(), Duration::ZERO);
+                }
+                // Rotation + blacklist: the token is spent before anything can go wrong.
+                valid.clear();
+                let fault = lock(&self.refresh_fault).take();
+                if fault.is_none() {
+                    self.refreshes.fetch_add(1, Ordering::SeqCst);
+                }
+                fault
+            };
+            let ok = format!(r#"{{"access":"{access}","refresh":"{refresh}"}}"#);
+            match fault {
+                None => {
+                    *valid = refresh;
+                    (200, String::new(), ok, Duration::ZERO)
+                }
+                Some(Fault::Unavailable(secs)) => (
+                    503,
+                    format!("retry-after: {secs}\r\n"),
+                    "<html>503</html>".into(),
+                    Duration::ZERO,
+                ),
+                Some(Fault::BadBody) => {
+                    (200, String::new(), "<html>ok</html>".into(), Duration::ZERO)
+                }
+                Some(Fault::Slow(d)) => {
+                    *valid = refresh;
+                    (200, String::new(), ok, d)
+                }
             }
-            *valid = refresh.clone();
-            (
-                200,
-                format!(r#"{{"access":"{access}","refresh":"{refresh}"}}"#),
-            )
         }
+    }
+
+    fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn serve(server: Arc<FakeServer>) -> String {
@@ -572,9 +635,10 @@ mod tests {
                         let body = text[head_end + 4..].to_owned();
                         // Slow answers widen the window in which callers could race.
                         tokio::time::sleep(Duration::from_millis(20)).await;
-                        let (status, answer) = server.answer(&path, &body);
+                        let (status, headers, answer, delay) = server.answer(&path, &body);
+                        tokio::time::sleep(delay).await;
                         let reply = format!(
-                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\n\r\n{answer}",
                             answer.len()
                         );
                         let _ = sock.write_all(reply.as_bytes()).await;
@@ -587,27 +651,101 @@ mod tests {
     }
 
     fn manager(url: &str, clock: Clock, dir: &std::path::Path) -> TokenManager {
+        manager_with(
+            url,
+            clock,
+            dir,
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+        )
+    }
+
+    fn manager_with(
+        url: &str,
+        clock: Clock,
+        dir: &std::path::Path,
+        backoff_base: Duration,
+        backoff_max: Duration,
+    ) -> TokenManager {
         let pw = dir.join("pw");
         let _ = std::fs::write(&pw, "secret");
         let _ = std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600));
         let mut sources = PasswordSources::new("dev", Some(pw));
         sources.credentials_dir = None;
         sources.use_keyring = false;
-        let api = match Api::new(url, Duration::from_secs(5)) {
-            Ok(a) => a,
-            Err(e) => panic!("{e}"),
-        };
         TokenManager::new(
-            api,
+            api(url, Duration::from_secs(5)),
             Some("dev".into()),
             Some(sources),
             clock,
             AuthSettings {
                 refresh_margin: None,
-                login_backoff_base: Duration::from_millis(100),
-                login_backoff_max: Duration::from_secs(1),
+                login_backoff_base: backoff_base,
+                login_backoff_max: backoff_max,
             },
         )
+    }
+
+    fn api(url: &str, timeout: Duration) -> Api {
+        match Api::new(url, timeout) {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A URL nothing listens on: connections are refused.
+    async fn closed_port_url() -> String {
+        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => l,
+            Err(e) => panic!("bind: {e}"),
+        };
+        let addr = listener.local_addr().map(|a| a.to_string());
+        drop(listener);
+        format!("http://{}", addr.unwrap_or_default())
+    }
+
+    /// Logs in, then drops the access token so that the next call renews.
+    async fn logged_in_and_due(m: &TokenManager) {
+        let first = m.access_token().await.unwrap_or_else(|e| panic!("{e}"));
+        m.reject(&first).await;
+    }
+
+    /// Waits out the backoff deadline of the last failure.
+    async fn wait_backoff(m: &TokenManager) {
+        let at = m.state.lock().await.next_attempt_at;
+        if let Some(at) = at {
+            tokio::time::sleep_until(at + Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Log lines written while the guard lives (this thread only).
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            lock(&self.0).extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn install(&self) -> tracing::subscriber::DefaultGuard {
+            let writer = self.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .with_max_level(tracing::Level::DEBUG)
+                .finish();
+            tracing::subscriber::set_default(subscriber)
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&lock(&self.0)).into_owned()
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -679,15 +817,191 @@ mod tests {
         let m = manager(&url, Clock::system(), dir.path());
         let first = m.access_token().await.unwrap_or_else(|e| panic!("{e}"));
         // The server blacklists everything (logout, admin action).
-        server
-            .valid_refresh
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        lock(&server.valid_refresh).clear();
         m.reject(&first).await;
         m.reject(&first).await;
         assert!(m.access_token().await.is_ok());
         assert_eq!(server.refused.load(Ordering::SeqCst), 1);
         assert_eq!(server.logins.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refresh_that_may_have_reached_the_server_is_never_sent_again() {
+        // A 5xx, a 2xx that is not the contract's JSON, and a timeout: each time the
+        // server already spent (blacklisted) the token.
+        for fault in [
+            Fault::Unavailable(0),
+            Fault::BadBody,
+            Fault::Slow(Duration::from_secs(2)),
+        ] {
+            let server = Arc::new(FakeServer::default());
+            server.access_lifetime_s.store(60, Ordering::SeqCst);
+            let url = serve(server.clone()).await;
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let mut m = manager(&url, Clock::system(), dir.path());
+            m.api = api(&url, Duration::from_millis(500));
+            logged_in_and_due(&m).await;
+            *lock(&server.refresh_fault) = Some(fault);
+            assert!(m.access_token().await.is_err(), "{fault:?}");
+            assert!(
+                m.state.lock().await.refresh.is_none(),
+                "{fault:?}: token kept"
+            );
+            wait_backoff(&m).await;
+            assert!(m.access_token().await.is_ok(), "{fault:?}");
+            assert_eq!(server.reused_refresh(), Vec::<String>::new(), "{fault:?}");
+            assert_eq!(server.refused.load(Ordering::SeqCst), 0, "{fault:?}");
+            assert_eq!(server.logins.load(Ordering::SeqCst), 2, "{fault:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refresh_that_never_left_keeps_its_token_and_its_success_ends_the_failure() {
+        let server = Arc::new(FakeServer::default());
+        server.access_lifetime_s.store(60, Ordering::SeqCst);
+        let url = serve(server.clone()).await;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut m = manager(&url, Clock::system(), dir.path());
+        let log = Captured::default();
+        let _guard = log.install();
+        logged_in_and_due(&m).await;
+        m.api = api(&closed_port_url().await, Duration::from_secs(5));
+        assert!(m.access_token().await.is_err());
+        {
+            let st = m.state.lock().await;
+            assert!(st.refresh.is_some(), "an unsent refresh token was dropped");
+            assert!(st.last_failure.is_some());
+        }
+        m.api = api(&url, Duration::from_secs(5));
+        wait_backoff(&m).await;
+        assert!(m.access_token().await.is_ok());
+        assert_eq!(server.refreshes.load(Ordering::SeqCst), 1);
+        assert_eq!(server.logins.load(Ordering::SeqCst), 1);
+        let st = m.state.lock().await;
+        assert!(
+            st.last_failure.is_none(),
+            "a refresh did not clear the failure"
+        );
+        assert!(st.next_attempt_at.is_none());
+        drop(st);
+        let text = log.text();
+        assert!(text.contains("access token refreshed: recovered"), "{text}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_queued_behind_a_failed_refresh_wait_for_the_backoff() {
+        let server = Arc::new(FakeServer::default());
+        server.access_lifetime_s.store(60, Ordering::SeqCst);
+        let url = serve(server.clone()).await;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        // A first wait of 2-4 s: every caller below arrives within it.
+        let m = Arc::new(manager_with(
+            &url,
+            Clock::system(),
+            dir.path(),
+            Duration::from_secs(4),
+            Duration::from_secs(8),
+        ));
+        logged_in_and_due(&m).await;
+        *lock(&server.refresh_fault) = Some(Fault::Unavailable(0));
+        let calls: Vec<_> = (0..20)
+            .map(|_| {
+                let m = m.clone();
+                tokio::spawn(async move { m.access_token().await.is_ok() })
+            })
+            .collect();
+        for c in calls {
+            assert!(matches!(c.await, Ok(false)));
+        }
+        // One refresh went out (and failed); nobody refreshed or logged in after it.
+        assert_eq!(server.requests.load(Ordering::SeqCst), 2);
+        assert!(m.renew_in().await >= Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn renewal_failures_back_off_with_growth_and_retry_after_is_capped() {
+        let server = Arc::new(FakeServer::default());
+        server.access_lifetime_s.store(60, Ordering::SeqCst);
+        let url = serve(server.clone()).await;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let m = manager(&url, Clock::system(), dir.path());
+        logged_in_and_due(&m).await;
+        // A failed refresh, then failed logins: one backoff, growing (base 100 ms, cap 1 s,
+        // equal jitter: the k-th wait lies in [c/2, c] with c = min(100 ms * 2^k, 1 s)).
+        *lock(&server.refresh_fault) = Some(Fault::Unavailable(0));
+        let mut ceiling = Duration::from_millis(100);
+        for k in 0..6 {
+            if k > 0 {
+                *lock(&server.login_fault) = Some(Fault::Unavailable(0));
+            }
+            let before = Instant::now();
+            let wait = match m.access_token().await {
+                Err(AuthError::Waiting { until, .. }) => until - before,
+                other => panic!("attempt {k}: {other:?}"),
+            };
+            // The request itself takes a few ms (the fake answers after 20 ms).
+            assert!(
+                wait >= ceiling / 2 && wait <= ceiling + Duration::from_millis(500),
+                "attempt {k}: waits {wait:?}, ceiling {ceiling:?}"
+            );
+            ceiling = (ceiling * 2).min(Duration::from_secs(1));
+            wait_backoff(&m).await;
+        }
+        // A server asking for an hour is heard for at most login_backoff_max.
+        *lock(&server.login_fault) = Some(Fault::Unavailable(3600));
+        let before = Instant::now();
+        match m.access_token().await {
+            Err(AuthError::Waiting { until, .. }) => {
+                assert!(
+                    until - before <= Duration::from_millis(1500),
+                    "{:?}",
+                    until - before
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        wait_backoff(&m).await;
+        assert!(m.access_token().await.is_ok());
+        assert_eq!(server.reused_refresh(), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn a_wall_clock_step_after_install_changes_no_deadline() {
+        // Forward: NTP sets a clock that was an hour behind. The token is as fresh as it
+        // was; the old wall-clock judgement saw it expired and refreshed at once.
+        let server = Arc::new(FakeServer::default());
+        server.access_lifetime_s.store(60, Ordering::SeqCst);
+        let url = serve(server.clone()).await;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut m = manager(&url, Clock::system(), dir.path());
+        assert!(m.access_token().await.is_ok());
+        m.clock = Clock::with_skew_ms(3_600_000);
+        for _ in 0..20 {
+            assert!(m.access_token().await.is_ok());
+        }
+        assert_eq!(
+            server.refreshes.load(Ordering::SeqCst),
+            0,
+            "refreshed after a step"
+        );
+        assert!(m.renew_in().await <= Duration::from_secs(60));
+
+        // Backward: the token still ages; the old judgement thought it fresh for an hour.
+        let server = Arc::new(FakeServer::default());
+        server.access_lifetime_s.store(2, Ordering::SeqCst);
+        let url = serve(server.clone()).await;
+        let mut m = manager(&url, Clock::system(), dir.path());
+        assert!(m.access_token().await.is_ok());
+        m.clock = Clock::with_skew_ms(-3_600_000);
+        assert!(m.renew_in().await <= Duration::from_secs(2));
+        // Lifetime 2 s, margin 1 s: due 0.5 s after arrival.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(m.access_token().await.is_ok());
+        assert_eq!(
+            server.refreshes.load(Ordering::SeqCst),
+            1,
+            "an aged token was used"
+        );
+        assert_eq!(server.logins.load(Ordering::SeqCst), 1);
     }
 }
