@@ -503,4 +503,59 @@ mod tests {
         assert!(snippet(&long).len() <= MAX_BODY_KEPT);
         assert_eq!(snippet("a\n  b\tc"), "a b c");
     }
+
+    #[tokio::test]
+    async fn only_a_request_that_never_left_is_not_sent() {
+        // Connection refused: the server cannot have seen the token.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let closed = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_string();
+        drop(listener);
+        let api = Api::new(&format!("http://{closed}"), Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = api.refresh(&"a.b.c".to_owned().into()).await.err();
+        assert!(matches!(err, Some(CallError::NotSent { .. })), "{err:?}");
+
+        // Connected and sent, then no answer: the server may have acted on it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_string();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((sock, _)) = listener.accept().await {
+                held.push(sock);
+            }
+        });
+        let api = Api::new(&format!("http://{addr}"), Duration::from_millis(300))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = api.refresh(&"a.b.c".to_owned().into()).await.err();
+        assert!(
+            matches!(err, Some(CallError::Transient { status: None, .. })),
+            "{err:?}"
+        );
+        silent.abort();
+    }
+
+    #[test]
+    fn a_secret_body_is_written_once_into_a_buffer_of_its_final_size() {
+        let password = "p\"w\\\u{1}é".to_owned();
+        let body = secret_json(&LoginBody {
+            username: "dev",
+            password: &password,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        // No reallocation: a grown buffer would leave an unwiped copy in freed memory.
+        assert_eq!(body.len(), body.capacity());
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v["password"].as_str(), Some(password.as_str()));
+        assert_eq!(v["username"].as_str(), Some("dev"));
+    }
 }
