@@ -310,6 +310,13 @@ impl Queue {
         &self.path
     }
 
+    /// Tests make writes fail fast against a writer that holds the lock.
+    #[cfg(test)]
+    pub(crate) fn set_busy_timeout(&self, timeout: Duration) -> Result<(), QueueError> {
+        self.conn.busy_timeout(timeout)?;
+        Ok(())
+    }
+
     /// Starts a transaction that groups the following calls into one commit.
     pub fn begin(&self) -> Result<(), QueueError> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;

@@ -5,7 +5,8 @@
 //!
 //! When a commit fails (disk full, I/O error) the transaction is rolled back, nothing on
 //! disk changes, and the readings wait in memory (bounded; overflow counted as drops) until
-//! a later commit succeeds.
+//! a later commit succeeds. So do the acknowledgements of uploaded readings: until they
+//! are committed, a drain may not start again (it would resend them), see `Peek`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -133,6 +134,15 @@ pub fn spawn(
     clock: Clock,
 ) -> std::io::Result<(StoreHandle, JoinHandle<()>)> {
     queue.set_current_boot(&boot_id);
+    match queue.fix_earlier_boots() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            corrected = n,
+            "corrected the capture time of readings of earlier boots from readings taken after their clock synchronised"
+        ),
+        // Not fatal: they stay flagged or held, as `queue.unfixable_time` says.
+        Err(e) => tracing::warn!("cannot correct readings of earlier boots: {e}"),
+    }
     // Readings of this boot may wait for a correction from an earlier run of the daemon.
     let maybe_unsynced = queue.has_unsynced().unwrap_or(true);
     let (tx, rx) = mpsc::channel();
@@ -148,6 +158,10 @@ pub fn spawn(
                 maybe_unsynced,
                 readings: VecDeque::new(),
                 settlements: Vec::new(),
+                unsaved: Vec::new(),
+                last_error: None,
+                drops: DropLog::default(),
+                evictions: DropLog::default(),
                 status: BTreeMap::new(),
                 dropped_in_memory: 0,
                 failing_since: None,
@@ -167,6 +181,15 @@ struct Writer {
     maybe_unsynced: bool,
     readings: VecDeque<Captured>,
     settlements: Vec<(Settlement, oneshot::Sender<Result<(), String>>)>,
+    /// Settlements whose commit failed: the uploader was told, and they are retried with
+    /// every write until they are on disk.
+    unsaved: Vec<Settlement>,
+    /// Why the last write failed, while writes fail.
+    last_error: Option<String>,
+    /// Readings dropped to respect the bounds, logged at most once a minute.
+    drops: DropLog,
+    /// Dead letters evicted to respect `max_bytes`, logged at most once a minute.
+    evictions: DropLog,
     status: BTreeMap<&'static str, String>,
     /// Drops that happened in memory (writes failing); added to the stored counter later.
     dropped_in_memory: u64,
@@ -234,7 +257,10 @@ impl Writer {
     }
 
     fn has_writes(&self) -> bool {
-        !self.readings.is_empty() || !self.settlements.is_empty() || !self.status.is_empty()
+        !self.readings.is_empty()
+            || !self.settlements.is_empty()
+            || !self.unsaved.is_empty()
+            || !self.status.is_empty()
     }
 
     /// Takes a command; returns true when it must be served with everything written first.
@@ -267,6 +293,17 @@ impl Writer {
                 // meet an acked reading, so they need no commit (and no fsync stall).
                 if after_id == 0 {
                     self.flush();
+                    // Acks that are still not on disk would be sent again, and again at
+                    // each new drain: no drain until they are committed.
+                    if !self.unsaved.is_empty() {
+                        let acked: usize = self.unsaved.iter().map(|s| s.acked.len()).sum();
+                        let why = self.last_error.as_deref().unwrap_or("unknown error");
+                        let _ = reply.send(Err(format!(
+                            "the acknowledgements of {acked} uploaded readings are not on disk yet ({why}); \
+                             no upload until they are (free space on the queue's filesystem if it is full)"
+                        )));
+                        return false;
+                    }
                 }
                 let _ = reply.send(self.queue.peek(after_id, limit).map_err(|e| e.to_string()));
                 false
@@ -283,7 +320,15 @@ impl Writer {
             return;
         }
         match self.write_all() {
-            Ok(inserted) => {
+            Ok(Written {
+                inserted,
+                dropped,
+                dead_evicted,
+            }) => {
+                self.last_error = None;
+                self.unsaved.clear();
+                self.drops.add(dropped + self.dropped_in_memory);
+                self.evictions.add(dead_evicted);
                 if let Some(since) = self.failing_since.take() {
                     tracing::info!(
                         after = %humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
@@ -299,8 +344,10 @@ impl Writer {
                 if inserted > 0 {
                     self.notify.notify_one();
                 }
+                self.log_drops();
             }
             Err(e) => {
+                self.last_error = Some(e.to_string());
                 self.queue.rollback();
                 if e.is_disk_full() {
                     // The WAL may hold most of a small filesystem; give it back before retrying.
@@ -325,12 +372,31 @@ impl Writer {
                     );
                     self.last_failure_log = Some(now);
                 }
-                // The uploader must not wait forever on a settlement: it retries the batch
-                // later, and the server sees those readings again (bounded by the batch).
-                for (_, reply) in self.settlements.drain(..) {
+                // The uploader must not wait forever on a settlement: it is told, stops
+                // sending and backs off; the settlement is kept and retried with every
+                // write, and no new drain starts before it is on disk (see `Peek`).
+                for (settlement, reply) in self.settlements.drain(..) {
                     let _ = reply.send(Err(e.to_string()));
+                    self.unsaved.push(settlement);
                 }
             }
+        }
+    }
+
+    /// Logs the drops (and evictions) of the last minute, if due.
+    fn log_drops(&mut self) {
+        let now = Instant::now();
+        if let Some(dropped) = self.drops.due(now) {
+            tracing::warn!(
+                dropped,
+                "queue full: dropped readings since the last report (see queue.max_readings, queue.max_bytes, queue.overflow)"
+            );
+        }
+        if let Some(evicted) = self.evictions.due(now) {
+            tracing::warn!(
+                evicted,
+                "queue over queue.max_bytes: deleted the oldest dead letters since the last report (see `queue dead`)"
+            );
         }
     }
 
@@ -352,9 +418,10 @@ impl Writer {
         Ok(fixed)
     }
 
-    fn write_all(&mut self) -> Result<u64, QueueError> {
+    fn write_all(&mut self) -> Result<Written, QueueError> {
         self.queue.begin()?;
         let mut inserted = 0;
+        let (mut dropped, mut dead_evicted) = (0, 0);
         if !self.readings.is_empty() {
             let readings: Vec<Reading> = self.readings.iter().map(|c| c.reading.clone()).collect();
             let clocks: Vec<CaptureClock> = self
@@ -370,17 +437,18 @@ impl Writer {
                 .queue
                 .enqueue_with_origin(&readings, Some((&self.boot_id, &clocks)))?;
             inserted = result.inserted;
-            if result.dropped > 0 {
-                tracing::warn!(
-                    dropped = result.dropped,
-                    "queue full: dropped readings (see queue.max_readings, queue.max_bytes, queue.overflow)"
-                );
-            }
+            // Logged once committed, at most once a minute (`log_drops`).
+            dropped = result.dropped;
+            dead_evicted = result.dead_evicted;
         }
         if self.dropped_in_memory > 0 {
             self.queue.add_dropped(self.dropped_in_memory)?;
         }
-        for (settlement, _) in &self.settlements {
+        let settlements = self
+            .unsaved
+            .iter()
+            .chain(self.settlements.iter().map(|(s, _)| s));
+        for settlement in settlements {
             self.queue.ack(&settlement.acked)?;
             for (id, status, body) in &settlement.dead {
                 self.queue.dead_letter(*id, *status, body)?;
@@ -399,7 +467,45 @@ impl Writer {
             );
             inserted += corrected;
         }
-        Ok(inserted)
+        Ok(Written {
+            inserted,
+            dropped,
+            dead_evicted,
+        })
+    }
+}
+
+/// What one successful write did.
+struct Written {
+    inserted: u64,
+    dropped: u64,
+    dead_evicted: u64,
+}
+
+/// Sums losses between two log lines: at a high sampling rate a full queue drops at every
+/// commit (20 a second), and one line each time would flood the journal and the SD card.
+#[derive(Debug, Default)]
+struct DropLog {
+    unlogged: u64,
+    last: Option<Instant>,
+}
+
+impl DropLog {
+    fn add(&mut self, n: u64) {
+        self.unlogged += n;
+    }
+
+    /// The total to log now, if there is one and the last line is a minute old.
+    fn due(&mut self, now: Instant) -> Option<u64> {
+        if self.unlogged == 0
+            || self
+                .last
+                .is_some_and(|t| now.duration_since(t) < FAILURE_LOG_EVERY)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
     }
 }
 
@@ -464,6 +570,79 @@ mod tests {
             Some("x")
         );
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_failed_ack_commit_blocks_new_drains_until_it_is_on_disk() -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let config = QueueConfig {
+            path: dir.path().join("q.db"),
+            ..QueueConfig::default()
+        };
+        let queue = Queue::open(&config).map_err(|e| e.to_string())?;
+        queue
+            .set_busy_timeout(Duration::from_millis(100))
+            .map_err(|e| e.to_string())?;
+        let (store, thread) = spawn(
+            queue,
+            Duration::from_millis(20),
+            "boot".into(),
+            Clock::system(),
+        )
+        .map_err(|e| e.to_string())?;
+        for ms in 0..10 {
+            store.enqueue(captured(ms)).map_err(|e| e.to_string())?;
+        }
+        store.new_readings.notified().await;
+        let batch = store.peek(0, 100).await?;
+        assert_eq!(batch.len(), 10);
+        // Another writer holds the write lock: commits fail, as on a full disk.
+        let blocker = rusqlite::Connection::open(&config.path).map_err(|e| e.to_string())?;
+        blocker
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| e.to_string())?;
+        let acked: Vec<i64> = batch[..5].iter().map(|s| s.id).collect();
+        let settled = store
+            .settle(Settlement {
+                acked,
+                dead: vec![],
+            })
+            .await;
+        assert!(settled.is_err(), "the failed commit is reported");
+        // A new drain would send the five acked readings again: refused while the acks
+        // are not on disk.
+        let again = store.peek(0, 100).await;
+        assert!(
+            again.as_ref().is_err_and(|e| e.contains("not on disk")),
+            "{again:?}"
+        );
+        blocker
+            .execute_batch("ROLLBACK")
+            .map_err(|e| e.to_string())?;
+        let rest = store.peek(0, 100).await?;
+        assert_eq!(rest.len(), 5, "the kept acks were committed first");
+        assert_eq!(store.stats().await?.uploaded_total, 5);
+        drop(store);
+        thread
+            .join()
+            .map_err(|_| "queue thread panicked".to_string())?;
+        Ok(())
+    }
+
+    #[test]
+    fn drops_are_summed_and_logged_at_most_once_a_minute() {
+        let mut log = DropLog::default();
+        let t0 = Instant::now();
+        assert_eq!(log.due(t0), None, "nothing dropped, nothing to say");
+        log.add(3);
+        assert_eq!(log.due(t0), Some(3), "the first loss is told at once");
+        for s in 1..60 {
+            log.add(2);
+            assert_eq!(log.due(t0 + Duration::from_secs(s)), None);
+        }
+        log.add(1);
+        assert_eq!(log.due(t0 + Duration::from_secs(60)), Some(119));
+        assert_eq!(log.due(t0 + Duration::from_secs(200)), None);
     }
 
     #[tokio::test]
