@@ -125,7 +125,8 @@ pub fn type_docs() -> Vec<TypeDoc> {
     iio.push(s(
         "fields",
         "{ temperature = \"temperature\", humidity = \"humidite\", pressure = \"pression\", acceleration = \"accelerometre\" }",
-        "payload fields; channels the device lacks are skipped; \"\" drops one",
+        "payload fields; channels the device lacks are skipped; \"\" drops one; an omitted key \
+         takes its default only if no other entry sends that field",
     ));
     vec![
         TypeDoc {
@@ -384,9 +385,11 @@ pub const ACCEL_WINDOW: Duration = Duration::from_millis(1500);
 /// Fails (non-zero exit) when any sensor failed, after printing every result.
 pub fn read(configs: &[SensorConfig], json: bool) -> anyhow::Result<()> {
     let mut built = sensors::build(configs).context("invalid [[sensors]] configuration")?;
+    // What `build` built: an `iio` entry's omitted fields resolved against the others.
+    let configs = &sensors::resolve_defaults(configs);
     let has_accel = configs.iter().any(|c| {
         matches!(c, SensorConfig::Adxl345(_) | SensorConfig::Mpu6050(_))
-            || matches!(c, SensorConfig::Iio(i) if !i.fields.acceleration.is_empty())
+            || matches!(c, SensorConfig::Iio(i) if !i.fields.acceleration().is_empty())
     });
     if has_accel {
         // The sampling threads start with the sensors; let them fill an interval. An IIO
@@ -485,7 +488,9 @@ mod tests {
             ),
             (
                 "iio",
-                toml::Value::try_from(sensors::iio::IioConfig::default()).unwrap(),
+                // Omitted iio fields take every default when no other entry sends them,
+                // which is what `sensors list` shows.
+                toml::Value::try_from(iio_alone()).unwrap(),
             ),
             (
                 "ds18b20",
@@ -509,6 +514,13 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{type_name}.{key}: {e}"));
                 assert_eq!(&listed["v"], default, "{type_name}.{key}");
             }
+        }
+    }
+
+    fn iio_alone() -> sensors::iio::IioConfig {
+        match sensors::resolve_defaults(&[SensorConfig::Iio(Default::default())]).remove(0) {
+            SensorConfig::Iio(c) => c,
+            other => panic!("{other:?}"),
         }
     }
 

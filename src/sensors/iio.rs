@@ -24,44 +24,105 @@ use super::accel::{AccelSensor, AccelSettings, AccelSource, Opener};
 use super::aggregate::{Aggregate, Gravity, Unit};
 use super::{defaults, limits, push_checked, round, Measurement, Sensor, SensorError};
 
-/// Payload fields of an `iio` entry. Omit a key for its default; set it to `""` to not
-/// send that quantity. Quantities the device does not have are skipped.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Payload fields of an `iio` entry. Set a key to `""` to not send that quantity.
+/// Quantities the device does not have are skipped.
+///
+/// An omitted key (`None`) takes the server's field name, but only when no other entry
+/// sends it and no explicit mapping claims it (see [`super::resolve_defaults`]): one
+/// `iio` entry stands for any device, so its defaults must not collide with a sensor
+/// that does have that quantity (a BME280 through the kernel driver next to an
+/// `adxl345`). An explicit mapping that collides is still an error.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IioFields {
     /// Temperature in °C. Default `"temperature"`.
-    #[serde(default = "defaults::temperature")]
-    pub temperature: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<String>,
     /// Relative humidity in %. Default `"humidite"`.
-    #[serde(default = "defaults::humidity")]
-    pub humidity: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub humidity: Option<String>,
     /// Pressure in hPa. Default `"pression"`.
-    #[serde(default = "defaults::pressure")]
-    pub pressure: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pressure: Option<String>,
     /// Accelerometer aggregate, in `unit`. Default `"accelerometre"`.
-    #[serde(default = "defaults::acceleration")]
-    pub acceleration: String,
-}
-
-impl Default for IioFields {
-    fn default() -> Self {
-        IioFields {
-            temperature: defaults::temperature(),
-            humidity: defaults::humidity(),
-            pressure: defaults::pressure(),
-            acceleration: defaults::acceleration(),
-        }
-    }
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceleration: Option<String>,
 }
 
 impl IioFields {
+    /// The `fields` keys, in order.
+    pub const KEYS: [&'static str; 4] = ["temperature", "humidity", "pressure", "acceleration"];
+
+    /// The payload field an omitted `key` defaults to.
+    pub fn default_name(key: &str) -> &'static str {
+        match key {
+            "temperature" => defaults::TEMPERATURE,
+            "humidity" => defaults::HUMIDITY,
+            "pressure" => defaults::PRESSURE,
+            _ => defaults::ACCELERATION,
+        }
+    }
+
+    fn slot(&self, key: &str) -> &Option<String> {
+        match key {
+            "temperature" => &self.temperature,
+            "humidity" => &self.humidity,
+            "pressure" => &self.pressure,
+            _ => &self.acceleration,
+        }
+    }
+
+    /// Sets `key` (one of [`Self::KEYS`]) explicitly.
+    pub fn set(&mut self, key: &str, field: String) {
+        let slot = match key {
+            "temperature" => &mut self.temperature,
+            "humidity" => &mut self.humidity,
+            "pressure" => &mut self.pressure,
+            _ => &mut self.acceleration,
+        };
+        *slot = Some(field);
+    }
+
+    /// The payload field of `key`: its mapping, or its default when omitted.
+    pub fn get(&self, key: &str) -> &str {
+        self.slot(key)
+            .as_deref()
+            .unwrap_or_else(|| Self::default_name(key))
+    }
+
+    pub fn temperature(&self) -> &str {
+        self.get("temperature")
+    }
+    pub fn humidity(&self) -> &str {
+        self.get("humidity")
+    }
+    pub fn pressure(&self) -> &str {
+        self.get("pressure")
+    }
+    pub fn acceleration(&self) -> &str {
+        self.get("acceleration")
+    }
+
+    /// Every key with its payload field, omitted keys at their default.
     pub fn pairs(&self) -> Vec<(&'static str, &str)> {
-        vec![
-            ("temperature", self.temperature.as_str()),
-            ("humidity", self.humidity.as_str()),
-            ("pressure", self.pressure.as_str()),
-            ("acceleration", self.acceleration.as_str()),
-        ]
+        Self::KEYS.iter().map(|k| (*k, self.get(k))).collect()
+    }
+
+    /// Only the keys set in the file, with their payload field.
+    pub fn explicit_pairs(&self) -> Vec<(&'static str, &str)> {
+        Self::KEYS
+            .iter()
+            .filter_map(|k| self.slot(k).as_deref().map(|f| (*k, f)))
+            .collect()
+    }
+
+    /// The keys left to their default.
+    pub fn omitted(&self) -> Vec<&'static str> {
+        Self::KEYS
+            .iter()
+            .copied()
+            .filter(|k| self.slot(k).is_none())
+            .collect()
     }
 }
 
@@ -302,12 +363,12 @@ impl IioSensor {
             Channel::find(&self.dir, chan, chan, name)
         };
         let mut channels = Channels {
-            temperature: find(&f.temperature, "temp")?,
-            humidity: find(&f.humidity, "humidityrelative")?,
-            pressure: find(&f.pressure, "pressure")?,
+            temperature: find(f.temperature(), "temp")?,
+            humidity: find(f.humidity(), "humidityrelative")?,
+            pressure: find(f.pressure(), "pressure")?,
             accel: false,
         };
-        if !f.acceleration.is_empty() {
+        if !f.acceleration().is_empty() {
             if let Some(axes) = accel_channels(&self.dir, name)? {
                 channels.accel = true;
                 if self.accel.is_none() {
@@ -359,7 +420,7 @@ impl IioSensor {
         });
         AccelSensor::start(
             self.name.clone(),
-            c.fields.acceleration.clone(),
+            c.fields.acceleration().to_owned(),
             settings,
             opener,
         )
@@ -375,18 +436,32 @@ impl IioSensor {
                 &mut out,
                 name,
                 "temperature",
-                &f.temperature,
+                f.temperature(),
                 v,
                 limits::TEMPERATURE,
             )?;
         }
         if let Some(c) = &channels.humidity {
             let v = round(c.read(name)? / 1000.0, 3);
-            push_checked(&mut out, name, "humidity", &f.humidity, v, limits::HUMIDITY)?;
+            push_checked(
+                &mut out,
+                name,
+                "humidity",
+                f.humidity(),
+                v,
+                limits::HUMIDITY,
+            )?;
         }
         if let Some(c) = &channels.pressure {
             let v = round(c.read(name)? * 10.0, 3);
-            push_checked(&mut out, name, "pressure", &f.pressure, v, limits::PRESSURE)?;
+            push_checked(
+                &mut out,
+                name,
+                "pressure",
+                f.pressure(),
+                v,
+                limits::PRESSURE,
+            )?;
         }
         if channels.accel {
             if let Some(accel) = self.accel.as_mut() {
@@ -570,7 +645,7 @@ mod tests {
     fn unmapped_quantity_is_not_read() {
         let dir = device(&[("in_temp_input", "20000"), ("in_pressure_input", "garbage")]);
         let mut c = config(dir.path());
-        c.fields.pressure = String::new();
+        c.fields.pressure = Some(String::new());
         let m = IioSensor::new(c).read().unwrap();
         assert_eq!(m.len(), 1);
     }

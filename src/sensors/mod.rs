@@ -183,10 +183,49 @@ impl fmt::Display for SensorConfig {
     }
 }
 
+/// Gives the omitted `fields` keys of `iio` entries their payload field. Unlike the
+/// other types, an `iio` entry does not say what it measures (that is found when the
+/// device is opened), so its defaults name every quantity; taken as such, an `iio`
+/// BME280 next to an `adxl345` would collide on `accelerometre`. So an omitted key
+/// claims its default only if no explicit mapping and no other type's entry sends that
+/// field (and no earlier `iio` entry's default took it); otherwise it is dropped (`""`).
+/// Explicit mappings are left as written, so an explicit duplicate is still refused by
+/// [`validate`].
+pub fn resolve_defaults(configs: &[SensorConfig]) -> Vec<SensorConfig> {
+    let mut claimed: Vec<String> = configs
+        .iter()
+        .flat_map(|c| match c {
+            SensorConfig::Iio(i) => i.fields.explicit_pairs(),
+            other => other.payload_fields(),
+        })
+        .map(|(_, field)| field.to_owned())
+        .collect();
+    configs
+        .iter()
+        .map(|config| match config {
+            SensorConfig::Iio(i) => {
+                let mut i = i.clone();
+                for key in i.fields.omitted() {
+                    let default = iio::IioFields::default_name(key);
+                    if claimed.iter().any(|f| f == default) {
+                        i.fields.set(key, String::new());
+                    } else {
+                        claimed.push(default.to_owned());
+                        i.fields.set(key, default.to_owned());
+                    }
+                }
+                SensorConfig::Iio(i)
+            }
+            other => other.clone(),
+        })
+        .collect()
+}
+
 /// Checks every entry without opening any device: each entry's settings, that each
-/// entry sends at least one field, and that no two entries send the same payload field.
-/// The error names the entry index, its type and the key.
+/// entry sends at least one field, and that no two entries send the same payload field
+/// (after [`resolve_defaults`]). The error names the entry index, its type and the key.
 pub fn validate(configs: &[SensorConfig]) -> Result<(), SensorError> {
+    let configs = &resolve_defaults(configs);
     let mut seen: Vec<(String, usize)> = Vec::new();
     for (index, config) in configs.iter().enumerate() {
         let err = |key: &str, detail: String| SensorError::Config {
@@ -200,7 +239,8 @@ pub fn validate(configs: &[SensorConfig]) -> Result<(), SensorError> {
         if fields.is_empty() {
             return Err(err(
                 "fields",
-                "every quantity is mapped to \"\", so this entry sends nothing; \
+                "every quantity is mapped to \"\" (or, for an `iio` entry, left to a \
+                 default that another entry already sends), so this entry sends nothing; \
                  map at least one to a payload field name or remove the entry"
                     .into(),
             ));
@@ -228,10 +268,11 @@ pub fn validate(configs: &[SensorConfig]) -> Result<(), SensorError> {
     Ok(())
 }
 
-/// Validates the configuration, then builds its sensors without opening any device.
+/// Validates the configuration, then builds its sensors (with [`resolve_defaults`])
+/// without opening any device.
 pub fn build(configs: &[SensorConfig]) -> Result<Vec<Box<dyn Sensor>>, SensorError> {
     validate(configs)?;
-    Ok(configs
+    Ok(resolve_defaults(configs)
         .iter()
         .enumerate()
         .map(|(index, config)| build_one(index, config))
@@ -256,6 +297,11 @@ fn build_one(index: usize, config: &SensorConfig) -> Box<dyn Sensor> {
 pub mod defaults {
     use crate::reading::field;
 
+    pub const TEMPERATURE: &str = field::TEMPERATURE;
+    pub const HUMIDITY: &str = field::HUMIDITY;
+    pub const ACCELERATION: &str = field::ACCELERATION;
+    pub const PRESSURE: &str = "pression";
+
     pub fn temperature() -> String {
         field::TEMPERATURE.to_owned()
     }
@@ -267,7 +313,7 @@ pub mod defaults {
     }
     /// Pressure, in hPa.
     pub fn pressure() -> String {
-        "pression".to_owned()
+        PRESSURE.to_owned()
     }
     pub fn level() -> String {
         "gpio_level".to_owned()
@@ -371,6 +417,55 @@ mod tests {
         assert!(e.contains("sensors[1]"), "{e}");
         assert!(e.contains("fields.temperature"), "{e}");
         assert!(e.contains("sensors[0] (bme280)"), "{e}");
+    }
+
+    #[test]
+    fn iio_defaults_never_collide_but_explicit_duplicates_do() {
+        // A BME280 through the kernel driver (iio, all defaults) next to an ADXL345.
+        let c = parse("[[sensors]]\ntype = \"iio\"\n[[sensors]]\ntype = \"adxl345\"\n").unwrap();
+        validate(&c).unwrap();
+        let r = resolve_defaults(&c);
+        assert_eq!(
+            r[0].payload_fields(),
+            vec![
+                ("temperature", "temperature"),
+                ("humidity", "humidite"),
+                ("pressure", "pression")
+            ]
+        );
+        assert_eq!(
+            r[1].payload_fields(),
+            vec![("acceleration", "accelerometre")]
+        );
+        // Other entries win whatever their position; an explicit iio mapping is kept.
+        let c = parse(
+            "[[sensors]]\ntype = \"iio\"\nfields = { pressure = \"p\" }\n\
+             [[sensors]]\ntype = \"ds18b20\"\n\
+             [[sensors]]\ntype = \"iio\"\ndevice = \"/sys/bus/iio/devices/iio:device1\"\n",
+        )
+        .unwrap();
+        validate(&c).unwrap();
+        let r = resolve_defaults(&c);
+        assert_eq!(
+            r[0].payload_fields(),
+            vec![
+                ("humidity", "humidite"),
+                ("pressure", "p"),
+                ("acceleration", "accelerometre")
+            ]
+        );
+        assert_eq!(r[2].payload_fields(), vec![("pressure", "pression")]);
+        // Written out, a duplicate is still an error.
+        let c = parse(
+            "[[sensors]]\ntype = \"iio\"\nfields = { acceleration = \"accelerometre\" }\n\
+             [[sensors]]\ntype = \"adxl345\"\n",
+        )
+        .unwrap();
+        let e = validate(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("sensors[1]") && e.contains("already sent by sensors[0] (iio)"),
+            "{e}"
+        );
     }
 
     #[test]
