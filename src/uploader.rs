@@ -22,6 +22,9 @@ use crate::systemd::Heartbeat;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Even with nothing to do the loop wakes this often, to beat its heartbeat.
 const IDLE_WAKE: Duration = Duration::from_secs(5);
+/// The number of requests in flight is written for `queue stats` at most this often: it
+/// changes at every request, and each write is a status update of the queue.
+const IN_FLIGHT_PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct UploadSettings {
@@ -38,6 +41,25 @@ pub struct UploadCounters {
     pub rejected: AtomicU64,
     pub unauthorized: AtomicU64,
     pub transient: AtomicU64,
+    /// Requests started and not finished, now (not the configured concurrency).
+    pub in_flight: AtomicU64,
+}
+
+/// Counts one request in flight for as long as it lives, also when its future is
+/// dropped half-way (shutdown grace over).
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl UploadCounters {
@@ -47,6 +69,7 @@ impl UploadCounters {
             "rejected": self.rejected.load(Ordering::Relaxed),
             "unauthorized": self.unauthorized.load(Ordering::Relaxed),
             "transient_failures": self.transient.load(Ordering::Relaxed),
+            "in_flight": self.in_flight.load(Ordering::Relaxed),
         })
     }
 }
@@ -90,6 +113,8 @@ impl Uploader {
                 Ok(b) => !b.is_empty(),
                 Err(e) => {
                     tracing::error!("cannot read the queue: {e}");
+                    self.set_state(&mut last_state, "backing off");
+                    self.store.set_status(status_key::LAST_ERROR, e);
                     if self.pause(&cancel, backoff.next_wait(None)).await {
                         return;
                     }
@@ -195,8 +220,7 @@ impl Uploader {
         // Half the room left by the sends in flight, so that sends continue while one
         // group of acks is being committed.
         let settle_at = (batch_size.saturating_sub(concurrency) / 2).max(1);
-        self.store
-            .set_status(status_key::IN_FLIGHT, concurrency.to_string());
+        let mut published: Option<(u64, tokio::time::Instant)> = None;
         let mut result = DrainResult::default();
         let mut unsettled = Settlement::default();
         let mut settling: Option<(usize, SettleFuture)> = None;
@@ -207,6 +231,7 @@ impl Uploader {
         let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             self.heartbeat.beat();
+            self.publish_in_flight(&mut published);
             // Keep `concurrency` sends out, reading the next batch when this one runs dry.
             loop {
                 let uncommitted = unsettled.acked.len()
@@ -229,8 +254,13 @@ impl Uploader {
                             None => exhausted = true,
                         },
                         Err(e) => {
-                            tracing::error!("cannot read the queue: {e}");
+                            // A failure like any other: stop and back off, never a tight
+                            // loop of drains that each end at once.
                             exhausted = true;
+                            halt.store(true, Ordering::Relaxed);
+                            result
+                                .transient
+                                .get_or_insert((format!("cannot read the queue: {e}"), None));
                         }
                     }
                 }
@@ -250,8 +280,8 @@ impl Uploader {
                         None => std::future::pending().await,
                     }
                 }, if settling.is_some() => {
-                    log_settle_failure(done);
-                    result.acked += settling.take().map_or(0, |(n, _)| n);
+                    let n = settling.take().map_or(0, |(n, _)| n);
+                    settled(&mut result, halt, n, done);
                     continue;
                 }
                 _ = cancel.cancelled(), if grace.is_none() => {
@@ -311,11 +341,29 @@ impl Uploader {
             }
         }
         for (n, commit) in settling.into_iter().chain([self.begin_settle(unsettled)]) {
-            log_settle_failure(commit.await);
-            result.acked += n;
+            settled(&mut result, halt, n, commit.await);
         }
-        self.store.set_status(status_key::IN_FLIGHT, "0".into());
+        drop(in_flight);
+        self.store.set_status(
+            status_key::IN_FLIGHT,
+            self.counters.in_flight.load(Ordering::Relaxed).to_string(),
+        );
         result
+    }
+
+    /// Writes the number of requests in flight for `queue stats` when it changed, at most
+    /// once per `IN_FLIGHT_PUBLISH_EVERY`.
+    fn publish_in_flight(&self, last: &mut Option<(u64, tokio::time::Instant)>) {
+        let now = tokio::time::Instant::now();
+        let n = self.counters.in_flight.load(Ordering::Relaxed);
+        let due = match *last {
+            None => true,
+            Some((was, at)) => was != n && now.duration_since(at) >= IN_FLIGHT_PUBLISH_EVERY,
+        };
+        if due {
+            self.store.set_status(status_key::IN_FLIGHT, n.to_string());
+            *last = Some((n, now));
+        }
     }
 
     /// Starts committing acks and dead letters: how many were acked, and the commit.
@@ -338,6 +386,7 @@ impl Uploader {
         if halt.load(Ordering::Relaxed) {
             return Item::Skipped;
         }
+        let _in_flight = InFlight::enter(&self.counters.in_flight);
         let mut body = stored.reading.to_wire_json();
         if stored.clock_unsynced {
             // Captured in an earlier boot before the clock was set: the time may be wrong.
@@ -391,8 +440,77 @@ impl Uploader {
     }
 }
 
-fn log_settle_failure(result: Result<(), String>) {
-    if let Err(e) = result {
-        tracing::error!("cannot record uploaded readings: {e}; they may be sent again");
+/// Accounts for a commit of acks: counted as uploaded only once on disk. A failed commit
+/// is a transient failure like a 503: nothing more is sent in this drain, the loop backs
+/// off, and the store refuses a new drain until the acks are committed; otherwise the
+/// whole queue would be sent again and again (a disk full while the server is up).
+fn settled(result: &mut DrainResult, halt: &AtomicBool, acked: usize, commit: Result<(), String>) {
+    match commit {
+        Ok(()) => result.acked += acked,
+        Err(e) => {
+            halt.store(true, Ordering::Relaxed);
+            tracing::error!(
+                acked,
+                "cannot record uploaded readings: {e}; pausing uploads until they are recorded"
+            );
+            result.transient.get_or_insert((
+                format!("cannot record {acked} uploaded readings in the queue: {e}"),
+                None,
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_ack_commit_is_a_transient_failure_and_not_counted() {
+        let halt = AtomicBool::new(false);
+        let mut result = DrainResult::default();
+        settled(&mut result, &halt, 10, Ok(()));
+        assert_eq!(result.acked, 10);
+        assert!(result.transient.is_none() && !halt.load(Ordering::Relaxed));
+        settled(
+            &mut result,
+            &halt,
+            7,
+            Err("database or disk is full".into()),
+        );
+        assert_eq!(result.acked, 10, "not on disk: not uploaded");
+        assert!(halt.load(Ordering::Relaxed), "nothing more is sent");
+        assert!(
+            result
+                .transient
+                .as_ref()
+                .is_some_and(|(d, _)| d.contains("disk is full")),
+            "{:?}",
+            result.transient
+        );
+    }
+
+    #[tokio::test]
+    async fn in_flight_counts_requests_out_now_even_when_dropped() {
+        let counters = UploadCounters::default();
+        let request = |n| {
+            let counter = &counters.in_flight;
+            async move {
+                let _guard = InFlight::enter(counter);
+                tokio::time::sleep(Duration::from_millis(n)).await;
+            }
+        };
+        let mut out = FuturesUnordered::new();
+        out.push(request(1));
+        out.push(request(60_000));
+        out.push(request(60_000));
+        // Started, not finished: counted; the configured concurrency plays no part.
+        assert_eq!(counters.in_flight.load(Ordering::Relaxed), 0);
+        out.next().await;
+        assert_eq!(counters.in_flight.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.to_json()["in_flight"], 2);
+        // Shutdown grace over: the futures are dropped and nothing stays counted.
+        drop(out);
+        assert_eq!(counters.in_flight.load(Ordering::Relaxed), 0);
     }
 }
