@@ -297,10 +297,12 @@ impl Config {
                         })
                     }
                 };
-                // Deserializing the text itself first gives errors with line and column.
+                // Deserializing the text itself first gives errors with line and column,
+                // except in a [[sensors]] entry (a tagged enum loses the position): name
+                // the entry instead.
                 toml::from_str::<Config>(&text).map_err(|e| ConfigError::Parse {
                     path: origin.clone(),
-                    message: e.to_string(),
+                    message: crate::sensors::entry_error(&text).unwrap_or_else(|| e.to_string()),
                 })?;
                 toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::Parse {
                     path: origin.clone(),
@@ -525,6 +527,22 @@ type = "simulated"
         assert!(err.contains("base_urll"), "{err}");
         assert!(err.contains("config file"), "{err}");
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_in_a_sensor_entry_names_the_entry() {
+        let err = load_text(
+            "[[sensors]]\ntype = \"ds18b20\"\n[[sensors]]\ntype = \"bme280\"\nadress = 0x76\n",
+            &[],
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.starts_with("config file /"), "{err}");
+        assert!(
+            err.contains("sensors[1] (type \"bme280\"): unknown key `adress`, expected one of"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -183,6 +183,26 @@ impl fmt::Display for SensorConfig {
     }
 }
 
+/// Which `[[sensors]]` entry of a configuration file fails to parse, and why:
+/// `"sensors[1] (type \"bme280\"): unknown key `adress`, expected one of ..."`. `None`
+/// when every entry parses (or the text is not TOML: the caller's error says so).
+///
+/// Needed because the entries are an internally tagged enum: serde buffers an entry
+/// before choosing its type, which loses the position, so toml reports an unknown key
+/// of any entry at "line 1, column 1" without saying which entry it is.
+pub fn entry_error(text: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    let entries = table.get("sensors")?.as_array()?;
+    entries.iter().enumerate().find_map(|(index, entry)| {
+        let e = SensorConfig::deserialize(entry.clone()).err()?;
+        let message = e.message().replace("unknown field", "unknown key");
+        Some(match entry.get("type").and_then(toml::Value::as_str) {
+            Some(t) => format!("sensors[{index}] (type \"{t}\"): {message}"),
+            None => format!("sensors[{index}]: {message}"),
+        })
+    })
+}
+
 /// Gives the omitted `fields` keys of `iio` entries their payload field. Unlike the
 /// other types, an `iio` entry does not say what it measures (that is found when the
 /// device is opened), so its defaults name every quantity; taken as such, an `iio`
@@ -466,6 +486,27 @@ mod tests {
             e.contains("sensors[1]") && e.contains("already sent by sensors[0] (iio)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn entry_error_names_the_entry_and_its_type() {
+        let text = "[sampling]\ninterval = \"1s\"\n\
+                    [[sensors]]\ntype = \"ds18b20\"\n\
+                    [[sensors]]\ntype = \"bme280\"\nadress = 0x76\n";
+        let e = entry_error(text).unwrap_or_default();
+        assert!(
+            e.starts_with("sensors[1] (type \"bme280\"): unknown key `adress`, expected one of"),
+            "{e}"
+        );
+        let e = entry_error("[[sensors]]\ntype = \"bme680\"\n").unwrap_or_default();
+        assert!(
+            e.starts_with("sensors[0] (type \"bme680\"): unknown variant"),
+            "{e}"
+        );
+        let e = entry_error("[[sensors]]\naddress = 0x76\n").unwrap_or_default();
+        assert!(e.starts_with("sensors[0]: missing field `type`"), "{e}");
+        assert_eq!(entry_error("[[sensors]]\ntype = \"bme280\"\n"), None);
+        assert_eq!(entry_error("not toml ["), None);
     }
 
     #[test]
