@@ -146,3 +146,47 @@ fn configuration_errors_name_the_entry_and_the_key() {
         .unwrap_or_default();
     assert!(e.contains("buss"), "{e}");
 }
+
+#[test]
+fn an_iio_accelerometer_is_not_a_failure_before_its_first_sample() {
+    // The thread starts at the first read, and the first tick takes the aggregate right
+    // away: "no fields yet", not a failure (which would drop the first reading with
+    // on_sensor_error = "skip").
+    let iio = tempfile::tempdir().unwrap();
+    fs::write(iio.path().join("name"), "adxl345\n").unwrap();
+    for (axis, raw) in [("x", "0"), ("y", "0"), ("z", "256")] {
+        fs::write(iio.path().join(format!("in_accel_{axis}_raw")), raw).unwrap();
+    }
+    fs::write(iio.path().join("in_accel_scale"), "0.038307\n").unwrap();
+    let configs = parse(&format!(
+        "[[sensors]]\ntype = \"iio\"\ndevice = \"{}\"\nrate_hz = 200\n",
+        iio.path().display()
+    ));
+    let mut set = SensorSet::from_config(&configs, Duration::from_secs(1)).unwrap();
+    let tick = set.read_all();
+    assert!(tick.failed.is_empty(), "{tick:?}");
+    assert!(tick.measurements.len() <= 1, "{tick:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    let tick = set.read_all();
+    assert!(tick.failed.is_empty(), "{tick:?}");
+    assert_eq!(fields(&tick).len(), 1, "{tick:?}");
+    assert_eq!(fields(&tick)[0].0, "accelerometre");
+}
+
+#[test]
+fn an_iio_climate_device_and_an_adxl345_validate_together() {
+    // The iio entry's default acceleration field gives way to the adxl345's.
+    let configs = parse(
+        "[[sensors]]\ntype = \"iio\"\ndevice = \"/sys/bus/iio/devices/iio:device0\"\n\
+         [[sensors]]\ntype = \"adxl345\"\n",
+    );
+    validate(&configs).unwrap();
+    // Written out, the same field twice is still refused.
+    let e = validate(&parse(
+        "[[sensors]]\ntype = \"iio\"\nfields = { acceleration = \"accelerometre\" }\n\
+         [[sensors]]\ntype = \"adxl345\"\n",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("already sent by sensors[0] (iio)"), "{e}");
+}
