@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 
 use crate::api::Api;
 use crate::auth::password::{self, PasswordSources};
-use crate::auth::{AuthSettings, TokenManager};
+use crate::auth::{AuthError, AuthSettings, TokenManager};
 use crate::clock::Clock;
 use crate::config::Config;
 
@@ -53,10 +53,12 @@ pub fn login(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         },
     );
     runtime.block_on(async {
-        let token = manager
-            .access_token()
-            .await
-            .with_context(|| format!("login to {} as {user:?} failed", config.api.base_url))?;
+        let token = manager.access_token().await.map_err(|e| {
+            one_shot_error(e).context(format!(
+                "login to {} as {user:?} failed",
+                config.api.base_url
+            ))
+        })?;
         let profile = api
             .profile(&token)
             .await
@@ -93,6 +95,15 @@ pub fn login(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// A failed renewal says when the daemon would try again; this command tries once, so the
+/// error keeps only the reason.
+fn one_shot_error(e: AuthError) -> anyhow::Error {
+    match e {
+        AuthError::Waiting { reason, .. } => anyhow::Error::msg(reason),
+        other => anyhow::Error::new(other),
+    }
+}
+
 pub fn set_password(config: &Config) -> anyhow::Result<ExitCode> {
     let user = username(config)?;
     let stdin = std::io::stdin();
@@ -112,8 +123,13 @@ pub fn set_password(config: &Config) -> anyhow::Result<ExitCode> {
     password::keyring_set(user, &secret).context(
         "cannot store the password in the kernel keyring (is keyutils available? in a container, the keyring may be disabled)",
     )?;
+    // The key is in this Unix user's persistent keyring: only a daemon running as the
+    // same user finds it, and the kernel drops it at reboot or after days unused.
     eprintln!(
-        "password stored in the kernel keyring (service {:?}, account {user:?}); it lasts until reboot — use systemd credentials for a permanent setup",
+        "password stored in the kernel keyring of this Unix user (service {:?}, account {user:?}); \
+         the daemon finds it only if this ran as its user (sudo -u profilo-gateway profilo-gateway set-password); \
+         it is lost at reboot and after /proc/sys/kernel/keys/persistent_keyring_expiry (3 days by default) unused — \
+         use systemd credentials for a permanent setup",
         password::KEYRING_SERVICE
     );
     Ok(ExitCode::SUCCESS)
@@ -151,4 +167,24 @@ fn read_without_echo(prompt: &str) -> anyhow::Result<SecretString> {
     unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
     read.context("cannot read the password")?;
     Ok(line.trim_end_matches(['\n', '\r']).to_owned().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_one_shot_login_error_promises_no_next_attempt() {
+        let e = AuthError::Waiting {
+            until: tokio::time::Instant::now() + std::time::Duration::from_secs(4),
+            reason: "login refused for user \"dev\": No active account".into(),
+        };
+        assert!(e.to_string().contains("next attempt"));
+        let shown = format!(
+            "{:#}",
+            one_shot_error(e).context("login to http://x failed")
+        );
+        assert!(!shown.contains("next attempt"), "{shown}");
+        assert!(shown.contains("login refused for user"), "{shown}");
+    }
 }

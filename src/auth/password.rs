@@ -3,6 +3,7 @@
 //! (service `profilo-gateway`, account = username), env `PROFILO_GATEWAY_PASSWORD`.
 //! Read afresh at every login attempt, so fixing a wrong password needs no restart.
 
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -95,15 +96,27 @@ impl PasswordSources {
 }
 
 fn read_file(path: &Path, check_mode: bool) -> Result<SecretString, PasswordError> {
+    read_file_checked(path, check_mode, || {})
+}
+
+/// `between` runs after the mode check and before the read (a seam for the test that
+/// replaces the file at that moment).
+fn read_file_checked(
+    path: &Path,
+    check_mode: bool,
+    between: impl FnOnce(),
+) -> Result<SecretString, PasswordError> {
     let read_err = |source| PasswordError::Read {
         path: path.to_path_buf(),
         source,
     };
+    // One handle for the check and the read: the mode checked is the mode of the file
+    // read, even if the path is renamed over or a symlink repointed in between. A symlink
+    // is followed; what is checked is its target, the file whose content is used.
+    let mut file = std::fs::File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
     if check_mode {
-        let mode = std::fs::metadata(path)
-            .map_err(read_err)?
-            .permissions()
-            .mode();
+        let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(PasswordError::TooOpen {
                 path: path.to_path_buf(),
@@ -111,7 +124,12 @@ fn read_file(path: &Path, check_mode: bool) -> Result<SecretString, PasswordErro
             });
         }
     }
-    let raw = Zeroizing::new(std::fs::read_to_string(path).map_err(read_err)?);
+    between();
+    // Sized up front, so that the buffer holding the password is not regrown (a regrown
+    // buffer's old allocation is freed unwiped).
+    let capacity = usize::try_from(meta.len()).unwrap_or(0).saturating_add(1);
+    let mut raw = Zeroizing::new(String::with_capacity(capacity));
+    file.read_to_string(&mut raw).map_err(read_err)?;
     // Editors add a final newline; a password never ends with one.
     let trimmed = raw.trim_end_matches(['\n', '\r']);
     if trimmed.is_empty() {
@@ -214,6 +232,33 @@ mod tests {
             let err = s.read().err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains("set-password"), "{err}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn the_mode_checked_is_the_mode_of_the_file_read() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "checked\n")?;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+        let open = dir.path().join("open");
+        std::fs::write(&open, "world-readable\n")?;
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644))?;
+        // The path is replaced by a world-readable file between the check and the read:
+        // what is read is still the file that was checked.
+        let p = read_file_checked(&file, true, || {
+            let _ = std::fs::rename(&open, &file);
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        assert_eq!(p.expose_secret(), "checked");
+        // And that file, now at the path, is refused.
+        let err = read_file(&file, true).err().map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("chmod 600"));
+        // A symlink is judged by its target, which is what would be read.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link)?;
+        let err = read_file(&link, true).err().map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("chmod 600"));
         Ok(())
     }
 }
