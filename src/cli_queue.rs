@@ -79,25 +79,23 @@ pub fn export(
 ) -> Result<u64, ExportError> {
     const PAGE: usize = 1000;
     let mut n = 0;
-    if matches!(format, ExportFormat::Csv) {
-        writeln!(out, "id,timestamp,field,value")?;
-    }
     if dead {
+        if matches!(format, ExportFormat::Csv) {
+            // The pending columns first, so one tool reads both; then why it was refused.
+            writeln!(out, "id,timestamp,field,value,status,response,failed_at")?;
+        }
         // Dead letters are few by nature; one read is enough.
         for d in q.dead_letters(usize::MAX >> 1)? {
             match format {
                 ExportFormat::Jsonl => writeln!(out, "{}", serde_json::to_string(&d)?)?,
-                ExportFormat::Csv => {
-                    if let Some(fields) = d.fields.as_object() {
-                        for (k, v) in fields {
-                            writeln!(out, "{},{},{},{}", d.id, d.captured_at, csv(k), v)?;
-                        }
-                    }
-                }
+                ExportFormat::Csv => dead_csv_rows(&d, out)?,
             }
             n += 1;
         }
         return Ok(n);
+    }
+    if matches!(format, ExportFormat::Csv) {
+        writeln!(out, "id,timestamp,field,value")?;
     }
     let mut after = 0;
     loop {
@@ -126,8 +124,33 @@ pub fn export(
     Ok(n)
 }
 
+/// One row per field; a dead letter whose fields are not a JSON object (it may be there
+/// precisely because it was unreadable) still gets one row, its raw text as the value.
+fn dead_csv_rows(d: &DeadLetter, out: &mut dyn Write) -> std::io::Result<()> {
+    let tail = format!("{},{},{}", d.status, csv(&d.response), csv(&d.failed_at));
+    let head = format!("{},{}", d.id, csv(&d.captured_at));
+    match d.fields.as_object().filter(|f| !f.is_empty()) {
+        Some(fields) => {
+            for (k, v) in fields {
+                writeln!(out, "{head},{},{},{tail}", csv(k), csv(&json_text(v)))?;
+            }
+        }
+        None => writeln!(out, "{head},,{},{tail}", csv(&json_text(&d.fields)))?,
+    }
+    Ok(())
+}
+
+/// A JSON value as a CSV cell: strings without their JSON quotes.
+fn json_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// RFC 4180: a field with a comma, a quote, CR or LF is quoted, quotes doubled.
 fn csv(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
+    if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_owned()
@@ -142,4 +165,74 @@ pub enum ExportError {
     Io(#[from] std::io::Error),
     #[error("cannot encode: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::QueueConfig;
+    use crate::reading::Reading;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    #[test]
+    fn csv_quotes_per_rfc_4180() {
+        assert_eq!(csv("plain"), "plain");
+        assert_eq!(csv("a,b"), "\"a,b\"");
+        assert_eq!(csv("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv("line\r\nnext"), "\"line\r\nnext\"");
+        assert_eq!(csv("cr\ronly"), "\"cr\ronly\"");
+    }
+
+    #[test]
+    fn dead_letter_csv_has_status_and_answer_and_keeps_unparsable_rows() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let config = QueueConfig {
+            path: dir.path().join("q.db"),
+            ..QueueConfig::default()
+        };
+        let q = Queue::open(&config)?;
+        let mut r = Reading::new(crate::reading::from_unix_ms(1_800_000_000_000));
+        r.fields.insert("temperature".into(), 21.5);
+        q.enqueue(&[r.clone(), r])?;
+        let ids: Vec<i64> = q.peek(0, 10)?.iter().map(|s| s.id).collect();
+        q.dead_letter(
+            ids[0],
+            400,
+            "{\"temperature\": [\"too \"hot\", sorry\"]}\r\n",
+        )?;
+        // A reading whose fields do not parse (written by hand, or an older bug).
+        let raw = rusqlite::Connection::open(&config.path)?;
+        raw.execute(
+            "UPDATE readings SET fields = 'not json' WHERE id = ?1",
+            [ids[1]],
+        )?;
+        drop(raw);
+        // Reading it quarantines it as a dead letter with status 0.
+        assert!(q.peek(0, 10)?.is_empty());
+
+        let ro = Queue::open_read_only(&config.path)?;
+        let mut out = Vec::new();
+        let n = export(&ro, ExportFormat::Csv, true, &mut out)?;
+        assert_eq!(n, 2);
+        let text = String::from_utf8(out)?;
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next(),
+            Some("id,timestamp,field,value,status,response,failed_at")
+        );
+        let first = "1,2027-01-15T08:00:00.000Z,temperature,21.5,400,\"{\"\"temperature\"\": [\"\"too \"\"hot\"\", sorry\"\"]}\r\n\",";
+        assert!(text.contains(first), "{text:?}");
+        // Fields that do not parse: one row, the raw text as the value, the reason kept.
+        assert!(
+            text.contains("\n2,2027-01-15T08:00:00.000Z,,not json,0,\"unreadable"),
+            "{text:?}"
+        );
+        assert_eq!(
+            lines.count(),
+            3,
+            "two rows, one with a quoted line break: {text:?}"
+        );
+        Ok(())
+    }
 }
