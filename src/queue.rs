@@ -238,6 +238,12 @@ impl Queue {
         // After a checkpoint the WAL file is cut back to this size, so a burst (a backlog
         // drained, a disk that was full) does not leave it large for good.
         conn.pragma_update(None, "journal_size_limit", 1024 * 1024)?;
+        // Checkpoint once the WAL holds 256 pages (1 MiB; SQLite's default is 1000, 4 MiB).
+        // A checkpoint needs free room for the pages it moves into the database file, so a
+        // WAL that grew until it filled a small filesystem can never be checkpointed: the
+        // queue would stay stuck even after space returned. Small groups coalesce well at
+        // this size, so the SD card sees few more writes.
+        conn.pragma_update(None, "wal_autocheckpoint", 256)?;
         migrate(&conn, path)?;
         ensure_pending_bytes(&conn)?;
         Ok(conn)

@@ -678,7 +678,24 @@ fn full_filesystem_neither_crashes_nor_corrupts_counts_drops_and_recovers() {
         },
     );
     let resumed_in = freed.elapsed();
+    // At max_readings every commit (20 a second at 1 ms sampling) drops the oldest: the
+    // drops are summed and logged at most once a minute, not once per commit.
+    let hold = Instant::now();
+    wait_alive(
+        &mut gw,
+        "2 s of drops at the bound",
+        Duration::from_secs(30),
+        |_| hold.elapsed() >= Duration::from_secs(2),
+    );
     let after = gw.queue_counts();
+    let drop_logs = log_lines_with(&gw, "queue full: dropped");
+    assert!(
+        !drop_logs.is_empty() && drop_logs.len() <= 2,
+        "{} drop warnings in {:?} (want 1 or 2, rate-limited):\n{}",
+        drop_logs.len(),
+        start.elapsed(),
+        drop_logs.join("\n")
+    );
     stop(&mut gw, "after the disk recovered");
     let check = integrity_check(&queue);
     assert_eq!(check, "ok", "queue damaged after the full disk");
