@@ -11,6 +11,8 @@
 //!   nothing lost, the refused ones are dead letters with status and answer;
 //! - a tmpfs filling up while the server is down: no crash, no corruption, drops
 //!   counted, recovery when space returns, then the queue drains;
+//! - a tmpfs full while the server is up: acks cannot be committed, uploads pause and
+//!   nothing is sent twice;
 //! - a corrupt queue file at start: moved aside, the daemon runs and uploads;
 //! - a clock years behind: readings are uploaded with corrected capture times.
 //!
@@ -744,6 +746,89 @@ fn full_filesystem_neither_crashes_nor_corrupts_counts_drops_and_recovers() {
         stopped.pending
     );
     assert_eq!(integrity_check(&queue), "ok");
+}
+
+/// The disk fills while the server answers: the acknowledgements cannot be committed.
+/// Uploads must pause until they are (a failed ack commit is a transient failure), never
+/// go on and send the queue again from its start: nothing reaches the server twice.
+#[test]
+fn full_disk_while_the_server_is_up_pauses_uploads_and_sends_nothing_twice() {
+    let server = start_server();
+    let mut gw = gateway(&refused_url(), Duration::from_millis(2), "");
+    let fs_dir = gw.dir().join("small-fs");
+    let fs = Tmpfs::mount(&fs_dir, "2m")
+        .unwrap_or_else(|e| panic!("cannot mount a 2 MiB tmpfs (this test needs root): {e}"));
+    let queue = fs.dir().join("queue.db");
+    gw.set_config_key(
+        "queue",
+        "path",
+        &format!("{:?}", queue.display().to_string()),
+    );
+    let backlog: Vec<String> = build_backlog(&mut gw, "2ms", 1500, Duration::from_secs(60))
+        .iter()
+        .map(item_key)
+        .collect();
+
+    // Leave 128 KiB: the shared-memory file and a few commits of acks, then full.
+    let filler = fs.dir().join("filler");
+    let free = fs.free_bytes();
+    fs::write(&filler, vec![0u8; free.saturating_sub(128 * 1024) as usize])
+        .expect("cannot write the filler file");
+    gw.set_base_url(&server.base_url());
+    gw.set_interval("1h");
+    gw.spawn();
+    wait_alive(
+        &mut gw,
+        "an ack commit to fail on the full disk",
+        Duration::from_secs(60),
+        |gw| !log_lines_with(gw, "cannot record uploaded readings").is_empty(),
+    );
+    let hold = Instant::now();
+    wait_alive(&mut gw, "3 s of full disk", Duration::from_secs(30), |_| {
+        hold.elapsed() >= Duration::from_secs(3)
+    });
+    wait_server_quiet(&server);
+    let dups: Vec<_> = server_copies(&server)
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .collect();
+    assert!(
+        dups.is_empty(),
+        "readings sent again while their acks could not be committed: {} of them, e.g. {:?}",
+        dups.len(),
+        &dups[..dups.len().min(5)]
+    );
+
+    fs::remove_file(&filler).expect("cannot remove the filler");
+    wait_alive(
+        &mut gw,
+        "the queue to drain once space returned",
+        Duration::from_secs(60),
+        |gw| gw.queue_counts().pending == 0,
+    );
+    stop(&mut gw, "after the drain");
+    assert_eq!(integrity_check(&queue), "ok");
+    let copies = server_copies(&server);
+    let on_server: HashSet<String> = copies.keys().cloned().collect();
+    let lost = missing(&backlog, &on_server);
+    assert!(
+        lost.is_empty(),
+        "{} of {} readings never arrived: {:?}",
+        lost.len(),
+        backlog.len(),
+        &lost[..lost.len().min(10)]
+    );
+    let dups: Vec<_> = copies.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(
+        dups.is_empty(),
+        "readings stored twice without any crash: {dups:?}"
+    );
+    let counts = gw.queue_counts();
+    assert_eq!(
+        counts.uploaded_total,
+        on_server.len() as u64,
+        "uploaded_total counts only what was recorded: {counts:?}"
+    );
 }
 
 fn corrupt_files(dir: &std::path::Path) -> Vec<String> {
