@@ -14,6 +14,7 @@ pub fn stats_text(s: &Stats) -> String {
          dead letters:   {}\n\
          uploaded total: {}\n\
          dropped total:  {}\n\
+         dead evicted:   {}\n\
          oldest capture: {}\n\
          newest capture: {}\n\
          database size:  {} bytes\n\
@@ -27,6 +28,7 @@ pub fn stats_text(s: &Stats) -> String {
         s.dead,
         s.uploaded_total,
         s.dropped_total,
+        s.dead_evicted_total,
         opt(&s.oldest_captured_at),
         opt(&s.newest_captured_at),
         s.db_bytes,
