@@ -6,7 +6,7 @@
 # TARGET: aarch64-unknown-linux-gnu (64-bit Pi OS) and/or
 #         armv7-unknown-linux-gnueabihf (32-bit Pi OS, Pi 2 and later);
 #         default: both. Short names: aarch64 / arm64, armv7 / armhf.
-# --deb:  also package each build with cargo-deb ($CARGO_TARGET_DIR/<TARGET>/debian/*.deb).
+# --deb:  also package each build with cargo-deb ($CARGO_TARGET_DIR/debian/*.deb).
 #
 # Installs what is missing (Debian/Ubuntu host): the cross gcc and libc
 # headers, qemu-user-static (used by scripts/cross-test.sh), the rustup
