@@ -91,7 +91,27 @@ type SettleFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()
 struct DrainResult {
     acked: usize,
     /// The first transient failure, with the longest `Retry-After` the server asked for.
-    transient: Option<(String, Option<Duration>)>,
+    transient: Option<Failure>,
+}
+
+/// A transient failure that ends a drain.
+#[derive(Debug)]
+struct Failure {
+    detail: String,
+    retry_after: Option<Duration>,
+    /// The HTTP status, when the server answered: a structured field in the journal
+    /// (`journalctl -u profilo-gateway STATUS=503`).
+    status: Option<u16>,
+}
+
+impl Failure {
+    fn local(detail: String) -> Self {
+        Failure {
+            detail,
+            retry_after: None,
+            status: None,
+        }
+    }
 }
 
 enum Item {
@@ -157,18 +177,26 @@ impl Uploader {
             self.set_state(&mut last_state, "uploading");
             let result = self.drain(&cancel).await;
             if result.acked >= 1000 {
-                tracing::info!(uploaded = result.acked, "backlog sent");
+                let pending = self.pending().await;
+                tracing::info!(uploaded = result.acked, pending, "backlog sent");
             } else {
                 tracing::debug!(uploaded = result.acked, "upload round done");
             }
             match result.transient {
                 None => backoff.reset(),
-                Some((detail, retry_after)) => {
+                Some(Failure {
+                    detail,
+                    retry_after,
+                    status,
+                }) => {
                     let wait = backoff.next_wait(retry_after);
                     self.set_state(&mut last_state, "backing off");
+                    let pending = self.pending().await;
                     tracing::warn!(
                         retry_in = %humantime::format_duration(Duration::from_millis(wait.as_millis() as u64)),
                         attempt = backoff.attempts(),
+                        status,
+                        pending,
                         "upload failed: {detail}"
                     );
                     self.store.set_status(status_key::LAST_ERROR, detail);
@@ -186,6 +214,12 @@ impl Uploader {
             self.store
                 .set_status(status_key::UPLOADER_STATE, state.to_owned());
         }
+    }
+
+    /// The pending count for a log line's `pending` field (journal: `PENDING=`); only
+    /// asked when something worth a line happened, never per reading.
+    async fn pending(&self) -> Option<u64> {
+        self.store.stats().await.ok().map(|s| s.pending)
     }
 
     /// Sleeps, beating the heartbeat; true when shutdown was asked for.
@@ -258,9 +292,9 @@ impl Uploader {
                             // loop of drains that each end at once.
                             exhausted = true;
                             halt.store(true, Ordering::Relaxed);
-                            result
-                                .transient
-                                .get_or_insert((format!("cannot read the queue: {e}"), None));
+                            result.transient.get_or_insert(Failure::local(format!(
+                                "cannot read the queue: {e}"
+                            )));
                         }
                     }
                 }
@@ -315,9 +349,11 @@ impl Uploader {
                 }
                 SendOutcome::Unauthorized => {
                     // send_one already turned a second 401 into a transient failure.
-                    result
-                        .transient
-                        .get_or_insert(("401 unauthorized".into(), None));
+                    result.transient.get_or_insert(Failure {
+                        detail: "401 unauthorized".into(),
+                        retry_after: None,
+                        status: Some(401),
+                    });
                 }
                 SendOutcome::Transient {
                     status,
@@ -327,10 +363,17 @@ impl Uploader {
                     self.counters.transient.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(reading_id = id, status, "transient failure: {detail}");
                     match result.transient.as_mut() {
-                        None => result.transient = Some((detail, retry_after)),
-                        Some((_, ra)) => {
+                        None => {
+                            result.transient = Some(Failure {
+                                detail,
+                                retry_after,
+                                status,
+                            })
+                        }
+                        Some(first) => {
                             if let Some(new) = retry_after {
-                                *ra = Some(ra.map_or(new, |old| old.max(new)));
+                                first.retry_after =
+                                    Some(first.retry_after.map_or(new, |old| old.max(new)));
                             }
                         }
                     }
@@ -453,10 +496,9 @@ fn settled(result: &mut DrainResult, halt: &AtomicBool, acked: usize, commit: Re
                 acked,
                 "cannot record uploaded readings: {e}; pausing uploads until they are recorded"
             );
-            result.transient.get_or_insert((
-                format!("cannot record {acked} uploaded readings in the queue: {e}"),
-                None,
-            ));
+            result.transient.get_or_insert(Failure::local(format!(
+                "cannot record {acked} uploaded readings in the queue: {e}"
+            )));
         }
     }
 }
@@ -484,7 +526,7 @@ mod tests {
             result
                 .transient
                 .as_ref()
-                .is_some_and(|(d, _)| d.contains("disk is full")),
+                .is_some_and(|f| f.detail.contains("disk is full")),
             "{:?}",
             result.transient
         );

@@ -161,7 +161,10 @@ impl TokenManager {
             .as_ref()
             .is_some_and(|a| a.token.secret.expose_secret() == used.expose_secret())
         {
-            tracing::info!("server refused the access token (401): renewing it");
+            tracing::info!(
+                status = 401,
+                "server refused the access token (401): renewing it"
+            );
             st.access = None;
         }
     }
@@ -308,6 +311,7 @@ impl TokenManager {
                             st,
                             format!("token refresh answer unusable ({e}); logging in next"),
                             None,
+                            None,
                         )),
                     },
                     Err(CallError::NotSent { detail }) => {
@@ -317,12 +321,13 @@ impl TokenManager {
                             st,
                             format!("token refresh failed: {detail}"),
                             None,
+                            None,
                         ))
                     }
                     Err(CallError::Transient {
                         detail,
                         retry_after,
-                        ..
+                        status,
                     }) => {
                         // The request may have reached the server, which then blacklisted the
                         // token: it is dropped, and the next renewal is a login (always safe).
@@ -330,6 +335,7 @@ impl TokenManager {
                             st,
                             format!("token refresh failed: {detail}; logging in next"),
                             retry_after,
+                            status,
                         ))
                     }
                     Err(e @ (CallError::Unauthorized { .. } | CallError::Refused { .. })) => {
@@ -352,18 +358,19 @@ impl TokenManager {
         st: &mut State,
         reason: String,
         retry_after: Option<Duration>,
+        status: Option<u16>,
     ) -> AuthError {
         self.counters
             .refresh_failures
             .fetch_add(1, Ordering::Relaxed);
-        self.fail(st, reason, retry_after)
+        self.fail(st, reason, retry_after, status)
     }
 
     async fn login(&self, st: &mut State, username: &str) -> Result<SecretString, AuthError> {
         let password = match self.passwords.as_ref().map(|p| p.read()) {
             Some(Ok((password, _source))) => password,
-            Some(Err(e)) => return Err(self.fail(st, e.to_string(), None)),
-            None => return Err(self.fail(st, PasswordError::None.to_string(), None)),
+            Some(Err(e)) => return Err(self.fail(st, e.to_string(), None, None)),
+            None => return Err(self.fail(st, PasswordError::None.to_string(), None, None)),
         };
         match self.api.login(username, &password).await {
             Ok(tokens) => match self.install(st, tokens, None) {
@@ -378,22 +385,22 @@ impl TokenManager {
                 }
                 Err(e) => {
                     self.counters.login_failures.fetch_add(1, Ordering::Relaxed);
-                    Err(self.fail(st, format!("login answer unusable: {e}"), None))
+                    Err(self.fail(st, format!("login answer unusable: {e}"), None, None))
                 }
             },
             Err(e) => {
                 self.counters.login_failures.fetch_add(1, Ordering::Relaxed);
-                let (reason, retry_after) = match e {
+                let (reason, retry_after, status) = match e {
                     CallError::Unauthorized { detail, .. } => (format!(
                         "login refused for user {username:?}: {detail} (check the password and that the account is active)"
-                    ), None),
+                    ), None, Some(401)),
                     CallError::Refused { status, detail } => {
-                        (format!("login refused ({status}) for user {username:?}: {detail}"), None)
+                        (format!("login refused ({status}) for user {username:?}: {detail}"), None, Some(status))
                     }
-                    CallError::Transient { detail, retry_after, .. } => (format!("login failed: {detail}"), retry_after),
-                    CallError::NotSent { detail } => (format!("login failed: {detail}"), None),
+                    CallError::Transient { detail, retry_after, status } => (format!("login failed: {detail}"), retry_after, status),
+                    CallError::NotSent { detail } => (format!("login failed: {detail}"), None, None),
                 };
-                Err(self.fail(st, reason, retry_after))
+                Err(self.fail(st, reason, retry_after, status))
             }
         }
     }
@@ -414,10 +421,21 @@ impl TokenManager {
 
     /// Records a failed renewal: sets the backoff deadline every renewal waits for, and
     /// logs the failure when it differs from the previous one, not at every attempt.
-    fn fail(&self, st: &mut State, reason: String, retry_after: Option<Duration>) -> AuthError {
+    /// `status` is the server's HTTP status when it answered (journal field `STATUS`).
+    fn fail(
+        &self,
+        st: &mut State,
+        reason: String,
+        retry_after: Option<Duration>,
+        status: Option<u16>,
+    ) -> AuthError {
         let wait = self.backoff_wait(st, retry_after);
         if st.last_failure.as_deref() != Some(reason.as_str()) {
-            tracing::warn!(retry_in = %humantime::format_duration(round_secs(wait)), "{reason}");
+            tracing::warn!(
+                retry_in = %humantime::format_duration(round_secs(wait)),
+                status,
+                "{reason}"
+            );
             st.last_failure = Some(reason.clone());
         } else {
             tracing::debug!("{reason}");
