@@ -139,6 +139,31 @@ fn missing<'a>(want: impl IntoIterator<Item = &'a String>, have: &HashSet<String
     v
 }
 
+/// Every reading of `backlog` reached the server exactly once (no crash happened, so no
+/// duplicate is excused). Returns the server's copies per reading.
+fn assert_all_arrived_once(
+    server: &TestServer,
+    backlog: &[String],
+    what: &str,
+) -> HashMap<String, usize> {
+    let copies = server_copies(server);
+    let on_server: HashSet<String> = copies.keys().cloned().collect();
+    let lost = missing(backlog, &on_server);
+    assert!(
+        lost.is_empty(),
+        "{} of the {} readings {what} never arrived: {:?}",
+        lost.len(),
+        backlog.len(),
+        &lost[..lost.len().min(10)]
+    );
+    let dups: Vec<_> = copies.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(
+        dups.is_empty(),
+        "readings {what} stored twice without any crash: {dups:?}"
+    );
+    copies
+}
+
 /// Runs the gateway with its server unreachable (connections refused) and fast sampling
 /// until at least `target` readings are pending, then stops it cleanly. Returns the
 /// pending capture times.
@@ -353,26 +378,12 @@ fn connections_refused_then_server_drains_the_outage_backlog() {
     );
     stop(&mut gw, "after the drain");
 
-    let copies = server_copies(&server);
-    let on_server: HashSet<String> = copies.keys().cloned().collect();
-    let lost = missing(&backlog, &on_server);
-    assert!(
-        lost.is_empty(),
-        "{} of the {} readings queued during the outage never arrived: {:?}",
-        lost.len(),
-        backlog.len(),
-        &lost[..lost.len().min(10)]
-    );
-    let dups: Vec<_> = copies.iter().filter(|(_, &n)| n > 1).collect();
-    assert!(
-        dups.is_empty(),
-        "readings stored twice without any crash: {dups:?}"
-    );
+    let copies = assert_all_arrived_once(&server, &backlog, "queued during the outage");
     let counts = gw.queue_counts();
     assert_eq!((counts.pending, counts.dead), (0, 0), "{counts:?}");
     assert_eq!(
         counts.uploaded_total,
-        on_server.len() as u64,
+        copies.len() as u64,
         "uploaded_total vs the server's readings: {counts:?}"
     );
 }
@@ -808,25 +819,11 @@ fn full_disk_while_the_server_is_up_pauses_uploads_and_sends_nothing_twice() {
     );
     stop(&mut gw, "after the drain");
     assert_eq!(integrity_check(&queue), "ok");
-    let copies = server_copies(&server);
-    let on_server: HashSet<String> = copies.keys().cloned().collect();
-    let lost = missing(&backlog, &on_server);
-    assert!(
-        lost.is_empty(),
-        "{} of {} readings never arrived: {:?}",
-        lost.len(),
-        backlog.len(),
-        &lost[..lost.len().min(10)]
-    );
-    let dups: Vec<_> = copies.iter().filter(|(_, &n)| n > 1).collect();
-    assert!(
-        dups.is_empty(),
-        "readings stored twice without any crash: {dups:?}"
-    );
+    let copies = assert_all_arrived_once(&server, &backlog, "queued while the disk was full");
     let counts = gw.queue_counts();
     assert_eq!(
         counts.uploaded_total,
-        on_server.len() as u64,
+        copies.len() as u64,
         "uploaded_total counts only what was recorded: {counts:?}"
     );
 }

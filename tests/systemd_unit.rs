@@ -156,6 +156,8 @@ fn unit_keeps_the_contract() {
         "NotifyAccess=main",
         "ExecStart=/usr/bin/profilo-gateway --config /etc/profilo-gateway/config.toml run",
         "Restart=on-failure",
+        // A year unattended: a failing start is retried for ever, never left `failed`.
+        "StartLimitIntervalSec=0",
         "TimeoutStopSec=10",
         "StateDirectory=profilo-gateway",
         "ConfigurationDirectory=profilo-gateway",
