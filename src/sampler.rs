@@ -198,6 +198,79 @@ mod tests {
     }
 
     #[test]
+    fn a_hanging_sensor_neither_stops_the_heartbeat_nor_the_others_readings() -> Result<(), String>
+    {
+        use crate::sensors::worker::testing::{Gate, Gated};
+        use crate::sensors::worker::{deadline, Threaded};
+        use crate::sensors::Sensor;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let config = QueueConfig {
+            path: dir.path().join("q.db"),
+            ..QueueConfig::default()
+        };
+        let queue = Queue::open(&config).map_err(|e| e.to_string())?;
+        let (store, thread) = crate::store::spawn(
+            queue,
+            Duration::from_millis(10),
+            "b".into(),
+            Clock::system(),
+        )
+        .map_err(|e| e.to_string())?;
+        let interval = Duration::from_millis(100);
+        let stuck = Gate::closed();
+        let open = Gate::closed();
+        open.open();
+        let hung: Box<dyn Sensor> = Box::new(Threaded::new(
+            Gated::new("hangs", "temperature_eau", &stuck),
+            deadline(interval),
+        ));
+        let ok: Box<dyn Sensor> = Box::new(Gated::new("ok", "humidite", &open));
+        let heartbeat = Heartbeat::new();
+        let sampler = Sampler {
+            source: Box::new(SensorSet::from_sensors(
+                vec![(hung, "ds18b20".into()), (ok, "x".into())],
+                interval,
+            )),
+            store,
+            clock: Clock::system(),
+            interval,
+            on_sensor_error: OnSensorError::Partial,
+            heartbeat: heartbeat.clone(),
+        };
+        let (stop, stop_rx) = std::sync::mpsc::channel();
+        let running = std::thread::spawn(move || sampler.run(stop_rx));
+        // Before sensors read on their own threads, the sampler blocked in the hanging
+        // read and the heartbeat stopped; now it beats at every 100 ms tick.
+        let mut longest = Duration::ZERO;
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(50));
+            longest = longest.max(heartbeat.since_last_beat(tokio::time::Instant::now()));
+        }
+        let _ = stop.send(());
+        running.join().map_err(|_| "sampler panicked".to_string())?;
+        stuck.open();
+        assert!(
+            longest < Duration::from_millis(900),
+            "heartbeat silent for {longest:?}"
+        );
+        thread
+            .join()
+            .map_err(|_| "queue thread panicked".to_string())?;
+        let q = Queue::open_read_only(&config.path).map_err(|e| e.to_string())?;
+        let rows = q.peek(0, 10_000).map_err(|e| e.to_string())?;
+        assert!(
+            rows.len() >= 3,
+            "only {} readings in 1 s at 100 ms",
+            rows.len()
+        );
+        assert!(rows
+            .iter()
+            .all(|r| r.reading.fields.contains_key("humidite")
+                && !r.reading.fields.contains_key("temperature_eau")));
+        Ok(())
+    }
+
+    #[test]
     fn late_ticks_never_share_a_capture_millisecond_and_stop_is_prompt() -> Result<(), String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let config = QueueConfig {

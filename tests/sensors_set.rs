@@ -110,6 +110,72 @@ fn a_failing_sensor_leaves_the_others_fields_and_recovers() {
 }
 
 #[test]
+fn a_hanging_1_wire_read_does_not_block_the_other_sensor() {
+    // w1_slave is a FIFO with no writer: opening it blocks, as a read of a wedged 1-Wire
+    // bus does.
+    let w1 = tempfile::tempdir().unwrap();
+    let probe = w1.path().join("28-0316a2795bff");
+    fs::create_dir(&probe).unwrap();
+    let w1_slave = probe.join("w1_slave");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&w1_slave)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let iio = tempfile::tempdir().unwrap();
+    fs::write(iio.path().join("in_humidityrelative_input"), "48000\n").unwrap();
+    let mut set =
+        SensorSet::from_config(&config(w1.path(), iio.path()), Duration::from_millis(200)).unwrap();
+
+    // The DS18B20 gets twice its 750 ms conversion; the humidity goes out regardless.
+    let started = Instant::now();
+    let tick = set.read_all();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited for the hang"
+    );
+    assert_eq!(fields(&tick), vec![("humidite".into(), 48.0)]);
+    let error = set.health()[0].last_error.clone().unwrap_or_default();
+    assert!(error.contains("did not finish within 1500 ms"), "{error}");
+    // The next tick does not wait again, nor start a second read.
+    let started = Instant::now();
+    let tick = set.read_all();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(fields(&tick), vec![("humidite".into(), 48.0)]);
+    let error = set.health()[0].last_error.clone().unwrap_or_default();
+    assert!(error.contains("previous read still running"), "{error}");
+
+    // The bus answers (the blocked read gets a value, too late to be sent) and the
+    // file is a plain one again: the next reads find the probe.
+    let mut writer = fs::OpenOptions::new().write(true).open(&w1_slave).unwrap();
+    let plain = probe.join("w1_slave.new");
+    fs::write(&plain, W1_GOOD).unwrap();
+    fs::rename(&plain, &w1_slave).unwrap();
+    std::io::Write::write_all(
+        &mut writer,
+        W1_GOOD.replace("t=23125", "t=99000").as_bytes(),
+    )
+    .unwrap();
+    drop(writer);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let tick = set.read_all();
+        if tick.failed.is_empty() {
+            assert_eq!(
+                fields(&tick),
+                vec![
+                    ("humidite".into(), 48.0),
+                    ("temperature_eau".into(), 23.125)
+                ]
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered: {tick:?}");
+    }
+}
+
+#[test]
 fn a_device_absent_at_start_is_not_a_configuration_error() {
     let configs = parse(
         r#"

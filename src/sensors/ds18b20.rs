@@ -7,8 +7,10 @@
 //! 72 01 4b 46 7f ff 0e 10 57 t=23125
 //! ```
 //!
-//! Reading the file makes the kernel run a conversion: about 750 ms at 12 bits, during
-//! which the sampler waits, so keep the sampling interval well above that.
+//! Reading the file makes the kernel run a conversion: about 750 ms at 12 bits
+//! ([`CONVERSION`]). The read runs on its own thread (see `worker::Threaded`), so the
+//! other sensors are read meanwhile; keep the sampling interval above it all the same,
+//! or every tick waits for the conversion and runs late.
 
 use std::fs;
 use std::io;
@@ -18,6 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{defaults, limits, push_checked, Measurement, Sensor, SensorError};
 
+/// How long the kernel's read of `w1_slave` takes: one conversion at 12 bits
+/// (datasheet: 750 ms max).
+pub const CONVERSION: std::time::Duration = std::time::Duration::from_millis(750);
 /// Family code of the DS18B20 in 1-Wire device ids.
 pub const FAMILY: &str = "28-";
 pub const DEFAULT_BASE_PATH: &str = "/sys/bus/w1/devices";

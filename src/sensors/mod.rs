@@ -27,8 +27,10 @@ pub mod set;
 pub mod sht3x;
 pub mod sht4x;
 pub mod simulated;
+pub mod worker;
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -67,7 +69,8 @@ pub struct Measurement {
 
 /// A sensor that can be read at every sampling tick. Reads are synchronous and short
 /// (an I2C transaction, a sysfs file); a sensor that must sample faster than the tick
-/// (accelerometers) runs its own thread and returns an aggregate here.
+/// (accelerometers) runs its own thread and returns an aggregate here. A sensor whose
+/// reads can hang (a stuck bus) is wrapped in [`worker::Threaded`] by [`build`].
 ///
 /// A sensor opens its device lazily, on the first read, and drops it after an error so
 /// the next read opens and initialises it again (the chip may have been power-cycled).
@@ -77,6 +80,11 @@ pub trait Sensor: Send {
     /// One measurement of every quantity this sensor maps to a payload field. An empty
     /// list is "no fields yet" (an accelerometer whose thread has not sampled yet).
     fn read(&mut self) -> Result<Vec<Measurement>, SensorError>;
+    /// Called on every sensor of a tick before any `read`: a sensor that reads on its
+    /// own thread ([`worker::Threaded`]) starts its read here, so the reads of a tick
+    /// run side by side and the tick waits one deadline at most however many hang.
+    /// `read` without it still works (it starts the read itself).
+    fn begin_read(&mut self) {}
     /// True for a sensor whose own thread reopens its device with backoff
     /// (accelerometers): [`set::SensorSet`] then reads it at every tick instead of
     /// skipping it in backoff. Its `read` is only a look at the thread's state, so
@@ -289,25 +297,59 @@ pub fn validate(configs: &[SensorConfig]) -> Result<(), SensorError> {
 }
 
 /// Validates the configuration, then builds its sensors (with [`resolve_defaults`])
-/// without opening any device.
+/// without opening any device, for one-off reads (`sensors read`): a read that hangs
+/// gives up after [`worker::MAX_DEADLINE`]. The daemon uses [`build_for_interval`].
 pub fn build(configs: &[SensorConfig]) -> Result<Vec<Box<dyn Sensor>>, SensorError> {
+    build_with_deadline(configs, worker::MAX_DEADLINE)
+}
+
+/// [`build`] for sampling every `interval`: a read that hangs gives up after
+/// [`worker::deadline`]`(interval)`.
+pub fn build_for_interval(
+    configs: &[SensorConfig],
+    interval: Duration,
+) -> Result<Vec<Box<dyn Sensor>>, SensorError> {
+    build_with_deadline(configs, worker::deadline(interval))
+}
+
+fn build_with_deadline(
+    configs: &[SensorConfig],
+    deadline: Duration,
+) -> Result<Vec<Box<dyn Sensor>>, SensorError> {
     validate(configs)?;
     Ok(resolve_defaults(configs)
         .iter()
         .enumerate()
-        .map(|(index, config)| build_one(index, config))
+        .map(|(index, config)| build_one(index, config, deadline))
         .collect())
 }
 
-fn build_one(index: usize, config: &SensorConfig) -> Box<dyn Sensor> {
+/// Builds one sensor. Those whose reads can hang for long (sysfs reads that wait on a
+/// driver: `iio`, `ds18b20`; I2C transactions on a bus a chip holds down) read on their
+/// own thread ([`worker::Threaded`]). The others never block: `simulated` and `gpio`
+/// (a register read), and the accelerometers, whose `read` only looks at what their
+/// own sampling thread gathered.
+fn build_one(index: usize, config: &SensorConfig, deadline: Duration) -> Box<dyn Sensor> {
+    use worker::Threaded;
     match config {
-        SensorConfig::Bme280(c) => Box::new(bme280::Bme280Sensor::new(c.clone())),
-        SensorConfig::Sht3x(c) => Box::new(sht3x::Sht3xSensor::new(c.clone())),
-        SensorConfig::Sht4x(c) => Box::new(sht4x::Sht4xSensor::new(c.clone())),
+        SensorConfig::Bme280(c) => Box::new(Threaded::new(
+            bme280::Bme280Sensor::new(c.clone()),
+            deadline,
+        )),
+        SensorConfig::Sht3x(c) => {
+            Box::new(Threaded::new(sht3x::Sht3xSensor::new(c.clone()), deadline))
+        }
+        SensorConfig::Sht4x(c) => {
+            Box::new(Threaded::new(sht4x::Sht4xSensor::new(c.clone()), deadline))
+        }
         SensorConfig::Adxl345(c) => Box::new(adxl345::sensor(c.clone())),
         SensorConfig::Mpu6050(c) => Box::new(mpu6050::sensor(c.clone())),
-        SensorConfig::Iio(c) => Box::new(iio::IioSensor::new(c.clone())),
-        SensorConfig::Ds18b20(c) => Box::new(ds18b20::Ds18b20Sensor::new(c.clone())),
+        SensorConfig::Iio(c) => Box::new(Threaded::new(iio::IioSensor::new(c.clone()), deadline)),
+        // A healthy read takes a whole conversion: never give up before twice that.
+        SensorConfig::Ds18b20(c) => Box::new(Threaded::new(
+            ds18b20::Ds18b20Sensor::new(c.clone()),
+            deadline.max(2 * ds18b20::CONVERSION),
+        )),
         SensorConfig::Gpio(c) => Box::new(gpio::GpioSensor::rppal(c.clone())),
         SensorConfig::Simulated(c) => Box::new(simulated::Simulated::new(index, c.clone())),
     }

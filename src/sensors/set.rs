@@ -1,5 +1,11 @@
-//! [`SensorSet`]: every configured sensor, read once per sampling tick from one thread,
-//! with per-sensor health and retry backoff.
+//! [`SensorSet`]: every configured sensor, read once per sampling tick, with per-sensor
+//! health and retry backoff.
+//!
+//! The sensors whose reads can hang (I2C climate sensors, `iio`, `ds18b20`) read on
+//! threads of their own ([`super::worker::Threaded`]): a tick starts all their reads,
+//! then collects them, each awaited at most a deadline. A read that misses it, or whose
+//! previous read still runs, is a failure like any other (backoff included), so a hung
+//! bus costs one tick a deadline and the other sensors' fields still go out.
 //!
 //! A sensor that fails (NACK, CRC mismatch, device gone, value out of physical range) is
 //! skipped for a while and tried again: after n consecutive failures it waits about
@@ -11,12 +17,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use super::{build, Measurement, Sensor, SensorConfig, SensorError};
+use super::{build_for_interval, Measurement, Sensor, SensorConfig, SensorError};
 
 /// The longest wait between two attempts on a failing sensor.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
-/// A read slower than this is logged once per sensor (it delays the others).
-pub const SLOW_READ: Duration = Duration::from_secs(2);
 
 /// What one tick produced.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -56,7 +60,6 @@ struct Slot {
     last_error: Option<String>,
     last_ok: Option<SystemTime>,
     retry_at: Option<Instant>,
-    slow_logged: bool,
 }
 
 /// Every sensor of the configuration; see the module documentation.
@@ -73,7 +76,7 @@ impl SensorSet {
         configs: &[SensorConfig],
         interval: Duration,
     ) -> Result<SensorSet, SensorError> {
-        let sensors = build(configs)?;
+        let sensors = build_for_interval(configs, interval)?;
         Ok(Self::from_sensors(
             sensors
                 .into_iter()
@@ -100,7 +103,6 @@ impl SensorSet {
                 last_error: None,
                 last_ok: None,
                 retry_at: None,
-                slow_logged: false,
             });
         }
         SensorSet {
@@ -134,27 +136,28 @@ impl SensorSet {
 
     pub(crate) fn read_all_at(&mut self, now: Instant, wall: SystemTime) -> Tick {
         let mut tick = Tick::default();
-        for i in 0..self.slots.len() {
-            // A sensor that retries by itself (accelerometer thread) is never skipped: see
-            // `Sensor::retries_itself`.
-            let in_backoff = matches!(self.slots[i].retry_at, Some(at) if now < at)
-                && !self.slots[i].sensor.retries_itself();
-            if in_backoff {
+        // A sensor that retries by itself (accelerometer thread) is never skipped: see
+        // `Sensor::retries_itself`.
+        let in_backoff: Vec<bool> = self
+            .slots
+            .iter()
+            .map(|s| matches!(s.retry_at, Some(at) if now < at) && !s.sensor.retries_itself())
+            .collect();
+        // Every read starts before any is awaited: the threaded ones then run side by
+        // side, and a tick waits one deadline at most however many sensors hang.
+        for (slot, _) in self.slots.iter_mut().zip(&in_backoff).filter(|(_, b)| !**b) {
+            slot.sensor.begin_read();
+        }
+        for (i, skip) in in_backoff.into_iter().enumerate() {
+            if skip {
                 self.slots[i].sensor.skipped();
                 tick.failed.push(self.slots[i].name.clone());
                 continue;
             }
-            let started = Instant::now();
             let result = self.slots[i].sensor.read();
-            let took = started.elapsed();
             let failures = self.slots[i].failures + 1;
             let wait = self.backoff(failures);
             let slot = &mut self.slots[i];
-            if took > SLOW_READ && !slot.slow_logged {
-                slot.slow_logged = true;
-                tracing::warn!(sensor = %slot.name, took_ms = took.as_millis() as u64,
-                    "sensor read is slow and delays the other sensors");
-            }
             match result {
                 Ok(measurements) => {
                     if slot.failures > 0 {
@@ -359,6 +362,90 @@ mod tests {
             .read_all_at(t0 + Duration::from_secs(32), wall)
             .failed
             .is_empty());
+    }
+
+    #[test]
+    fn a_hanging_sensor_costs_one_deadline_and_the_others_still_go_out() {
+        use crate::sensors::worker::testing::{eventually, Gate, Gated};
+        use crate::sensors::worker::Threaded;
+        let gate = Gate::closed();
+        let hung = Gated::new("hangs", "temperature_eau", &gate);
+        let hung_reads = Arc::clone(&hung.reads);
+        let hung: Box<dyn Sensor> = Box::new(Threaded::new(hung, Duration::from_millis(200)));
+        let (ok, _, _) = flaky("ok", "humidite");
+        let mut set =
+            SensorSet::from_sensors(vec![(hung, "ds18b20".into()), (ok, "x".into())], SEC);
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        let humidity_only = vec![Measurement {
+            field: "humidite".into(),
+            value: 1.0,
+        }];
+
+        let started = Instant::now();
+        let tick = set.read_all_at(t0, wall);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "waited for the hang"
+        );
+        assert_eq!(tick.measurements, humidity_only);
+        assert_eq!(tick.failed, vec!["hangs".to_owned()]);
+        let error = set.health()[0].last_error.clone().unwrap_or_default();
+        assert!(error.contains("did not finish within 200 ms"), "{error}");
+
+        // Next tick (the first retry, not in backoff): no second read while it hangs.
+        let started = Instant::now();
+        let tick = set.read_all_at(t0 + SEC, wall);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(tick.measurements, humidity_only);
+        let error = set.health()[0].last_error.clone().unwrap_or_default();
+        assert!(error.contains("previous read still running"), "{error}");
+        assert_eq!(hung_reads.load(Ordering::SeqCst), 1);
+        assert_eq!(set.health()[0].consecutive_failures, 2);
+
+        // The bus comes back: the late result of read 1 is dropped, read 2 is sent.
+        // Ticks 400 s apart are past any backoff (capped at 300 s).
+        gate.open();
+        let mut s = 1u64;
+        let mut last = Tick::default();
+        assert!(eventually(|| {
+            s += 1;
+            last = set.read_all_at(t0 + Duration::from_secs(400 * s), wall);
+            last.failed.is_empty()
+        }));
+        assert!(
+            last.measurements.contains(&Measurement {
+                field: "temperature_eau".into(),
+                value: 2.0
+            }),
+            "{last:?}"
+        );
+        assert_eq!(set.health()[0].state, HealthState::Ok);
+    }
+
+    #[test]
+    fn hanging_sensors_are_awaited_side_by_side() {
+        use crate::sensors::worker::testing::{Gate, Gated};
+        use crate::sensors::worker::Threaded;
+        let gate = Gate::closed();
+        // Five reads that each give up after 600 ms: 3 s one after another, 0.6 s together.
+        let sensors = (0..5)
+            .map(|i| {
+                let s = Gated::new(&format!("hangs{i}"), &format!("f{i}"), &gate);
+                let s: Box<dyn Sensor> = Box::new(Threaded::new(s, Duration::from_millis(600)));
+                (s, "iio".to_owned())
+            })
+            .collect();
+        let mut set = SensorSet::from_sensors(sensors, SEC);
+        let started = Instant::now();
+        let tick = set.read_all_at(Instant::now(), SystemTime::now());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(tick.failed.len(), 5);
+        gate.open();
     }
 
     #[test]
