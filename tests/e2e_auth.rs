@@ -1269,6 +1269,38 @@ fn g_trace_level_output_holds_no_token_and_no_password() {
         &gw,
         "`login --json` failed: {status}\n{json_out}\n{json_err}"
     );
+    // What `login` promises: the server's profile of the user, both expiry times and the
+    // measured clock offset (this run has no injected skew: a few seconds at most).
+    let login: Value = serde_json::from_str(json_out.trim()).unwrap_or(Value::Null);
+    let session = &login["session"];
+    let is_time = |v: &Value| {
+        v.as_str()
+            .is_some_and(|t| t.ends_with('Z') && t.len() >= 20)
+    };
+    check!(
+        login["profile"]["username"].as_str().is_some()
+            && is_time(&session["access_expires_at"])
+            && is_time(&session["refresh_expires_at"])
+            && session["clock_offset_secs"]
+                .as_f64()
+                .is_some_and(|o| o.abs() < 5.0),
+        &server,
+        &gw,
+        "`login --json` lacks the profile, an expiry or the clock offset: {json_out}"
+    );
+    check!(
+        [
+            "profile:",
+            "access token expires:",
+            "refresh token expires:",
+            "clock offset"
+        ]
+        .iter()
+        .all(|line| cli_out.contains(line)),
+        &server,
+        &gw,
+        "`login` output lacks a line: {cli_out}"
+    );
     stop(&server, &mut gw, "trace run");
 
     let log = gw.log_text();
