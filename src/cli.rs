@@ -179,6 +179,24 @@ pub fn load_config(cli_path: Option<PathBuf>) -> Result<Config, ConfigFailure> {
 }
 
 /// Runs the parsed command line; logging is set up by the caller.
+/// One line for an error and its causes, each said once. Many of our errors already
+/// quote their source in their own message (`cannot open queue X: permission denied`), so
+/// anyhow's `{:#}`, which appends every cause again, would repeat it.
+pub fn error_report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 pub fn dispatch(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run => {
@@ -311,5 +329,28 @@ fn queue_command(command: QueueCommand, config: &Config) -> anyhow::Result<ExitC
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod error_report_tests {
+    use super::error_report;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open queue /q.db: {source}")]
+    struct Open {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied");
+        let e = anyhow::Error::new(Open { source: io }).context("cannot start the queue");
+        assert_eq!(
+            error_report(&e),
+            "cannot start the queue: cannot open queue /q.db: permission denied"
+        );
+        let plain = anyhow::anyhow!("no answer").context("login failed");
+        assert_eq!(error_report(&plain), "login failed: no answer");
     }
 }

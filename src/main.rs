@@ -20,23 +20,32 @@ fn main() -> ExitCode {
     // Interactive commands log warnings only, so their output stays readable.
     let level = match cli.command {
         Command::Run => config.log.level.clone(),
-        _ => {
-            // `queue export | head` should end quietly, as Unix tools do. The daemon keeps
-            // Rust's default (SIGPIPE ignored) so a restarted journald cannot kill it.
-            // SAFETY: setting a signal disposition before any thread is started.
-            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-            "warn".to_owned()
-        }
+        // The token manager's warnings speak of the next attempt; a one-shot login has
+        // none, and its error is printed on its own.
+        Command::Login { .. } => "error".to_owned(),
+        _ => "warn".to_owned(),
     };
+    if !matches!(cli.command, Command::Run) {
+        // `queue export | head` should end quietly, as Unix tools do. The daemon keeps
+        // Rust's default (SIGPIPE ignored) so a restarted journald cannot kill it.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     if let Err(e) = profilo_gateway::logging::init(&level) {
         eprintln!("profilo-gateway: {e}");
         return ExitCode::from(cli::EXIT_CONFIG);
     }
+    // Said once: the daemon's logs (terminal or journal) carry its fatal error; a command
+    // prints it on stderr like any Unix tool.
+    let daemon = matches!(cli.command, Command::Run);
     match cli::dispatch(cli, config) {
         Ok(code) => code,
+        Err(e) if daemon => {
+            tracing::error!("{}", cli::error_report(&e));
+            ExitCode::FAILURE
+        }
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("profilo-gateway: {e:#}");
+            eprintln!("profilo-gateway: {}", cli::error_report(&e));
             ExitCode::FAILURE
         }
     }
