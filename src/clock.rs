@@ -2,36 +2,120 @@
 //! (e.g. `+365d`, `-8760h`) shifts what the whole process believes the time is, which is
 //! how the tests reproduce a Pi that booted without a real-time clock, without touching
 //! the machine's clock.
+//!
+//! It also says whether the wall clock can be trusted for capture times
+//! ([`Clock::trusted`]): not before this build's date, and not while the machine's NTP
+//! client has not synchronised it since boot. The second case is a Pi that booted
+//! offline: systemd-timesyncd (or fake-hwclock) restored the time of the last shutdown,
+//! which is past the build date but hours or days too early until NTP steps it.
 
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, SystemTime};
 
 pub const SKEW_ENV: &str = "PROFILO_GATEWAY_CLOCK_SKEW";
+/// Test hook, like the skew: `unsynced` or `synced` stands for the kernel's answer on a
+/// machine with an NTP client (`PROFILO_GATEWAY_CLOCK_SYNC=unsynced`).
+pub const SYNC_ENV: &str = "PROFILO_GATEWAY_CLOCK_SYNC";
+
+/// systemd-timesyncd (Raspberry Pi OS's NTP client) runs with this directory and touches
+/// `synchronized` in it at its first synchronisation after boot (/run is emptied at boot).
+/// Plain files, so the hardened unit can read them (`ProtectClock=` denies `adjtimex`).
+const TIMESYNCD_DIR: &str = "/run/systemd/timesync";
+const TIMESYNCD_SYNCED: &str = "/run/systemd/timesync/synchronized";
+/// Where other NTP clients leave a mark; with them the kernel's flag (`adjtimex`) tells.
+/// Without any client the kernel says "unsynchronised" for ever (containers, some
+/// laptops), and trusting that flag there would hold every reading.
+const OTHER_NTP_CLIENT_MARKS: [&str; 5] = [
+    "/run/chrony",
+    "/var/lib/chrony",
+    "/run/ntpd.pid",
+    "/var/lib/ntp",
+    "/var/lib/ntpsec",
+];
+
+/// The server's clock (a fresh token's `iat`) within this much of ours vouches for ours:
+/// `iat` has a one-second resolution and the answer takes a moment to arrive.
+pub const SERVER_AGREEMENT_MS: i64 = 2_000;
+
+/// Whether the server's clock, at the last token, agreed with ours. One wall clock per
+/// process, so one answer per process.
+static SERVER_AGREES: AtomicBool = AtomicBool::new(false);
+/// The NTP client's answer, asked at most once a second (the sampler may ask 1000 times).
+static NTP_ASKED_AT_MS: AtomicI64 = AtomicI64::new(i64::MIN);
+static NTP_UNSYNCED: AtomicBool = AtomicBool::new(false);
+
+/// What the kernel's synchronised flag is taken to say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum SyncSource {
+    /// Only the build-date floor counts (tests, and the library's default).
+    #[default]
+    FloorOnly,
+    /// The machine's NTP client, looked at each time (it may start after the daemon).
+    Ntp,
+    /// `PROFILO_GATEWAY_CLOCK_SYNC`: as if an NTP client ran and the kernel answered so.
+    Forced { unsynced: bool },
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Clock {
     /// Milliseconds added to the real clock.
     skew_ms: i64,
+    sync: SyncSource,
 }
 
 impl Clock {
     pub fn system() -> Self {
-        Clock { skew_ms: 0 }
+        Clock::default()
     }
 
     pub fn with_skew_ms(skew_ms: i64) -> Self {
-        Clock { skew_ms }
+        Clock {
+            skew_ms,
+            ..Clock::default()
+        }
     }
 
-    /// The clock the daemon uses: the system clock, skewed when `PROFILO_GATEWAY_CLOCK_SKEW` is set.
+    /// The clock the daemon uses: the system clock, skewed when `PROFILO_GATEWAY_CLOCK_SKEW`
+    /// is set, trusting the kernel's synchronised flag where an NTP client runs.
     pub fn from_env() -> Result<Self, String> {
-        match std::env::var(SKEW_ENV) {
-            Ok(v) if !v.trim().is_empty() => {
-                parse_skew(&v).map(Clock::with_skew_ms).ok_or_else(|| {
-                    format!("{SKEW_ENV}={v:?}: expected a signed duration like +365d or -2h")
-                })
+        let skew_ms = match std::env::var(SKEW_ENV) {
+            Ok(v) if !v.trim().is_empty() => parse_skew(&v).ok_or_else(|| {
+                format!("{SKEW_ENV}={v:?}: expected a signed duration like +365d or -2h")
+            })?,
+            _ => 0,
+        };
+        let sync = match std::env::var(SYNC_ENV).as_deref().map(str::trim) {
+            Ok("unsynced") => SyncSource::Forced { unsynced: true },
+            Ok("synced") => SyncSource::Forced { unsynced: false },
+            Ok("") | Err(_) => SyncSource::Ntp,
+            Ok(other) => {
+                return Err(format!(
+                    "{SYNC_ENV}={other:?}: expected `synced` or `unsynced`"
+                ))
             }
-            _ => Ok(Clock::system()),
-        }
+        };
+        Ok(Clock { skew_ms, sync })
+    }
+
+    /// Whether a capture at `at_ms` (this clock's time, taken now) can be trusted: past the
+    /// build date, and the clock synchronised or vouched for by the server.
+    pub fn trusted(&self, at_ms: i64) -> bool {
+        let unsynced = match self.sync {
+            SyncSource::FloorOnly => false,
+            SyncSource::Forced { unsynced } => unsynced,
+            SyncSource::Ntp => ntp_unsynced(self.now_ms()),
+        };
+        trust(
+            at_ms,
+            crate::sampler::clock_floor_ms(),
+            unsynced,
+            SERVER_AGREES.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The token manager's measure of server minus device time, at each fresh token.
+    pub fn note_server_offset(offset_ms: i64) {
+        SERVER_AGREES.store(offset_ms.abs() <= SERVER_AGREEMENT_MS, Ordering::Relaxed);
     }
 
     pub fn now(&self) -> SystemTime {
@@ -46,6 +130,44 @@ impl Clock {
 
     pub fn now_ms(&self) -> i64 {
         crate::reading::unix_ms(self.now())
+    }
+}
+
+/// The trust rule, apart from where its inputs come from.
+fn trust(at_ms: i64, floor_ms: i64, kernel_unsynced: bool, server_agrees: bool) -> bool {
+    at_ms >= floor_ms && (!kernel_unsynced || server_agrees)
+}
+
+/// Whether the machine's NTP client has not synchronised the clock since boot, asked at
+/// most once a second: timesyncd's files, else the kernel's flag where another client
+/// runs, else no (no client: the build-date floor alone judges).
+fn ntp_unsynced(now_ms: i64) -> bool {
+    let asked = NTP_ASKED_AT_MS.load(Ordering::Relaxed);
+    if now_ms.saturating_sub(asked) < 1_000 && asked <= now_ms {
+        return NTP_UNSYNCED.load(Ordering::Relaxed);
+    }
+    let exists = |p: &str| std::path::Path::new(p).exists();
+    let unsynced = if exists(TIMESYNCD_DIR) {
+        !exists(TIMESYNCD_SYNCED)
+    } else if OTHER_NTP_CLIENT_MARKS.iter().any(|p| exists(p)) {
+        kernel_unsynced()
+    } else {
+        false
+    };
+    NTP_UNSYNCED.store(unsynced, Ordering::Relaxed);
+    NTP_ASKED_AT_MS.store(now_ms, Ordering::Relaxed);
+    unsynced
+}
+
+/// The kernel's flag: `adjtimex` answers TIME_ERROR while the clock is unsynchronised.
+/// Denied under the shipped unit (`ProtectClock=`: EPERM, -1), which reads as "not known
+/// to be unsynchronised": the floor alone judges then.
+fn kernel_unsynced() -> bool {
+    // SAFETY: with `modes` zeroed adjtimex only reads the kernel's state into the struct,
+    // which this function owns.
+    unsafe {
+        let mut tx: libc::timex = std::mem::zeroed();
+        libc::adjtimex(&mut tx) == libc::TIME_ERROR
     }
 }
 
@@ -70,6 +192,36 @@ mod tests {
         assert_eq!(parse_skew("-1h"), Some(-3_600_000));
         assert_eq!(parse_skew("90s"), Some(90_000));
         assert_eq!(parse_skew("later"), None);
+    }
+
+    #[test]
+    fn trust_needs_the_floor_and_a_synchronised_or_vouched_for_clock() {
+        let floor = 1_000;
+        assert!(!trust(999, floor, false, true), "before the build: never");
+        assert!(
+            trust(1_000, floor, false, false),
+            "no NTP client: the floor alone"
+        );
+        assert!(
+            !trust(5_000, floor, true, false),
+            "restored at boot, not synchronised yet"
+        );
+        assert!(trust(5_000, floor, true, true), "the server vouches for it");
+    }
+
+    #[test]
+    fn the_library_default_trusts_the_floor_alone() {
+        // Tests and tools get the floor rule whatever this machine's kernel says.
+        let clock = Clock::system();
+        assert!(clock.trusted(clock.now_ms()));
+        assert!(!clock.trusted(0));
+    }
+
+    #[test]
+    fn ntp_answer_is_read_and_cached() {
+        // Whatever this machine's answer, asking twice in a second gives the same one.
+        let now = Clock::system().now_ms();
+        assert_eq!(ntp_unsynced(now), ntp_unsynced(now + 10));
     }
 
     #[test]

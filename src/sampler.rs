@@ -104,10 +104,15 @@ impl Sampler {
                 health_at = Instant::now();
             }
             let mut reading = Reading::new(captured_at);
-            let clock_synced = reading.captured_at_ms >= floor;
+            let clock_synced = self.clock.trusted(reading.captured_at_ms);
             if !clock_synced && !warned_clock {
+                let why = if reading.captured_at_ms < floor {
+                    "wall clock is before this build's date"
+                } else {
+                    "the kernel reports the wall clock unsynchronised (NTP has not set it since boot)"
+                };
                 tracing::warn!(
-                    "wall clock is before this build's date: not synchronised yet (no RTC, no NTP?); readings keep their boot time for correction"
+                    "{why}: readings are held with their boot time and dated once the clock is synchronised or the server vouches for it (no RTC, no NTP?)"
                 );
                 warned_clock = true;
             }

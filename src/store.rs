@@ -400,13 +400,14 @@ impl Writer {
         }
     }
 
-    /// Corrects this boot's unsynchronised timestamps once the wall clock looks right.
+    /// Corrects this boot's unsynchronised timestamps once the wall clock can be trusted
+    /// (`Clock::trusted`: past the build date, and synchronised or vouched for by the server).
     fn fix_timestamps(&mut self) -> Result<u64, QueueError> {
         if !self.maybe_unsynced {
             return Ok(0);
         }
         let now = self.clock.now_ms();
-        if now < crate::sampler::clock_floor_ms() {
+        if !self.clock.trusted(now) {
             return Ok(0);
         }
         let fixed = self

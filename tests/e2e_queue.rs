@@ -945,13 +945,67 @@ fn readings_taken_while_the_clock_was_years_behind_are_uploaded_with_corrected_t
         |gw| gw.queue_counts().pending == 0,
     );
     stop(&mut gw, "after the clock fix");
+    assert_dated_in_real_time(&server, held.len(), t0, t1);
+}
 
+#[test]
+fn readings_taken_before_ntp_stepped_a_restored_clock_are_held_then_dated() {
+    // A Pi that booted offline: timesyncd restored the last shutdown time, two hours
+    // early (past the build date, so only the kernel's flag tells), and NTP has not
+    // stepped it yet. The server's clock disagrees with ours: nothing may be sent.
+    let server = start_server();
+    let mut gw = gateway(&server.base_url(), Duration::from_millis(100), "");
+    gw.set_env(vec![
+        ("PROFILO_GATEWAY_CLOCK_SKEW".into(), "-2h".into()),
+        ("PROFILO_GATEWAY_CLOCK_SYNC".into(), "unsynced".into()),
+    ]);
+    let t0 = now_us();
+    gw.spawn();
+    wait_alive(
+        &mut gw,
+        "20 readings queued with a restored clock",
+        Duration::from_secs(30),
+        |gw| gw.queue_counts().pending >= 20,
+    );
+    let held = gw.queue_items();
+    assert!(
+        server.stats().login_ok >= 1,
+        "the gateway should have logged in (and measured the server's clock)"
+    );
+    assert_eq!(
+        server.stats().data_ok,
+        0,
+        "readings stamped with a restored, unsynchronised clock were uploaded"
+    );
+    stop(&mut gw, "with the restored clock");
+    let t1 = now_us();
+
+    // Still no NTP, but the clock is right now (set by hand, an RTC, a late step): the
+    // kernel still says unsynchronised, the server's clock vouches for ours.
+    gw.set_env(vec![(
+        "PROFILO_GATEWAY_CLOCK_SYNC".into(),
+        "unsynced".into(),
+    )]);
+    gw.set_interval("1h");
+    gw.spawn();
+    wait_alive(
+        &mut gw,
+        "the held readings to be uploaded",
+        Duration::from_secs(30),
+        |gw| gw.queue_counts().pending == 0,
+    );
+    stop(&mut gw, "after the server vouched for the clock");
+    assert_dated_in_real_time(&server, held.len(), t0, t1);
+}
+
+/// The `held` readings taken between `t0` and `t1` (µs, real time) while the clock was
+/// wrong reached the server dated in real time, 100 ms apart as they were taken.
+fn assert_dated_in_real_time(server: &TestServer, held: usize, t0: i64, t1: i64) {
     let readings = server.readings();
     assert!(
-        readings.len() > held.len(),
-        "{} readings on the server, {} were held",
+        readings.len() > held,
+        "{} readings on the server, {held} were held",
         readings.len(),
-        held.len()
     );
     let slack = 2_000_000;
     let mut times: Vec<i64> = readings.iter().map(|r| r.timestamp_us).collect();
@@ -965,9 +1019,8 @@ fn readings_taken_while_the_clock_was_years_behind_are_uploaded_with_corrected_t
     }
     let in_first_run = times.iter().filter(|&&t| t <= t1 + slack).count();
     assert!(
-        in_first_run >= held.len(),
-        "only {in_first_run} corrected readings fall in the clock-behind run, {} were held",
-        held.len()
+        in_first_run >= held,
+        "only {in_first_run} corrected readings fall in the clock-behind run, {held} were held"
     );
     let gaps: Vec<i64> = times.windows(2).map(|w| w[1] - w[0]).collect();
     let median = {
