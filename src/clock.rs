@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, SystemTime};
 
 pub const SKEW_ENV: &str = "PROFILO_GATEWAY_CLOCK_SKEW";
-/// Test hook, like the skew: `unsynced` or `synced` stands for the kernel's answer on a
-/// machine with an NTP client (`PROFILO_GATEWAY_CLOCK_SYNC=unsynced`).
+/// Test hook, like the skew: `unsynced` or `synced` stands for the NTP client's answer
+/// (`PROFILO_GATEWAY_CLOCK_SYNC=unsynced`: not synchronised since boot).
 pub const SYNC_ENV: &str = "PROFILO_GATEWAY_CLOCK_SYNC";
 
 /// systemd-timesyncd (Raspberry Pi OS's NTP client) runs with this directory and touches
@@ -44,7 +44,7 @@ static SERVER_AGREES: AtomicBool = AtomicBool::new(false);
 static NTP_ASKED_AT_MS: AtomicI64 = AtomicI64::new(i64::MIN);
 static NTP_UNSYNCED: AtomicBool = AtomicBool::new(false);
 
-/// What the kernel's synchronised flag is taken to say.
+/// Where the clock's synchronisation since boot is learned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 enum SyncSource {
     /// Only the build-date floor counts (tests, and the library's default).
@@ -76,7 +76,7 @@ impl Clock {
     }
 
     /// The clock the daemon uses: the system clock, skewed when `PROFILO_GATEWAY_CLOCK_SKEW`
-    /// is set, trusting the kernel's synchronised flag where an NTP client runs.
+    /// is set, asking the machine's NTP client whether it synchronised the clock since boot.
     pub fn from_env() -> Result<Self, String> {
         let skew_ms = match std::env::var(SKEW_ENV) {
             Ok(v) if !v.trim().is_empty() => parse_skew(&v).ok_or_else(|| {
