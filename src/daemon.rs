@@ -37,7 +37,9 @@ fn stall_after(request_timeout: Duration) -> Duration {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("{0}")]
+    // Transparent: the queue's message is the whole story, and its source chain stays
+    // one link long (not the same text twice under anyhow's `{:#}`).
+    #[error(transparent)]
     Queue(#[from] QueueError),
     #[error("{0}")]
     Clock(String),

@@ -1233,14 +1233,20 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn corrupt_file_is_moved_aside_and_a_fresh_queue_starts() -> Result<(), QueueError> {
+    /// A temporary directory holding `q.db`, 8 KiB that are not an SQLite database.
+    fn garbage_queue_file() -> Result<tempfile::TempDir, QueueError> {
         let dir = tempdir()?;
         let path = dir.path().join("q.db");
         std::fs::write(&path, vec![0x5a; 8192]).map_err(|e| QueueError::BadRow {
             id: 0,
             detail: e.to_string(),
         })?;
+        Ok(dir)
+    }
+
+    #[test]
+    fn corrupt_file_is_moved_aside_and_a_fresh_queue_starts() -> Result<(), QueueError> {
+        let dir = garbage_queue_file()?;
         let q = open(dir.path(), 100, OverflowPolicy::DropOldest);
         q.enqueue(&[reading(1)])?;
         assert_eq!(q.pending()?, 1);
@@ -1418,12 +1424,7 @@ mod tests {
 
     #[test]
     fn maintenance_open_never_moves_a_corrupt_file() -> Result<(), QueueError> {
-        let dir = tempdir()?;
-        let path = dir.path().join("q.db");
-        std::fs::write(&path, vec![0x5a; 8192]).map_err(|e| QueueError::BadRow {
-            id: 0,
-            detail: e.to_string(),
-        })?;
+        let dir = garbage_queue_file()?;
         let err = Queue::open_existing(&config(dir.path(), 100, OverflowPolicy::DropOldest)).err();
         assert!(
             matches!(err, Some(QueueError::CorruptNotMoved { .. })),
@@ -1439,7 +1440,12 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec!["q.db".to_owned()], "nothing moved or created");
-        assert_eq!(std::fs::read(&path).map(|b| b.len()).unwrap_or(0), 8192);
+        assert_eq!(
+            std::fs::read(dir.path().join("q.db"))
+                .map(|b| b.len())
+                .unwrap_or(0),
+            8192
+        );
         Ok(())
     }
 

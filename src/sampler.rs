@@ -29,11 +29,15 @@ pub trait TickSource: Send {
 
 /// Below this wall-clock time the clock cannot be right: the binary was built after it.
 /// A Pi without a real-time clock boots at its last saved time, or at 1970.
+/// Parsed once: `Clock::trusted` asks for it at every reading.
 pub fn clock_floor_ms() -> i64 {
-    let built: i64 = option_env!("PROFILO_GATEWAY_BUILD_UNIX")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (built - 86_400) * 1000
+    static FLOOR_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *FLOOR_MS.get_or_init(|| {
+        let built: i64 = option_env!("PROFILO_GATEWAY_BUILD_UNIX")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (built - 86_400) * 1000
+    })
 }
 
 /// Milliseconds of CLOCK_BOOTTIME: monotonic, counts suspend, restarts at boot.
@@ -183,6 +187,45 @@ mod tests {
     use crate::queue::Queue;
     use crate::sensors::Measurement;
 
+    /// A queue thread on a fresh queue in a temporary directory (kept alive by the first
+    /// element).
+    fn queue_thread() -> Result<
+        (
+            tempfile::TempDir,
+            QueueConfig,
+            crate::store::StoreHandle,
+            std::thread::JoinHandle<()>,
+        ),
+        String,
+    > {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let config = QueueConfig {
+            path: dir.path().join("q.db"),
+            ..QueueConfig::default()
+        };
+        let queue = Queue::open(&config).map_err(|e| e.to_string())?;
+        let (store, thread) = crate::store::spawn(
+            queue,
+            Duration::from_millis(10),
+            "b".into(),
+            Clock::system(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok((dir, config, store, thread))
+    }
+
+    /// What the queue holds once its thread has stopped (every handle dropped).
+    fn stored_once_closed(
+        thread: std::thread::JoinHandle<()>,
+        config: &QueueConfig,
+    ) -> Result<Vec<crate::queue::Stored>, String> {
+        thread
+            .join()
+            .map_err(|_| "queue thread panicked".to_string())?;
+        let q = Queue::open_read_only(&config.path).map_err(|e| e.to_string())?;
+        q.peek(0, 10_000).map_err(|e| e.to_string())
+    }
+
     /// A sensor whose reads are sometimes slow, so ticks run late.
     struct Jittery(u32);
 
@@ -208,19 +251,7 @@ mod tests {
         use crate::sensors::worker::testing::{Gate, Gated};
         use crate::sensors::worker::{deadline, Threaded};
         use crate::sensors::Sensor;
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let config = QueueConfig {
-            path: dir.path().join("q.db"),
-            ..QueueConfig::default()
-        };
-        let queue = Queue::open(&config).map_err(|e| e.to_string())?;
-        let (store, thread) = crate::store::spawn(
-            queue,
-            Duration::from_millis(10),
-            "b".into(),
-            Clock::system(),
-        )
-        .map_err(|e| e.to_string())?;
+        let (_dir, config, store, thread) = queue_thread()?;
         let interval = Duration::from_millis(100);
         let stuck = Gate::closed();
         let open = Gate::closed();
@@ -258,11 +289,7 @@ mod tests {
             longest < Duration::from_millis(900),
             "heartbeat silent for {longest:?}"
         );
-        thread
-            .join()
-            .map_err(|_| "queue thread panicked".to_string())?;
-        let q = Queue::open_read_only(&config.path).map_err(|e| e.to_string())?;
-        let rows = q.peek(0, 10_000).map_err(|e| e.to_string())?;
+        let rows = stored_once_closed(thread, &config)?;
         assert!(
             rows.len() >= 3,
             "only {} readings in 1 s at 100 ms",
@@ -277,19 +304,7 @@ mod tests {
 
     #[test]
     fn late_ticks_never_share_a_capture_millisecond_and_stop_is_prompt() -> Result<(), String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let config = QueueConfig {
-            path: dir.path().join("q.db"),
-            ..QueueConfig::default()
-        };
-        let queue = Queue::open(&config).map_err(|e| e.to_string())?;
-        let (store, thread) = crate::store::spawn(
-            queue,
-            Duration::from_millis(10),
-            "b".into(),
-            Clock::system(),
-        )
-        .map_err(|e| e.to_string())?;
+        let (_dir, config, store, thread) = queue_thread()?;
         let sampler = Sampler {
             source: Box::new(Jittery(0)),
             store,
@@ -305,11 +320,7 @@ mod tests {
         let _ = stop.send(());
         running.join().map_err(|_| "sampler panicked".to_string())?;
         assert!(asked.elapsed() < Duration::from_millis(100));
-        thread
-            .join()
-            .map_err(|_| "queue thread panicked".to_string())?;
-        let q = Queue::open_read_only(&config.path).map_err(|e| e.to_string())?;
-        let rows = q.peek(0, 10_000).map_err(|e| e.to_string())?;
+        let rows = stored_once_closed(thread, &config)?;
         assert!(
             rows.len() >= 20,
             "only {} readings in 300 ms at 5 ms",

@@ -914,25 +914,12 @@ fn corrupt_queue_at_start_is_moved_aside_and_the_daemon_uploads() {
 #[test]
 fn readings_taken_while_the_clock_was_years_behind_are_uploaded_with_corrected_times() {
     let server = start_server();
-    let mut gw = gateway(&server.base_url(), Duration::from_millis(100), "");
     // A Pi that booted offline without an RTC: its clock is three years behind.
-    gw.set_env(vec![("PROFILO_GATEWAY_CLOCK_SKEW".into(), "-3y".into())]);
-    let t0 = now_us();
-    gw.spawn();
-    wait_alive(
-        &mut gw,
-        "20 readings queued with the clock years behind",
-        Duration::from_secs(30),
-        |gw| gw.queue_counts().pending >= 20,
+    let (mut gw, held, t0, t1) = hold_with_a_wrong_clock(
+        &server,
+        vec![("PROFILO_GATEWAY_CLOCK_SKEW".into(), "-3y".into())],
+        "the clock years behind",
     );
-    let held = gw.queue_items();
-    assert_eq!(
-        server.stats().data_ok,
-        0,
-        "readings stamped years in the past were uploaded before the clock was fixed"
-    );
-    stop(&mut gw, "with the clock behind");
-    let t1 = now_us();
 
     // NTP has synced: the same boot, a sane clock.
     gw.set_env(Vec::new());
@@ -954,31 +941,18 @@ fn readings_taken_before_ntp_stepped_a_restored_clock_are_held_then_dated() {
     // early (past the build date, so only the kernel's flag tells), and NTP has not
     // stepped it yet. The server's clock disagrees with ours: nothing may be sent.
     let server = start_server();
-    let mut gw = gateway(&server.base_url(), Duration::from_millis(100), "");
-    gw.set_env(vec![
-        ("PROFILO_GATEWAY_CLOCK_SKEW".into(), "-2h".into()),
-        ("PROFILO_GATEWAY_CLOCK_SYNC".into(), "unsynced".into()),
-    ]);
-    let t0 = now_us();
-    gw.spawn();
-    wait_alive(
-        &mut gw,
-        "20 readings queued with a restored clock",
-        Duration::from_secs(30),
-        |gw| gw.queue_counts().pending >= 20,
+    let (mut gw, held, t0, t1) = hold_with_a_wrong_clock(
+        &server,
+        vec![
+            ("PROFILO_GATEWAY_CLOCK_SKEW".into(), "-2h".into()),
+            ("PROFILO_GATEWAY_CLOCK_SYNC".into(), "unsynced".into()),
+        ],
+        "a restored, unsynchronised clock",
     );
-    let held = gw.queue_items();
     assert!(
         server.stats().login_ok >= 1,
         "the gateway should have logged in (and measured the server's clock)"
     );
-    assert_eq!(
-        server.stats().data_ok,
-        0,
-        "readings stamped with a restored, unsynchronised clock were uploaded"
-    );
-    stop(&mut gw, "with the restored clock");
-    let t1 = now_us();
 
     // Still no NTP, but the clock is right now (set by hand, an RTC, a late step): the
     // kernel still says unsynchronised, the server's clock vouches for ours.
@@ -996,6 +970,34 @@ fn readings_taken_before_ntp_stepped_a_restored_clock_are_held_then_dated() {
     );
     stop(&mut gw, "after the server vouched for the clock");
     assert_dated_in_real_time(&server, held.len(), t0, t1);
+}
+
+/// Runs the gateway with `env` (a wrong clock) until 20 readings are queued, checks that
+/// none reached the server, and stops it. Returns the gateway, the held readings and the
+/// real time (µs) at start and stop.
+fn hold_with_a_wrong_clock(
+    server: &TestServer,
+    env: Vec<(String, String)>,
+    what: &str,
+) -> (Gateway, Vec<Value>, i64, i64) {
+    let mut gw = gateway(&server.base_url(), Duration::from_millis(100), "");
+    gw.set_env(env);
+    let t0 = now_us();
+    gw.spawn();
+    wait_alive(
+        &mut gw,
+        &format!("20 readings queued with {what}"),
+        Duration::from_secs(30),
+        |gw| gw.queue_counts().pending >= 20,
+    );
+    let held = gw.queue_items();
+    assert_eq!(
+        server.stats().data_ok,
+        0,
+        "readings stamped with {what} were uploaded before the clock was fixed"
+    );
+    stop(&mut gw, &format!("with {what}"));
+    (gw, held, t0, now_us())
 }
 
 /// The `held` readings taken between `t0` and `t1` (µs, real time) while the clock was

@@ -671,6 +671,21 @@ mod tests {
         url
     }
 
+    /// `n` callers asking for a token at once: whether each got one.
+    async fn concurrent_access(m: &Arc<TokenManager>, n: usize) -> Vec<bool> {
+        let calls: Vec<_> = (0..n)
+            .map(|_| {
+                let m = m.clone();
+                tokio::spawn(async move { m.access_token().await.is_ok() })
+            })
+            .collect();
+        let mut got = Vec::with_capacity(n);
+        for c in calls {
+            got.push(c.await.unwrap_or_else(|e| panic!("caller panicked: {e}")));
+        }
+        got
+    }
+
     fn manager(url: &str, clock: Clock, dir: &std::path::Path) -> TokenManager {
         manager_with(
             url,
@@ -779,15 +794,7 @@ mod tests {
         assert!(m.access_token().await.is_ok());
         // Lifetime 2 s, margin 1 s: after 1.1 s every caller finds the token due.
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        let calls: Vec<_> = (0..50)
-            .map(|_| {
-                let m = m.clone();
-                tokio::spawn(async move { m.access_token().await.is_ok() })
-            })
-            .collect();
-        for c in calls {
-            assert!(matches!(c.await, Ok(true)));
-        }
+        assert_eq!(concurrent_access(&m, 50).await, vec![true; 50]);
         assert_eq!(server.logins.load(Ordering::SeqCst), 1);
         assert_eq!(server.refreshes.load(Ordering::SeqCst), 1);
         assert_eq!(server.refused.load(Ordering::SeqCst), 0);
@@ -925,15 +932,7 @@ mod tests {
         ));
         logged_in_and_due(&m).await;
         *lock(&server.refresh_fault) = Some(Fault::Unavailable(0));
-        let calls: Vec<_> = (0..20)
-            .map(|_| {
-                let m = m.clone();
-                tokio::spawn(async move { m.access_token().await.is_ok() })
-            })
-            .collect();
-        for c in calls {
-            assert!(matches!(c.await, Ok(false)));
-        }
+        assert_eq!(concurrent_access(&m, 20).await, vec![false; 20]);
         // One refresh went out (and failed); nobody refreshed or logged in after it.
         assert_eq!(server.requests.load(Ordering::SeqCst), 2);
         assert!(m.renew_in().await >= Duration::from_secs(1));

@@ -377,23 +377,24 @@ mod tests {
         false
     }
 
-    #[test]
-    fn reads_the_aggregate_of_the_samples_since_the_last_read() {
-        let fail = Arc::new(AtomicBool::new(false));
-        let f = Arc::clone(&fail);
+    /// An accelerometer on a [`Fake`] source of `per_drain` samples a poll, failing
+    /// while `fail` is set.
+    fn start_fake(per_drain: usize, fail: &Arc<AtomicBool>, aggregate: Aggregate) -> AccelSensor {
+        let f = Arc::clone(fail);
         let opener: Opener = Box::new(move || {
             Ok(Box::new(Fake {
-                per_drain: 10,
+                per_drain,
                 phase: false,
                 fail: Arc::clone(&f),
             }) as Box<dyn AccelSource>)
         });
-        let mut s = AccelSensor::start(
-            "fake".into(),
-            "acc".into(),
-            settings(Aggregate::Rms),
-            opener,
-        );
+        AccelSensor::start("fake".into(), "acc".into(), settings(aggregate), opener)
+    }
+
+    #[test]
+    fn reads_the_aggregate_of_the_samples_since_the_last_read() {
+        let fail = Arc::new(AtomicBool::new(false));
+        let mut s = start_fake(10, &fail, Aggregate::Rms);
         std::thread::sleep(Duration::from_millis(30));
         let m = s.read().unwrap();
         assert_eq!(m[0].field, "acc");
@@ -490,20 +491,7 @@ mod tests {
         use crate::sensors::set::SensorSet;
         use std::time::SystemTime;
         let fail = Arc::new(AtomicBool::new(true));
-        let f = Arc::clone(&fail);
-        let opener: Opener = Box::new(move || {
-            Ok(Box::new(Fake {
-                per_drain: 4,
-                phase: false,
-                fail: Arc::clone(&f),
-            }) as Box<dyn AccelSource>)
-        });
-        let mut s = AccelSensor::start(
-            "fake".into(),
-            "acc".into(),
-            settings(Aggregate::Rms),
-            opener,
-        );
+        let mut s = start_fake(4, &fail, Aggregate::Rms);
         assert!(wait_for(|| matches!(
             s.read(),
             Err(SensorError::Bus { .. })
