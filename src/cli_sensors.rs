@@ -248,12 +248,12 @@ pub fn likely_chips(address: u8) -> &'static [&'static str] {
 fn identify(bus: &rppal::i2c::I2c, address: u8) -> Option<String> {
     let (register, known): (u8, &[(u8, &str)]) = match address {
         0x76 | 0x77 => (
-            sensors::bme280::reg::CHIP_ID,
+            sensors::climate::bme280::reg::CHIP_ID,
             &[(0x60, "BME280"), (0x58, "BMP280"), (0x61, "BME680")],
         ),
-        0x53 | 0x1D => (sensors::adxl345::reg::DEVID, &[(0xE5, "ADXL345")]),
+        0x53 | 0x1D => (sensors::accel::adxl345::reg::DEVID, &[(0xE5, "ADXL345")]),
         0x68 | 0x69 => (
-            sensors::mpu6050::reg::WHO_AM_I,
+            sensors::accel::mpu6050::reg::WHO_AM_I,
             &[(0x68, "MPU-6050"), (0x70, "MPU-6500"), (0x71, "MPU-9250")],
         ),
         _ => return None,
@@ -468,23 +468,23 @@ mod tests {
         let defaults: Vec<(&str, toml::Value)> = vec![
             (
                 "bme280",
-                toml::Value::try_from(sensors::bme280::Bme280Config::default()).unwrap(),
+                toml::Value::try_from(sensors::climate::bme280::Bme280Config::default()).unwrap(),
             ),
             (
                 "sht3x",
-                toml::Value::try_from(sensors::sht3x::Sht3xConfig::default()).unwrap(),
+                toml::Value::try_from(sensors::climate::sht3x::Sht3xConfig::default()).unwrap(),
             ),
             (
                 "sht4x",
-                toml::Value::try_from(sensors::sht4x::Sht4xConfig::default()).unwrap(),
+                toml::Value::try_from(sensors::climate::sht4x::Sht4xConfig::default()).unwrap(),
             ),
             (
                 "adxl345",
-                toml::Value::try_from(sensors::adxl345::Adxl345Config::default()).unwrap(),
+                toml::Value::try_from(sensors::accel::adxl345::Adxl345Config::default()).unwrap(),
             ),
             (
                 "mpu6050",
-                toml::Value::try_from(sensors::mpu6050::Mpu6050Config::default()).unwrap(),
+                toml::Value::try_from(sensors::accel::mpu6050::Mpu6050Config::default()).unwrap(),
             ),
             (
                 "iio",
@@ -494,7 +494,7 @@ mod tests {
             ),
             (
                 "ds18b20",
-                toml::Value::try_from(sensors::ds18b20::Ds18b20Config::default()).unwrap(),
+                toml::Value::try_from(sensors::sysfs::ds18b20::Ds18b20Config::default()).unwrap(),
             ),
             (
                 "simulated",
@@ -517,7 +517,7 @@ mod tests {
         }
     }
 
-    fn iio_alone() -> sensors::iio::IioConfig {
+    fn iio_alone() -> sensors::sysfs::iio::IioConfig {
         match sensors::resolve_defaults(&[SensorConfig::Iio(Default::default())]).remove(0) {
             SensorConfig::Iio(c) => c,
             other => panic!("{other:?}"),
@@ -540,10 +540,10 @@ mod tests {
                 seed: Some(1),
                 ..Default::default()
             }),
-            SensorConfig::Ds18b20(sensors::ds18b20::Ds18b20Config {
+            SensorConfig::Ds18b20(sensors::sysfs::ds18b20::Ds18b20Config {
                 base_path: "/nonexistent/w1".into(),
                 device: None,
-                fields: sensors::ds18b20::TemperatureFields {
+                fields: sensors::sysfs::ds18b20::TemperatureFields {
                     temperature: "t2".into(),
                 },
             }),

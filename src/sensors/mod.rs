@@ -14,19 +14,12 @@
 //! start.
 
 pub mod accel;
-pub mod adxl345;
-pub mod aggregate;
-pub mod bme280;
-pub mod ds18b20;
+pub mod climate;
 pub mod gpio;
 pub mod i2c;
-pub mod iio;
-pub mod mpu6050;
-pub mod sensirion;
 pub mod set;
-pub mod sht3x;
-pub mod sht4x;
 pub mod simulated;
+pub mod sysfs;
 pub mod worker;
 
 use std::fmt;
@@ -103,19 +96,19 @@ pub trait Sensor: Send {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SensorConfig {
     /// Bosch BME280 temperature/humidity/pressure on I2C (0x76 or 0x77).
-    Bme280(bme280::Bme280Config),
+    Bme280(climate::bme280::Bme280Config),
     /// Sensirion SHT30/31/35 temperature/humidity on I2C (0x44 or 0x45).
-    Sht3x(sht3x::Sht3xConfig),
+    Sht3x(climate::sht3x::Sht3xConfig),
     /// Sensirion SHT40/41/45 temperature/humidity on I2C (0x44).
-    Sht4x(sht4x::Sht4xConfig),
+    Sht4x(climate::sht4x::Sht4xConfig),
     /// Analog Devices ADXL345 accelerometer on I2C (0x53 or 0x1D).
-    Adxl345(adxl345::Adxl345Config),
+    Adxl345(accel::adxl345::Adxl345Config),
     /// InvenSense MPU-6050 accelerometer (and gyroscope, unused) on I2C (0x68 or 0x69).
-    Mpu6050(mpu6050::Mpu6050Config),
+    Mpu6050(accel::mpu6050::Mpu6050Config),
     /// Any Linux Industrial I/O device (`/sys/bus/iio/devices/iio:deviceN`).
-    Iio(iio::IioConfig),
+    Iio(sysfs::iio::IioConfig),
     /// Maxim DS18B20 1-Wire thermometer through the kernel's w1 sysfs.
-    Ds18b20(ds18b20::Ds18b20Config),
+    Ds18b20(sysfs::ds18b20::Ds18b20Config),
     /// A digital input: its level, or the edges counted over the sampling interval.
     Gpio(gpio::GpioConfig),
     /// Random plausible values, for machines without sensors.
@@ -234,7 +227,7 @@ pub fn resolve_defaults(configs: &[SensorConfig]) -> Vec<SensorConfig> {
             SensorConfig::Iio(i) => {
                 let mut i = i.clone();
                 for key in i.fields.omitted() {
-                    let default = iio::IioFields::default_name(key);
+                    let default = sysfs::iio::IioFields::default_name(key);
                     if claimed.iter().any(|f| f == default) {
                         i.fields.set(key, String::new());
                     } else {
@@ -333,22 +326,27 @@ fn build_one(index: usize, config: &SensorConfig, deadline: Duration) -> Box<dyn
     use worker::Threaded;
     match config {
         SensorConfig::Bme280(c) => Box::new(Threaded::new(
-            bme280::Bme280Sensor::new(c.clone()),
+            climate::bme280::Bme280Sensor::new(c.clone()),
             deadline,
         )),
-        SensorConfig::Sht3x(c) => {
-            Box::new(Threaded::new(sht3x::Sht3xSensor::new(c.clone()), deadline))
-        }
-        SensorConfig::Sht4x(c) => {
-            Box::new(Threaded::new(sht4x::Sht4xSensor::new(c.clone()), deadline))
-        }
-        SensorConfig::Adxl345(c) => Box::new(adxl345::sensor(c.clone())),
-        SensorConfig::Mpu6050(c) => Box::new(mpu6050::sensor(c.clone())),
-        SensorConfig::Iio(c) => Box::new(Threaded::new(iio::IioSensor::new(c.clone()), deadline)),
+        SensorConfig::Sht3x(c) => Box::new(Threaded::new(
+            climate::sht3x::Sht3xSensor::new(c.clone()),
+            deadline,
+        )),
+        SensorConfig::Sht4x(c) => Box::new(Threaded::new(
+            climate::sht4x::Sht4xSensor::new(c.clone()),
+            deadline,
+        )),
+        SensorConfig::Adxl345(c) => Box::new(accel::adxl345::sensor(c.clone())),
+        SensorConfig::Mpu6050(c) => Box::new(accel::mpu6050::sensor(c.clone())),
+        SensorConfig::Iio(c) => Box::new(Threaded::new(
+            sysfs::iio::IioSensor::new(c.clone()),
+            deadline,
+        )),
         // A healthy read takes a whole conversion: never give up before twice that.
         SensorConfig::Ds18b20(c) => Box::new(Threaded::new(
-            ds18b20::Ds18b20Sensor::new(c.clone()),
-            deadline.max(2 * ds18b20::CONVERSION),
+            sysfs::ds18b20::Ds18b20Sensor::new(c.clone()),
+            deadline.max(2 * sysfs::ds18b20::CONVERSION),
         )),
         SensorConfig::Gpio(c) => Box::new(gpio::GpioSensor::rppal(c.clone())),
         SensorConfig::Simulated(c) => Box::new(simulated::Simulated::new(index, c.clone())),

@@ -470,9 +470,9 @@ mod tests {
     fn from_config_validates_without_touching_hardware() {
         // A BME280 on a bus that does not exist here: built fine, fails at read time.
         let configs = vec![
-            SensorConfig::Bme280(crate::sensors::bme280::Bme280Config {
+            SensorConfig::Bme280(crate::sensors::climate::bme280::Bme280Config {
                 device: Some("/nonexistent/i2c-9".into()),
-                fields: crate::sensors::bme280::ClimateFields {
+                fields: crate::sensors::climate::bme280::ClimateFields {
                     temperature: "t_bme".into(),
                     humidity: "h_bme".into(),
                     pressure: String::new(),

@@ -7,10 +7,10 @@ use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 use serde::{Deserialize, Serialize};
 
-use super::i2c::{self as bus, Backend, BusLocation, I2cBus, StdDelay};
 use super::sensirion::{self, Error, ThFields};
 use super::sht3x::{measurements, sensor_error};
-use super::{Measurement, Sensor, SensorError};
+use crate::sensors::i2c::{self as bus, Backend, BusLocation, I2cBus, StdDelay};
+use crate::sensors::{Measurement, Sensor, SensorError};
 
 /// SHT4x-A (the common part, the default), -B and -C addresses.
 pub const ADDRESSES: [u8; 3] = [0x44, 0x45, 0x46];

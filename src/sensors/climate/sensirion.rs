@@ -9,11 +9,11 @@
 //! Both are used without clock stretching (the commands chosen do not stretch), which
 //! the Raspberry Pi's BCM2835 I2C controller handles badly.
 //!
-//! [`Backend::Rppal`]: super::i2c::Backend::Rppal
+//! [`Backend::Rppal`]: crate::sensors::i2c::Backend::Rppal
 
 use serde::{Deserialize, Serialize};
 
-use super::defaults;
+use crate::sensors::defaults;
 
 /// CRC-8 of the Sensirion datasheets: polynomial 0x31 (x⁸ + x⁵ + x⁴ + 1), initial value
 /// 0xFF, no reflection, no final XOR. `crc8(&[0xBE, 0xEF]) == 0x92`.

@@ -7,9 +7,9 @@ use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 use serde::{Deserialize, Serialize};
 
-use super::i2c::{self as bus, Backend, BusLocation, I2cBus, StdDelay};
 use super::sensirion::{self, Error, ThFields};
-use super::{limits, push_checked, round, Measurement, Sensor, SensorError};
+use crate::sensors::i2c::{self as bus, Backend, BusLocation, I2cBus, StdDelay};
+use crate::sensors::{limits, push_checked, round, Measurement, Sensor, SensorError};
 
 /// ADDR pin low (the default) or high.
 pub const ADDRESSES: [u8; 2] = [0x44, 0x45];

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{defaults, limits, push_checked, Measurement, Sensor, SensorError};
+use crate::sensors::{defaults, limits, push_checked, Measurement, Sensor, SensorError};
 
 /// How long the kernel's read of `w1_slave` takes: one conversion at 12 bits
 /// (datasheet: 750 ms max).

@@ -1,7 +1,7 @@
 //! InvenSense MPU-6050 accelerometer on I2C, from its product specification and register
 //! map (RM-MPU-6000A-00): the accelerometer alone into the 1024-byte FIFO at
 //! 1 kHz / (1 + SMPLRT_DIV), the digital low-pass filter below half the sample rate,
-//! drained in bursts by the sampling thread of [`super::accel`]. The gyroscope is not
+//! drained in bursts by the sampling thread of [`super`]. The gyroscope is not
 //! used (its X axis is only the clock source, as the register map recommends).
 //!
 //! Backend: [`Backend::Combined`]. The register map's burst-read sequence is
@@ -14,10 +14,10 @@ use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 use serde::{Deserialize, Serialize};
 
-use super::accel::{self, AccelFields, AccelSensor, AccelSettings, AccelSource, Opener};
 use super::aggregate::{Aggregate, Gravity, Unit, STANDARD_GRAVITY};
-use super::i2c::{self as bus, Backend, BusLocation, I2cBus, StdDelay};
-use super::SensorError;
+use super::{self as accel, AccelFields, AccelSensor, AccelSettings, AccelSource, Opener};
+use crate::sensors::i2c::{self as bus, Backend, BusLocation, I2cBus, StdDelay};
+use crate::sensors::SensorError;
 
 /// Value of [`reg::WHO_AM_I`].
 pub const WHO_AM_I: u8 = 0x68;

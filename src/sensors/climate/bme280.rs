@@ -14,8 +14,8 @@ use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 use serde::{Deserialize, Serialize};
 
-use super::i2c::{self as bus, Backend, BusLocation, I2cBus, StdDelay};
-use super::{defaults, limits, push_checked, round, Measurement, Sensor, SensorError};
+use crate::sensors::i2c::{self as bus, Backend, BusLocation, I2cBus, StdDelay};
+use crate::sensors::{defaults, limits, push_checked, round, Measurement, Sensor, SensorError};
 
 /// Chip id of the BME280 in [`reg::CHIP_ID`].
 pub const CHIP_ID_BME280: u8 = 0x60;

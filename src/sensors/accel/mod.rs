@@ -7,13 +7,17 @@
 //! producing samples (a power glitch resets it to standby) as a failure, so the chip is
 //! initialised again. `read` reports the thread's current failure, if any.
 
+pub mod adxl345;
+pub mod aggregate;
+pub mod mpu6050;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::aggregate::{Accumulator, Aggregate, Gravity, Unit};
-use super::{round, Measurement, Sensor, SensorError};
+use crate::sensors::{round, Measurement, Sensor, SensorError};
+use aggregate::{Accumulator, Aggregate, Gravity, Unit};
 
 /// A source of acceleration samples, opened and initialised.
 pub trait AccelSource: Send {
@@ -271,14 +275,14 @@ fn run_source(
 #[serde(deny_unknown_fields)]
 pub struct AccelFields {
     /// The aggregate of the interval, in the entry's `unit`. Default `"accelerometre"`.
-    #[serde(default = "super::defaults::acceleration")]
+    #[serde(default = "crate::sensors::defaults::acceleration")]
     pub acceleration: String,
 }
 
 impl Default for AccelFields {
     fn default() -> Self {
         AccelFields {
-            acceleration: super::defaults::acceleration(),
+            acceleration: crate::sensors::defaults::acceleration(),
         }
     }
 }
@@ -346,8 +350,7 @@ mod tests {
             }
             for _ in 0..self.per_drain {
                 self.phase = !self.phase;
-                let z =
-                    super::super::aggregate::STANDARD_GRAVITY + if self.phase { 0.5 } else { -0.5 };
+                let z = super::aggregate::STANDARD_GRAVITY + if self.phase { 0.5 } else { -0.5 };
                 out.push([0.0, 0.0, z]);
             }
             Ok(())

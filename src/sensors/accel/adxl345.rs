@@ -1,6 +1,6 @@
 //! Analog Devices ADXL345 accelerometer on I2C, from the datasheet (Rev. G): full
 //! resolution (3.9 mg/LSB at every range), the output data rate of `rate_hz`, and the
-//! 32-sample FIFO in stream mode, drained by the sampling thread of [`super::accel`].
+//! 32-sample FIFO in stream mode, drained by the sampling thread of [`super`].
 //!
 //! Backend: [`Backend::Combined`]. Every access is a register read; the datasheet's
 //! figure 41 accepts either a repeated START or a STOP+START before the read, but the
@@ -10,10 +10,10 @@
 use embedded_hal::i2c::I2c;
 use serde::{Deserialize, Serialize};
 
-use super::accel::{self, AccelFields, AccelSensor, AccelSettings, AccelSource, Opener};
 use super::aggregate::{Aggregate, Gravity, Unit, STANDARD_GRAVITY};
-use super::i2c::{self as bus, Backend, BusLocation, I2cBus};
-use super::SensorError;
+use super::{self as accel, AccelFields, AccelSensor, AccelSettings, AccelSource, Opener};
+use crate::sensors::i2c::{self as bus, Backend, BusLocation, I2cBus};
+use crate::sensors::SensorError;
 
 /// Value of [`reg::DEVID`].
 pub const DEVICE_ID: u8 = 0xE5;

@@ -28,7 +28,7 @@ use std::time::Duration;
 use embedded_hal::i2c::{ErrorKind, ErrorType, I2c, NoAcknowledgeSource, Operation};
 use linux_embedded_hal::I2cdev;
 
-use super::SensorError;
+use crate::sensors::SensorError;
 
 /// Which Linux I2C backend a chip uses; see the module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,15 +20,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::accel::{AccelSensor, AccelSettings, AccelSource, Opener};
-use super::aggregate::{Aggregate, Gravity, Unit};
-use super::{defaults, limits, push_checked, round, Measurement, Sensor, SensorError};
+use crate::sensors::accel::aggregate::{Aggregate, Gravity, Unit};
+use crate::sensors::accel::{AccelSensor, AccelSettings, AccelSource, Opener};
+use crate::sensors::{defaults, limits, push_checked, round, Measurement, Sensor, SensorError};
 
 /// Payload fields of an `iio` entry. Set a key to `""` to not send that quantity.
 /// Quantities the device does not have are skipped.
 ///
 /// An omitted key (`None`) takes the server's field name, but only when no other entry
-/// sends it and no explicit mapping claims it (see [`super::resolve_defaults`]): one
+/// sends it and no explicit mapping claims it (see [`crate::sensors::resolve_defaults`]): one
 /// `iio` entry stands for any device, so its defaults must not collide with a sensor
 /// that does have that quantity (a BME280 through the kernel driver next to an
 /// `adxl345`). An explicit mapping that collides is still an error.
