@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::backoff::Backoff;
 use crate::sensors::{round, Measurement, Sensor, SensorError};
 use aggregate::{Accumulator, Aggregate, Gravity, Unit};
 
@@ -194,13 +195,13 @@ fn sample_loop(shared: &Shared, name: &str, mut opener: Opener, rate_hz: u32) {
     // A chip that produced nothing for this long has stopped measuring.
     let stall_after =
         Duration::from_millis(500).max(Duration::from_secs_f64(50.0 / f64::from(rate_hz.max(1))));
-    let mut reopen_wait = REOPEN_FIRST;
+    let mut reopen = Backoff::new(REOPEN_FIRST, REOPEN_CAP);
     let mut buffer: Vec<[f64; 3]> = Vec::with_capacity(256);
     while !shared.stop.load(Ordering::Relaxed) {
         match opener() {
             Ok(mut source) => {
                 if run_source(shared, name, source.as_mut(), stall_after, &mut buffer) {
-                    reopen_wait = REOPEN_FIRST;
+                    reopen.reset();
                 }
             }
             Err(e) => {
@@ -209,10 +210,10 @@ fn sample_loop(shared: &Shared, name: &str, mut opener: Opener, rate_hz: u32) {
                 state.started = true;
             }
         }
-        if sleep_or_stop(shared, reopen_wait) {
+        // Without jitter: this chip is ours alone, nobody's retries to spread out.
+        if sleep_or_stop(shared, reopen.next_ceiling()) {
             return;
         }
-        reopen_wait = (reopen_wait * 2).min(REOPEN_CAP);
     }
 }
 
