@@ -326,15 +326,15 @@ fn build_one(index: usize, config: &SensorConfig, deadline: Duration) -> Box<dyn
     use worker::Threaded;
     match config {
         SensorConfig::Bme280(c) => Box::new(Threaded::new(
-            climate::bme280::Bme280Sensor::new(c.clone()),
+            climate::ClimateSensor::new(c.clone()),
             deadline,
         )),
         SensorConfig::Sht3x(c) => Box::new(Threaded::new(
-            climate::sht3x::Sht3xSensor::new(c.clone()),
+            climate::ClimateSensor::new(c.clone()),
             deadline,
         )),
         SensorConfig::Sht4x(c) => Box::new(Threaded::new(
-            climate::sht4x::Sht4xSensor::new(c.clone()),
+            climate::ClimateSensor::new(c.clone()),
             deadline,
         )),
         SensorConfig::Adxl345(c) => Box::new(accel::adxl345::sensor(c.clone())),

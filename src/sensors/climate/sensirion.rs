@@ -13,7 +13,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::sensors::defaults;
+use crate::sensors::i2c::{ChipError, I2cBusError};
+use crate::sensors::{defaults, limits, push_checked, round, Measurement, SensorError};
 
 /// CRC-8 of the Sensirion datasheets: polynomial 0x31 (x⁸ + x⁵ + x⁴ + 1), initial value
 /// 0xFF, no reflection, no final XOR. `crc8(&[0xBE, 0xEF]) == 0x92`.
@@ -59,6 +60,15 @@ impl<E: std::fmt::Display> std::fmt::Display for Error<E> {
                 "CRC mismatch on word 0x{word:04x}: received 0x{received:02x}, computed \
                  0x{computed:02x} (noise on the bus: check wiring, pull-ups and cable length)"
             ),
+        }
+    }
+}
+
+impl ChipError for Error<I2cBusError> {
+    fn bus_error(&self) -> Option<&I2cBusError> {
+        match self {
+            Error::Bus(e) => Some(e),
+            Error::Crc { .. } => None,
         }
     }
 }
@@ -116,6 +126,32 @@ impl ThFields {
     }
 }
 
+/// The payload values of a Sensirion (°C, %RH) pair, range-checked.
+pub fn measurements(
+    name: &str,
+    fields: &ThFields,
+    (t, h): (f64, f64),
+) -> Result<Vec<Measurement>, SensorError> {
+    let mut out = Vec::with_capacity(2);
+    push_checked(
+        &mut out,
+        name,
+        "temperature",
+        &fields.temperature,
+        round(t, 2),
+        limits::TEMPERATURE,
+    )?;
+    push_checked(
+        &mut out,
+        name,
+        "humidity",
+        &fields.humidity,
+        round(h, 2),
+        limits::HUMIDITY,
+    )?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +181,21 @@ mod tests {
     fn temperature_conversion_ends() {
         assert_eq!(temperature(0), -45.0);
         assert_eq!(temperature(0xFFFF), 130.0);
+    }
+
+    #[test]
+    fn out_of_range_values_are_bad_data() {
+        let e = measurements("s", &ThFields::default(), (25.0, 130.0)).unwrap_err();
+        assert!(matches!(e, SensorError::BadData { .. }), "{e:?}");
+        let ok = measurements(
+            "s",
+            &ThFields {
+                temperature: "t".into(),
+                humidity: String::new(),
+            },
+            (25.0, 130.0),
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 1, "a dropped field is not checked");
     }
 }

@@ -5,11 +5,11 @@
 
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
-use serde::{Deserialize, Serialize};
 
 use super::sensirion::{self, Error, ThFields};
-use crate::sensors::i2c::{self as bus, Backend, BusLocation, I2cBus, StdDelay};
-use crate::sensors::{limits, push_checked, round, Measurement, Sensor, SensorError};
+use super::{ClimateChip, ClimateConfig};
+use crate::sensors::i2c::{Backend, I2cBus, I2cChip, StdDelay, Target};
+use crate::sensors::{Measurement, SensorError};
 
 /// ADDR pin low (the default) or high.
 pub const ADDRESSES: [u8; 2] = [0x44, 0x45];
@@ -86,10 +86,6 @@ impl<I2C: I2c> Sht3x<I2C> {
     }
 }
 
-const fn default_address() -> u8 {
-    ADDRESSES[0]
-}
-
 /// A `type = "sht3x"` entry.
 ///
 /// ```toml
@@ -99,126 +95,45 @@ const fn default_address() -> u8 {
 /// address = 0x44     # 0x45 when ADDR is tied high
 /// fields = { temperature = "temperature", humidity = "humidite" }
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Sht3xConfig {
-    /// I2C bus number N, i.e. `/dev/i2c-N`. Default 1. Set `bus` or `device`, not both.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bus: Option<u8>,
-    /// Path of the i2c-dev node, e.g. `"/dev/i2c-1"`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    /// 7-bit address: 0x44 (ADDR low, the default) or 0x45 (ADDR high).
-    #[serde(default = "default_address")]
-    pub address: u8,
-    /// Payload field names; see [`ThFields`].
-    #[serde(default)]
-    pub fields: ThFields,
+pub type Sht3xConfig = ClimateConfig<Sht3xChip>;
+
+/// The SHT3x as a `[[sensors]]` type.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Sht3xChip;
+
+impl I2cChip for Sht3xChip {
+    const TYPE: &'static str = "sht3x";
+    const ADDRESSES: &'static [u8] = &ADDRESSES;
+    const ADDRESS_DOC: &'static str = "0x44 (ADDR low) or 0x45";
 }
 
-impl Default for Sht3xConfig {
-    fn default() -> Self {
-        Sht3xConfig {
-            bus: None,
-            device: None,
-            address: default_address(),
-            fields: ThFields::default(),
-        }
-    }
-}
+impl ClimateChip for Sht3xChip {
+    type Fields = ThFields;
+    type Driver = Sht3x<I2cBus>;
+    type Values = (f64, f64);
+    /// See [`super::sensirion`]: command, STOP, wait, read.
+    const BACKEND: Backend = Backend::Rppal;
 
-impl Sht3xConfig {
-    pub(crate) fn check(&self) -> Result<(), (String, String)> {
-        BusLocation::from_settings(self.bus, self.device.as_deref())?;
-        bus::check_address(self.address, &ADDRESSES)
-    }
-}
-
-/// Maps a Sensirion driver error to a sensor error.
-pub(crate) fn sensor_error(name: &str, address: u8, e: Error<bus::I2cBusError>) -> SensorError {
-    match e {
-        Error::Bus(e) => SensorError::Bus {
-            sensor: name.to_owned(),
-            detail: bus::bus_detail(&e, address),
-        },
-        other => SensorError::BadData {
-            sensor: name.to_owned(),
-            detail: other.to_string(),
-        },
-    }
-}
-
-/// Pushes a Sensirion (°C, %RH) pair, range-checked.
-pub(crate) fn measurements(
-    name: &str,
-    fields: &ThFields,
-    (t, h): (f64, f64),
-) -> Result<Vec<Measurement>, SensorError> {
-    let mut out = Vec::with_capacity(2);
-    push_checked(
-        &mut out,
-        name,
-        "temperature",
-        &fields.temperature,
-        round(t, 2),
-        limits::TEMPERATURE,
-    )?;
-    push_checked(
-        &mut out,
-        name,
-        "humidity",
-        &fields.humidity,
-        round(h, 2),
-        limits::HUMIDITY,
-    )?;
-    Ok(out)
-}
-
-/// The `sht3x` sensor: opens the bus on first use and again after any error.
-pub struct Sht3xSensor {
-    name: String,
-    location: BusLocation,
-    config: Sht3xConfig,
-    driver: Option<Sht3x<I2cBus>>,
-}
-
-impl Sht3xSensor {
-    pub fn new(config: Sht3xConfig) -> Self {
-        let location = BusLocation::from_settings(config.bus, config.device.as_deref())
-            .unwrap_or(BusLocation::Number(bus::DEFAULT_BUS));
-        Sht3xSensor {
-            name: format!("sht3x@{}:0x{:02x}", location.label(), config.address),
-            location,
-            config,
-            driver: None,
-        }
-    }
-}
-
-impl Sensor for Sht3xSensor {
-    fn name(&self) -> &str {
-        &self.name
+    fn pairs(fields: &ThFields) -> Vec<(&'static str, &str)> {
+        fields.pairs()
     }
 
-    fn read(&mut self) -> Result<Vec<Measurement>, SensorError> {
-        let mut delay = StdDelay;
-        let address = self.config.address;
-        let mut driver = match self.driver.take() {
-            Some(d) => d,
-            None => {
-                let i2c = bus::open(&self.location, Backend::Rppal, &self.name)?;
-                let mut d = Sht3x::new(i2c, address);
-                d.init(&mut delay)
-                    .map_err(|e| sensor_error(&self.name, address, e))?;
-                d
-            }
-        };
-        let values = driver
-            .measure(&mut delay)
-            .map_err(|e| sensor_error(&self.name, address, e))?;
-        // Kept only after a good measurement: any error reopens and resets the chip.
-        self.driver = Some(driver);
-        measurements(&self.name, &self.config.fields, values)
+    fn init(bus: I2cBus, target: &Target, _: &ThFields) -> Result<Self::Driver, SensorError> {
+        let mut driver = Sht3x::new(bus, target.address);
+        driver.init(&mut StdDelay).map_err(|e| target.error(&e))?;
+        Ok(driver)
+    }
+
+    fn measure(driver: &mut Self::Driver, target: &Target) -> Result<(f64, f64), SensorError> {
+        driver.measure(&mut StdDelay).map_err(|e| target.error(&e))
+    }
+
+    fn measurements(
+        name: &str,
+        fields: &ThFields,
+        values: (f64, f64),
+    ) -> Result<Vec<Measurement>, SensorError> {
+        sensirion::measurements(name, fields, values)
     }
 }
 
@@ -289,21 +204,5 @@ mod tests {
     fn humidity_conversion_ends() {
         assert_eq!(humidity(0), 0.0);
         assert_eq!(humidity(0xFFFF), 100.0);
-    }
-
-    #[test]
-    fn out_of_range_values_are_bad_data() {
-        let e = measurements("s", &ThFields::default(), (25.0, 130.0)).unwrap_err();
-        assert!(matches!(e, SensorError::BadData { .. }), "{e:?}");
-        let ok = measurements(
-            "s",
-            &ThFields {
-                temperature: "t".into(),
-                humidity: String::new(),
-            },
-            (25.0, 130.0),
-        )
-        .unwrap();
-        assert_eq!(ok.len(), 1, "a dropped field is not checked");
     }
 }

@@ -5,12 +5,11 @@
 
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
-use serde::{Deserialize, Serialize};
 
 use super::sensirion::{self, Error, ThFields};
-use super::sht3x::{measurements, sensor_error};
-use crate::sensors::i2c::{self as bus, Backend, BusLocation, I2cBus, StdDelay};
-use crate::sensors::{Measurement, Sensor, SensorError};
+use super::{ClimateChip, ClimateConfig};
+use crate::sensors::i2c::{Backend, I2cBus, I2cChip, StdDelay, Target};
+use crate::sensors::{Measurement, SensorError};
 
 /// SHT4x-A (the common part, the default), -B and -C addresses.
 pub const ADDRESSES: [u8; 3] = [0x44, 0x45, 0x46];
@@ -83,10 +82,6 @@ impl<I2C: I2c> Sht4x<I2C> {
     }
 }
 
-const fn default_address() -> u8 {
-    ADDRESSES[0]
-}
-
 /// A `type = "sht4x"` entry.
 ///
 /// ```toml
@@ -96,85 +91,45 @@ const fn default_address() -> u8 {
 /// address = 0x44
 /// fields = { temperature = "temperature", humidity = "humidite" }
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Sht4xConfig {
-    /// I2C bus number N, i.e. `/dev/i2c-N`. Default 1. Set `bus` or `device`, not both.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bus: Option<u8>,
-    /// Path of the i2c-dev node, e.g. `"/dev/i2c-1"`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    /// 7-bit address: 0x44 (SHT4x-A, the default), 0x45 (-B) or 0x46 (-C).
-    #[serde(default = "default_address")]
-    pub address: u8,
-    /// Payload field names; see [`ThFields`].
-    #[serde(default)]
-    pub fields: ThFields,
+pub type Sht4xConfig = ClimateConfig<Sht4xChip>;
+
+/// The SHT4x as a `[[sensors]]` type.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Sht4xChip;
+
+impl I2cChip for Sht4xChip {
+    const TYPE: &'static str = "sht4x";
+    const ADDRESSES: &'static [u8] = &ADDRESSES;
+    const ADDRESS_DOC: &'static str = "0x44 (SHT4x-A), 0x45 (-B) or 0x46 (-C)";
 }
 
-impl Default for Sht4xConfig {
-    fn default() -> Self {
-        Sht4xConfig {
-            bus: None,
-            device: None,
-            address: default_address(),
-            fields: ThFields::default(),
-        }
-    }
-}
+impl ClimateChip for Sht4xChip {
+    type Fields = ThFields;
+    type Driver = Sht4x<I2cBus>;
+    type Values = (f64, f64);
+    /// See [`super::sensirion`]: command, STOP, wait, read.
+    const BACKEND: Backend = Backend::Rppal;
 
-impl Sht4xConfig {
-    pub(crate) fn check(&self) -> Result<(), (String, String)> {
-        BusLocation::from_settings(self.bus, self.device.as_deref())?;
-        bus::check_address(self.address, &ADDRESSES)
-    }
-}
-
-/// The `sht4x` sensor: opens the bus on first use and again after any error.
-pub struct Sht4xSensor {
-    name: String,
-    location: BusLocation,
-    config: Sht4xConfig,
-    driver: Option<Sht4x<I2cBus>>,
-}
-
-impl Sht4xSensor {
-    pub fn new(config: Sht4xConfig) -> Self {
-        let location = BusLocation::from_settings(config.bus, config.device.as_deref())
-            .unwrap_or(BusLocation::Number(bus::DEFAULT_BUS));
-        Sht4xSensor {
-            name: format!("sht4x@{}:0x{:02x}", location.label(), config.address),
-            location,
-            config,
-            driver: None,
-        }
-    }
-}
-
-impl Sensor for Sht4xSensor {
-    fn name(&self) -> &str {
-        &self.name
+    fn pairs(fields: &ThFields) -> Vec<(&'static str, &str)> {
+        fields.pairs()
     }
 
-    fn read(&mut self) -> Result<Vec<Measurement>, SensorError> {
-        let mut delay = StdDelay;
-        let address = self.config.address;
-        let mut driver = match self.driver.take() {
-            Some(d) => d,
-            None => {
-                let i2c = bus::open(&self.location, Backend::Rppal, &self.name)?;
-                let mut d = Sht4x::new(i2c, address);
-                d.init(&mut delay)
-                    .map_err(|e| sensor_error(&self.name, address, e))?;
-                d
-            }
-        };
-        let values = driver
-            .measure(&mut delay)
-            .map_err(|e| sensor_error(&self.name, address, e))?;
-        self.driver = Some(driver);
-        measurements(&self.name, &self.config.fields, values)
+    fn init(bus: I2cBus, target: &Target, _: &ThFields) -> Result<Self::Driver, SensorError> {
+        let mut driver = Sht4x::new(bus, target.address);
+        driver.init(&mut StdDelay).map_err(|e| target.error(&e))?;
+        Ok(driver)
+    }
+
+    fn measure(driver: &mut Self::Driver, target: &Target) -> Result<(f64, f64), SensorError> {
+        driver.measure(&mut StdDelay).map_err(|e| target.error(&e))
+    }
+
+    fn measurements(
+        name: &str,
+        fields: &ThFields,
+        values: (f64, f64),
+    ) -> Result<Vec<Measurement>, SensorError> {
+        sensirion::measurements(name, fields, values)
     }
 }
 
