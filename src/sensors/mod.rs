@@ -337,8 +337,8 @@ fn build_one(index: usize, config: &SensorConfig, deadline: Duration) -> Box<dyn
             climate::ClimateSensor::new(c.clone()),
             deadline,
         )),
-        SensorConfig::Adxl345(c) => Box::new(accel::adxl345::sensor(c.clone())),
-        SensorConfig::Mpu6050(c) => Box::new(accel::mpu6050::sensor(c.clone())),
+        SensorConfig::Adxl345(c) => Box::new(c.sensor()),
+        SensorConfig::Mpu6050(c) => Box::new(c.sensor()),
         SensorConfig::Iio(c) => Box::new(Threaded::new(
             sysfs::iio::IioSensor::new(c.clone()),
             deadline,

@@ -9,7 +9,10 @@
 
 pub mod adxl345;
 pub mod aggregate;
+mod chip;
 pub mod mpu6050;
+
+pub use chip::{AccelChip, AccelConfig};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
