@@ -182,6 +182,8 @@ impl I2cChip for Adxl345Chip {
     const TYPE: &'static str = "adxl345";
     const ADDRESSES: &'static [u8] = &ADDRESSES;
     const ADDRESS_DOC: &'static str = "0x53 (ALT ADDRESS low) or 0x1D";
+    const DESCRIPTION: &'static str =
+        "ADXL345 accelerometer on I2C, sampled from its FIFO in its own thread";
 }
 
 impl ChipError for Error<I2cBusError> {
@@ -229,6 +231,9 @@ impl AccelChip for Adxl345Chip {
     const RANGES_G: &'static [u8] = &RANGES_G;
     const DEFAULT_RATE_HZ: u32 = 400;
     const DEFAULT_RANGE_G: u8 = 16;
+    const RATES_DOC: &'static str =
+        "output data rate: 100, 200, 400, 800 or 1600 Hz (800+ needs a 400 kHz bus)";
+    const RANGES_DOC: &'static str = "full scale ±2, 4, 8 or 16 g (3.9 mg/LSB at all)";
     const FIFO_SAMPLES: u32 = FIFO_DEPTH;
 
     fn init(bus: I2cBus, target: &Target, rate_hz: u32, range_g: u8) -> Result<Fifo, SensorError> {

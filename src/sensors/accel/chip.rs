@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use super::aggregate::{Aggregate, Gravity, Unit, STANDARD_GRAVITY};
 use super::{
-    check_range, check_rate, AccelFields, AccelSensor, AccelSettings, AccelSource, Opener,
+    check_range, check_rate, settings_doc, AccelFields, AccelSensor, AccelSettings, AccelSource,
+    Opener,
 };
 use crate::sensors::i2c::{self, Backend, I2cBus, I2cChip, Target};
-use crate::sensors::SensorError;
+use crate::sensors::{Sensor, SensorError, SensorType, TypeDoc};
 
 /// What one accelerometer chip brings to [`AccelConfig`] and its sampling thread.
 pub trait AccelChip: I2cChip {
@@ -29,6 +30,9 @@ pub trait AccelChip: I2cChip {
     const RANGES_G: &'static [u8];
     const DEFAULT_RATE_HZ: u32;
     const DEFAULT_RANGE_G: u8;
+    /// `sensors list`: the rates and ranges explained.
+    const RATES_DOC: &'static str;
+    const RANGES_DOC: &'static str;
     /// Samples its FIFO holds: it is drained twice per fill, at least every 50 ms.
     const FIFO_SAMPLES: u32;
 
@@ -151,6 +155,40 @@ impl<C: AccelChip> AccelConfig<C> {
             }) as Box<dyn AccelSource>)
         });
         AccelSensor::start(name, self.fields.acceleration.clone(), settings, opener)
+    }
+}
+
+impl<C: AccelChip> SensorType for AccelConfig<C> {
+    fn type_name(&self) -> &'static str {
+        C::TYPE
+    }
+
+    fn doc() -> TypeDoc {
+        let mut settings = i2c::settings_doc::<C>();
+        settings.extend(settings_doc(
+            C::DEFAULT_RATE_HZ.to_string(),
+            C::RATES_DOC,
+            C::DEFAULT_RANGE_G.to_string(),
+            C::RANGES_DOC,
+        ));
+        TypeDoc {
+            type_name: C::TYPE,
+            description: C::DESCRIPTION,
+            settings,
+        }
+    }
+
+    fn fields(&self) -> Vec<(&'static str, &str)> {
+        self.fields.pairs()
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        AccelConfig::check(self)
+    }
+
+    /// Never blocks: `read` only looks at what the sampling thread gathered.
+    fn build(&self, _: usize, _: Duration) -> Box<dyn Sensor> {
+        Box::new(self.sensor())
     }
 }
 

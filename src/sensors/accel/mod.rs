@@ -14,13 +14,14 @@ pub mod mpu6050;
 
 pub use chip::{AccelChip, AccelConfig};
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::backoff::Backoff;
-use crate::sensors::{round, Measurement, Sensor, SensorError};
+use crate::sensors::{round, Measurement, Sensor, SensorError, SettingDoc};
 use aggregate::{Accumulator, Aggregate, Gravity, Unit};
 
 /// A source of acceleration samples, opened and initialised.
@@ -295,6 +296,35 @@ impl AccelFields {
     pub fn pairs(&self) -> Vec<(&'static str, &str)> {
         vec![("acceleration", self.acceleration.as_str())]
     }
+}
+
+/// `sensors list`: the sampling and aggregation settings of an accelerometer entry.
+pub fn settings_doc(
+    rate: impl Into<Cow<'static, str>>,
+    rates: &'static str,
+    range: impl Into<Cow<'static, str>>,
+    ranges: &'static str,
+) -> Vec<SettingDoc> {
+    vec![
+        SettingDoc::new("rate_hz", rate, rates),
+        SettingDoc::new("range_g", range, ranges),
+        SettingDoc::new(
+            "aggregate",
+            "\"rms\"",
+            "value per reading: \"rms\" or \"peak\" of |a| - g, or \"mean\" of |a|",
+        ),
+        SettingDoc::new(
+            "gravity",
+            "\"measured\"",
+            "g subtracted: \"measured\" (mean |a| of the interval) or \"standard\" (9.80665)",
+        ),
+        SettingDoc::new("unit", "\"m/s2\"", "unit sent: \"m/s2\" or \"g\""),
+        SettingDoc::new(
+            "fields",
+            "{ acceleration = \"accelerometre\" }",
+            "payload field; \"\" drops it",
+        ),
+    ]
 }
 
 /// Checks `rate_hz` against the rates a chip supports.

@@ -220,6 +220,8 @@ impl I2cChip for Mpu6050Chip {
     const TYPE: &'static str = "mpu6050";
     const ADDRESSES: &'static [u8] = &ADDRESSES;
     const ADDRESS_DOC: &'static str = "0x68 (AD0 low) or 0x69";
+    const DESCRIPTION: &'static str =
+        "MPU-6050 accelerometer on I2C, sampled from its FIFO in its own thread";
 }
 
 impl ChipError for Error<I2cBusError> {
@@ -239,6 +241,8 @@ impl AccelChip for Mpu6050Chip {
     const RANGES_G: &'static [u8] = &RANGES_G;
     const DEFAULT_RATE_HZ: u32 = 500;
     const DEFAULT_RANGE_G: u8 = 4;
+    const RATES_DOC: &'static str = "sample rate: 100, 125, 200, 250, 500 or 1000 Hz";
+    const RANGES_DOC: &'static str = "full scale ±2, 4, 8 or 16 g";
     const FIFO_SAMPLES: u32 = (FIFO_SIZE / SAMPLE_BYTES) as u32;
 
     fn init(

@@ -422,6 +422,8 @@ impl I2cChip for Bme280Chip {
     const TYPE: &'static str = "bme280";
     const ADDRESSES: &'static [u8] = &ADDRESSES;
     const ADDRESS_DOC: &'static str = "0x76 (SDO low) or 0x77";
+    const DESCRIPTION: &'static str =
+        "Bosch BME280 (or BMP280) temperature, humidity, pressure on I2C";
 }
 
 impl ChipError for Error<I2cBusError> {
@@ -438,6 +440,10 @@ impl ClimateChip for Bme280Chip {
     type Driver = Bme280<I2cBus>;
     type Values = Values;
     const BACKEND: Backend = Backend::Combined;
+    const FIELDS_DOC: (&'static str, &'static str) = (
+        "{ temperature = \"temperature\", humidity = \"humidite\", pressure = \"pression\" }",
+        "payload fields (°C, %, hPa); \"\" drops one",
+    );
 
     fn pairs(fields: &ClimateFields) -> Vec<(&'static str, &str)> {
         fields.pairs()

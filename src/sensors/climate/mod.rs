@@ -14,12 +14,14 @@ pub mod sht4x;
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::sensors::i2c::{self, Backend, I2cBus, I2cChip, LazyDriver, Target};
-use crate::sensors::{Measurement, Sensor, SensorError};
+use crate::sensors::worker::Threaded;
+use crate::sensors::{Measurement, Sensor, SensorError, SensorType, SettingDoc, TypeDoc};
 
 /// What one climate chip brings to [`ClimateConfig`] and [`ClimateSensor`].
 pub trait ClimateChip: I2cChip {
@@ -38,6 +40,8 @@ pub trait ClimateChip: I2cChip {
     type Values;
     /// How `write_read` must reach the wire; see [`crate::sensors::i2c`].
     const BACKEND: Backend;
+    /// `sensors list`: the default `fields` table as TOML, and what it holds.
+    const FIELDS_DOC: (&'static str, &'static str);
 
     /// Every `fields` key with its payload field (`""`: not sent).
     fn pairs(fields: &Self::Fields) -> Vec<(&'static str, &str)>;
@@ -105,6 +109,36 @@ impl<C: ClimateChip> ClimateConfig<C> {
 
     fn target(&self) -> Target {
         Target::new::<C>(self.bus, self.device.as_deref(), self.address)
+    }
+}
+
+impl<C: ClimateChip> SensorType for ClimateConfig<C> {
+    fn type_name(&self) -> &'static str {
+        C::TYPE
+    }
+
+    fn doc() -> TypeDoc {
+        let mut settings = i2c::settings_doc::<C>();
+        let (default, description) = C::FIELDS_DOC;
+        settings.push(SettingDoc::new("fields", default, description));
+        TypeDoc {
+            type_name: C::TYPE,
+            description: C::DESCRIPTION,
+            settings,
+        }
+    }
+
+    fn fields(&self) -> Vec<(&'static str, &str)> {
+        C::pairs(&self.fields)
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        ClimateConfig::check(self)
+    }
+
+    /// On its own thread: a chip can hold the bus down.
+    fn build(&self, _: usize, deadline: Duration) -> Box<dyn Sensor> {
+        Box::new(Threaded::new(ClimateSensor::new(self.clone()), deadline))
     }
 }
 

@@ -95,6 +95,12 @@ pub fn temperature(raw: u16) -> f64 {
     -45.0 + 175.0 * f64::from(raw) / 65535.0
 }
 
+/// `sensors list`: the default `fields` of an `sht3x`/`sht4x` entry, and what it holds.
+pub const FIELDS_DOC: (&str, &str) = (
+    "{ temperature = \"temperature\", humidity = \"humidite\" }",
+    "payload fields (°C, %); \"\" drops one",
+);
+
 /// Payload fields of an `sht3x`/`sht4x` entry. Omit a key for its default; set it to
 /// `""` to not send that quantity.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

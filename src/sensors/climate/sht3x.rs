@@ -105,6 +105,7 @@ impl I2cChip for Sht3xChip {
     const TYPE: &'static str = "sht3x";
     const ADDRESSES: &'static [u8] = &ADDRESSES;
     const ADDRESS_DOC: &'static str = "0x44 (ADDR low) or 0x45";
+    const DESCRIPTION: &'static str = "Sensirion SHT30/31/35 temperature and humidity on I2C";
 }
 
 impl ClimateChip for Sht3xChip {
@@ -113,6 +114,7 @@ impl ClimateChip for Sht3xChip {
     type Values = (f64, f64);
     /// See [`super::sensirion`]: command, STOP, wait, read.
     const BACKEND: Backend = Backend::Rppal;
+    const FIELDS_DOC: (&'static str, &'static str) = sensirion::FIELDS_DOC;
 
     fn pairs(fields: &ThFields) -> Vec<(&'static str, &str)> {
         fields.pairs()

@@ -101,6 +101,7 @@ impl I2cChip for Sht4xChip {
     const TYPE: &'static str = "sht4x";
     const ADDRESSES: &'static [u8] = &ADDRESSES;
     const ADDRESS_DOC: &'static str = "0x44 (SHT4x-A), 0x45 (-B) or 0x46 (-C)";
+    const DESCRIPTION: &'static str = "Sensirion SHT40/41/45 temperature and humidity on I2C";
 }
 
 impl ClimateChip for Sht4xChip {
@@ -109,6 +110,7 @@ impl ClimateChip for Sht4xChip {
     type Values = (f64, f64);
     /// See [`super::sensirion`]: command, STOP, wait, read.
     const BACKEND: Backend = Backend::Rppal;
+    const FIELDS_DOC: (&'static str, &'static str) = sensirion::FIELDS_DOC;
 
     fn pairs(fields: &ThFields) -> Vec<(&'static str, &str)> {
         fields.pairs()

@@ -34,7 +34,8 @@ mod target;
 
 pub use driver::{ChipError, LazyDriver};
 pub use target::{
-    check_address, check_target, default_address, BusLocation, I2cChip, Target, DEFAULT_BUS,
+    check_address, check_target, default_address, settings_doc, BusLocation, I2cChip, Target,
+    DEFAULT_BUS,
 };
 
 /// Which Linux I2C backend a chip uses; see the module documentation.

@@ -3,12 +3,13 @@
 
 use std::path::PathBuf;
 
-use crate::sensors::SensorError;
+use crate::sensors::{SensorError, SettingDoc};
 
 use super::driver::ChipError;
 
 /// An I2C chip that is a `[[sensors]]` type.
-pub trait I2cChip: Send + 'static {
+/// (The derived traits let the generic entries derive theirs.)
+pub trait I2cChip: Clone + std::fmt::Debug + PartialEq + Send + 'static {
     /// Its `type` in the configuration, e.g. `"bme280"`; also names its sensors
     /// (`bme280@i2c-1:0x76`).
     const TYPE: &'static str;
@@ -16,6 +17,29 @@ pub trait I2cChip: Send + 'static {
     const ADDRESSES: &'static [u8];
     /// The addresses as `sensors list` explains them, e.g. `"0x76 (SDO low) or 0x77"`.
     const ADDRESS_DOC: &'static str;
+    /// What the type is, for `sensors list`.
+    const DESCRIPTION: &'static str;
+}
+
+/// `sensors list`: the `bus`, `device` and `address` settings of a chip's entries.
+pub fn settings_doc<C: I2cChip>() -> Vec<SettingDoc> {
+    vec![
+        SettingDoc::new(
+            "bus",
+            DEFAULT_BUS.to_string(),
+            "I2C bus number N (/dev/i2c-N); set bus or device, not both",
+        ),
+        SettingDoc::new(
+            "device",
+            "none",
+            "i2c-dev path instead of bus, e.g. \"/dev/i2c-1\"",
+        ),
+        SettingDoc::new(
+            "address",
+            format!("0x{:02x}", default_address::<C>()),
+            C::ADDRESS_DOC,
+        ),
+    ]
 }
 
 /// The default `address` of a chip's entries (a serde default).
