@@ -13,7 +13,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::sensors::i2c::{ChipError, I2cBusError};
+use super::ClimateChip;
+use crate::sensors::i2c::{Backend, ChipError, I2cBus, I2cBusError, I2cChip, StdDelay, Target};
 use crate::sensors::{defaults, limits, push_checked, round, Measurement, SensorError};
 
 /// CRC-8 of the Sensirion datasheets: polynomial 0x31 (x⁸ + x⁵ + x⁴ + 1), initial value
@@ -95,12 +96,6 @@ pub fn temperature(raw: u16) -> f64 {
     -45.0 + 175.0 * f64::from(raw) / 65535.0
 }
 
-/// `sensors list`: the default `fields` of an `sht3x`/`sht4x` entry, and what it holds.
-pub const FIELDS_DOC: (&str, &str) = (
-    "{ temperature = \"temperature\", humidity = \"humidite\" }",
-    "payload fields (°C, %); \"\" drops one",
-);
-
 /// Payload fields of an `sht3x`/`sht4x` entry. Omit a key for its default; set it to
 /// `""` to not send that quantity.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,6 +124,56 @@ impl ThFields {
             ("temperature", self.temperature.as_str()),
             ("humidity", self.humidity.as_str()),
         ]
+    }
+}
+
+/// A Sensirion driver on an open bus: what the SHT3x and SHT4x sensors need of it.
+pub trait Driver: Send + Sized {
+    fn open(bus: I2cBus, address: u8) -> Self;
+    /// Soft-resets the chip and reads a checked identity word (status or serial).
+    fn reset(&mut self, delay: &mut StdDelay) -> Result<(), Error<I2cBusError>>;
+    /// One measurement: (°C, %RH).
+    fn measure_th(&mut self, delay: &mut StdDelay) -> Result<(f64, f64), Error<I2cBusError>>;
+}
+
+/// A Sensirion chip as a climate type: only its driver differs from the other's.
+pub trait SensirionChip: I2cChip {
+    type Driver: Driver;
+}
+
+impl<C: SensirionChip> ClimateChip for C {
+    type Fields = ThFields;
+    type Driver = C::Driver;
+    type Values = (f64, f64);
+    /// Command, STOP, wait, read: see the module documentation.
+    const BACKEND: Backend = Backend::Rppal;
+    const FIELDS_DOC: (&'static str, &'static str) = (
+        "{ temperature = \"temperature\", humidity = \"humidite\" }",
+        "payload fields (°C, %); \"\" drops one",
+    );
+
+    fn pairs(fields: &ThFields) -> Vec<(&'static str, &str)> {
+        fields.pairs()
+    }
+
+    fn init(bus: I2cBus, target: &Target, _: &ThFields) -> Result<C::Driver, SensorError> {
+        let mut driver = C::Driver::open(bus, target.address);
+        driver.reset(&mut StdDelay).map_err(|e| target.error(&e))?;
+        Ok(driver)
+    }
+
+    fn measure(driver: &mut C::Driver, target: &Target) -> Result<(f64, f64), SensorError> {
+        driver
+            .measure_th(&mut StdDelay)
+            .map_err(|e| target.error(&e))
+    }
+
+    fn measurements(
+        name: &str,
+        fields: &ThFields,
+        values: (f64, f64),
+    ) -> Result<Vec<Measurement>, SensorError> {
+        measurements(name, fields, values)
     }
 }
 

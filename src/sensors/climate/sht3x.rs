@@ -6,10 +6,9 @@
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 
-use super::sensirion::{self, Error, ThFields};
-use super::{ClimateChip, ClimateConfig};
-use crate::sensors::i2c::{Backend, I2cBus, I2cChip, StdDelay, Target};
-use crate::sensors::{Measurement, SensorError};
+use super::sensirion::{self, Error, SensirionChip};
+use super::ClimateConfig;
+use crate::sensors::i2c::{I2cBus, I2cBusError, I2cChip, StdDelay};
 
 /// ADDR pin low (the default) or high.
 pub const ADDRESSES: [u8; 2] = [0x44, 0x45];
@@ -108,34 +107,21 @@ impl I2cChip for Sht3xChip {
     const DESCRIPTION: &'static str = "Sensirion SHT30/31/35 temperature and humidity on I2C";
 }
 
-impl ClimateChip for Sht3xChip {
-    type Fields = ThFields;
+impl SensirionChip for Sht3xChip {
     type Driver = Sht3x<I2cBus>;
-    type Values = (f64, f64);
-    /// See [`super::sensirion`]: command, STOP, wait, read.
-    const BACKEND: Backend = Backend::Rppal;
-    const FIELDS_DOC: (&'static str, &'static str) = sensirion::FIELDS_DOC;
+}
 
-    fn pairs(fields: &ThFields) -> Vec<(&'static str, &str)> {
-        fields.pairs()
+impl sensirion::Driver for Sht3x<I2cBus> {
+    fn open(bus: I2cBus, address: u8) -> Self {
+        Sht3x::new(bus, address)
     }
 
-    fn init(bus: I2cBus, target: &Target, _: &ThFields) -> Result<Self::Driver, SensorError> {
-        let mut driver = Sht3x::new(bus, target.address);
-        driver.init(&mut StdDelay).map_err(|e| target.error(&e))?;
-        Ok(driver)
+    fn reset(&mut self, delay: &mut StdDelay) -> Result<(), Error<I2cBusError>> {
+        self.init(delay).map(drop)
     }
 
-    fn measure(driver: &mut Self::Driver, target: &Target) -> Result<(f64, f64), SensorError> {
-        driver.measure(&mut StdDelay).map_err(|e| target.error(&e))
-    }
-
-    fn measurements(
-        name: &str,
-        fields: &ThFields,
-        values: (f64, f64),
-    ) -> Result<Vec<Measurement>, SensorError> {
-        sensirion::measurements(name, fields, values)
+    fn measure_th(&mut self, delay: &mut StdDelay) -> Result<(f64, f64), Error<I2cBusError>> {
+        self.measure(delay)
     }
 }
 
