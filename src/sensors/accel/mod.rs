@@ -554,19 +554,7 @@ mod tests {
 
     #[test]
     fn discard_drops_what_was_sampled() {
-        let opener: Opener = Box::new(|| {
-            Ok(Box::new(Fake {
-                per_drain: 4,
-                phase: false,
-                fail: Arc::new(AtomicBool::new(false)),
-            }) as Box<dyn AccelSource>)
-        });
-        let mut s = AccelSensor::start(
-            "fake".into(),
-            "acc".into(),
-            settings(Aggregate::Rms),
-            opener,
-        );
+        let mut s = start_fake(4, &Arc::new(AtomicBool::new(false)), Aggregate::Rms);
         assert!(wait_for(|| s.shared.lock().acc.count() > 400));
         s.skipped();
         // Samples keep coming, but the ones before `skipped` are gone: the accumulator

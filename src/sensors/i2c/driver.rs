@@ -55,3 +55,26 @@ impl<D> LazyDriver<D> {
         Ok(value)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sensors::climate::bme280::Bme280Chip;
+
+    #[test]
+    fn a_bus_that_cannot_be_opened_is_a_setup_error_and_nothing_is_kept() {
+        let target = Target::new::<Bme280Chip>(None, Some("/nonexistent/i2c-9"), 0x76);
+        let mut lazy: LazyDriver<()> = LazyDriver::new(target, Backend::Combined);
+        for _ in 0..2 {
+            let e = lazy
+                .with(|_, _| panic!("init without a bus"), |_, _| Ok(()))
+                .unwrap_err();
+            assert!(matches!(e, SensorError::Setup { .. }), "{e:?}");
+            assert!(
+                e.to_string().starts_with("bme280@/nonexistent/i2c-9:0x76"),
+                "{e}"
+            );
+            assert!(lazy.driver.is_none());
+        }
+    }
+}
