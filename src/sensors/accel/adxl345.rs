@@ -10,7 +10,7 @@
 use embedded_hal::i2c::I2c;
 
 use super::chip::{AccelChip, AccelConfig};
-use crate::sensors::i2c::{Backend, ChipError, I2cBus, I2cBusError, I2cChip, Target};
+use crate::sensors::i2c::{Backend, I2cBus, Target};
 use crate::sensors::SensorError;
 
 /// Value of [`reg::DEVID`].
@@ -151,24 +151,18 @@ pub fn to_g(d: &[u8; 6]) -> [f64; 3] {
     [axis(0), axis(2), axis(4)]
 }
 
-/// The ADXL345 as a `[[sensors]]` type.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Adxl345Chip;
+crate::sensors::i2c::i2c_chip! {
+    /// The ADXL345 as a `[[sensors]]` type.
+    Adxl345Chip {
+        type: "adxl345",
+        addresses: &ADDRESSES,
+        address_doc: "0x53 (ALT ADDRESS low) or 0x1D",
+        description: "ADXL345 accelerometer on I2C, sampled from its FIFO in its own thread",
+    } error: Error
+}
 
-/// A `type = "adxl345"` entry.
-///
-/// ```toml
-/// [[sensors]]
-/// type = "adxl345"
-/// bus = 1              # or device = "/dev/i2c-1"
-/// address = 0x53       # 0x1D when ALT ADDRESS is high
-/// rate_hz = 400        # 100, 200, 400, 800 or 1600
-/// range_g = 16         # 2, 4, 8 or 16
-/// aggregate = "rms"    # "rms", "peak" or "mean"
-/// gravity = "measured" # or "standard"
-/// unit = "m/s2"        # or "g"
-/// fields = { acceleration = "accelerometre" }
-/// ```
+/// A `type = "adxl345"` entry ([`AccelConfig`], which shows one).
+/// `address`: 0x53 (ALT ADDRESS low, the default) or 0x1D (high).
 ///
 /// `rate_hz`: 100, 200, 400 (default), 800 or 1600. Over I2C the FIFO is read one sample
 /// per transfer: 800 Hz and more need the bus at 400 kHz
@@ -177,23 +171,6 @@ pub struct Adxl345Chip;
 /// resolution keeps 3.9 mg/LSB at every range, so 16 costs nothing and clips only
 /// beyond 16 g.
 pub type Adxl345Config = AccelConfig<Adxl345Chip>;
-
-impl I2cChip for Adxl345Chip {
-    const TYPE: &'static str = "adxl345";
-    const ADDRESSES: &'static [u8] = &ADDRESSES;
-    const ADDRESS_DOC: &'static str = "0x53 (ALT ADDRESS low) or 0x1D";
-    const DESCRIPTION: &'static str =
-        "ADXL345 accelerometer on I2C, sampled from its FIFO in its own thread";
-}
-
-impl ChipError for Error<I2cBusError> {
-    fn bus_error(&self) -> Option<&I2cBusError> {
-        match self {
-            Error::Bus(e) => Some(e),
-            _ => None,
-        }
-    }
-}
 
 /// Whether the FIFO was found full at the last poll. A full FIFO means samples were
 /// lost (the thread was starved: a loaded CPU, a slow bus), so the aggregate covers

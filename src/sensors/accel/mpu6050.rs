@@ -12,7 +12,7 @@ use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 
 use super::chip::{AccelChip, AccelConfig};
-use crate::sensors::i2c::{Backend, ChipError, I2cBus, I2cBusError, I2cChip, StdDelay, Target};
+use crate::sensors::i2c::{Backend, I2cBus, StdDelay, Target};
 use crate::sensors::SensorError;
 
 /// Value of [`reg::WHO_AM_I`].
@@ -192,46 +192,23 @@ impl<I2C: I2c> Mpu6050<I2C> {
     }
 }
 
-/// The MPU-6050 as a `[[sensors]]` type.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Mpu6050Chip;
+crate::sensors::i2c::i2c_chip! {
+    /// The MPU-6050 as a `[[sensors]]` type.
+    Mpu6050Chip {
+        type: "mpu6050",
+        addresses: &ADDRESSES,
+        address_doc: "0x68 (AD0 low) or 0x69",
+        description: "MPU-6050 accelerometer on I2C, sampled from its FIFO in its own thread",
+    } error: Error
+}
 
-/// A `type = "mpu6050"` entry.
-///
-/// ```toml
-/// [[sensors]]
-/// type = "mpu6050"
-/// bus = 1              # or device = "/dev/i2c-1"
-/// address = 0x68       # 0x69 when AD0 is high
-/// rate_hz = 500        # 100, 125, 200, 250, 500 or 1000
-/// range_g = 4          # 2, 4, 8 or 16
-/// aggregate = "rms"    # "rms", "peak" or "mean"
-/// gravity = "measured" # or "standard"
-/// unit = "m/s2"        # or "g"
-/// fields = { acceleration = "accelerometre" }
-/// ```
+/// A `type = "mpu6050"` entry ([`AccelConfig`], which shows one).
+/// `address`: 0x68 (AD0 low, the default) or 0x69 (high).
 ///
 /// `rate_hz`: 1 kHz divided by an integer, i.e. 100, 125, 200, 250, 500 (default) or
 /// 1000; the low-pass filter is set below half of it. `range_g`: 2, 4 (default), 8 or
 /// 16; resolution halves at each step (16384 LSB/g at ±2 g).
 pub type Mpu6050Config = AccelConfig<Mpu6050Chip>;
-
-impl I2cChip for Mpu6050Chip {
-    const TYPE: &'static str = "mpu6050";
-    const ADDRESSES: &'static [u8] = &ADDRESSES;
-    const ADDRESS_DOC: &'static str = "0x68 (AD0 low) or 0x69";
-    const DESCRIPTION: &'static str =
-        "MPU-6050 accelerometer on I2C, sampled from its FIFO in its own thread";
-}
-
-impl ChipError for Error<I2cBusError> {
-    fn bus_error(&self) -> Option<&I2cBusError> {
-        match self {
-            Error::Bus(e) => Some(e),
-            _ => None,
-        }
-    }
-}
 
 impl AccelChip for Mpu6050Chip {
     type Driver = Mpu6050<I2cBus>;

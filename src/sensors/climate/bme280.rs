@@ -15,7 +15,7 @@ use embedded_hal::i2c::I2c;
 use serde::{Deserialize, Serialize};
 
 use super::{ClimateChip, ClimateConfig};
-use crate::sensors::i2c::{Backend, ChipError, I2cBus, I2cBusError, I2cChip, StdDelay, Target};
+use crate::sensors::i2c::{Backend, I2cBus, StdDelay, Target};
 use crate::sensors::{defaults, limits, push_checked, round, Measurement, SensorError};
 
 /// Chip id of the BME280 in [`reg::CHIP_ID`].
@@ -403,37 +403,19 @@ impl ClimateFields {
     }
 }
 
-/// The BME280 as a `[[sensors]]` type.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Bme280Chip;
+crate::sensors::i2c::i2c_chip! {
+    /// The BME280 as a `[[sensors]]` type.
+    Bme280Chip {
+        type: "bme280",
+        addresses: &ADDRESSES,
+        address_doc: "0x76 (SDO low) or 0x77",
+        description: "Bosch BME280 (or BMP280) temperature, humidity, pressure on I2C",
+    } error: Error
+}
 
-/// A `type = "bme280"` entry.
-///
-/// ```toml
-/// [[sensors]]
-/// type = "bme280"
-/// bus = 1            # or device = "/dev/i2c-1"
-/// address = 0x76     # 0x77 when SDO is tied high
-/// fields = { temperature = "temperature", humidity = "humidite", pressure = "pression" }
-/// ```
+/// A `type = "bme280"` entry ([`ClimateConfig`], which shows one).
+/// `address`: 0x76 (SDO to GND, the default) or 0x77 (SDO to VDDIO).
 pub type Bme280Config = ClimateConfig<Bme280Chip>;
-
-impl I2cChip for Bme280Chip {
-    const TYPE: &'static str = "bme280";
-    const ADDRESSES: &'static [u8] = &ADDRESSES;
-    const ADDRESS_DOC: &'static str = "0x76 (SDO low) or 0x77";
-    const DESCRIPTION: &'static str =
-        "Bosch BME280 (or BMP280) temperature, humidity, pressure on I2C";
-}
-
-impl ChipError for Error<I2cBusError> {
-    fn bus_error(&self) -> Option<&I2cBusError> {
-        match self {
-            Error::Bus(e) => Some(e),
-            _ => None,
-        }
-    }
-}
 
 impl ClimateChip for Bme280Chip {
     type Fields = ClimateFields;

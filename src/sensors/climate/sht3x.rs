@@ -8,7 +8,7 @@ use embedded_hal::i2c::I2c;
 
 use super::sensirion::{self, Error, SensirionChip};
 use super::ClimateConfig;
-use crate::sensors::i2c::{I2cBus, I2cBusError, I2cChip, StdDelay};
+use crate::sensors::i2c::{I2cBus, I2cBusError, StdDelay};
 
 /// ADDR pin low (the default) or high.
 pub const ADDRESSES: [u8; 2] = [0x44, 0x45];
@@ -85,27 +85,19 @@ impl<I2C: I2c> Sht3x<I2C> {
     }
 }
 
-/// A `type = "sht3x"` entry.
-///
-/// ```toml
-/// [[sensors]]
-/// type = "sht3x"
-/// bus = 1            # or device = "/dev/i2c-1"
-/// address = 0x44     # 0x45 when ADDR is tied high
-/// fields = { temperature = "temperature", humidity = "humidite" }
-/// ```
-pub type Sht3xConfig = ClimateConfig<Sht3xChip>;
-
-/// The SHT3x as a `[[sensors]]` type.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Sht3xChip;
-
-impl I2cChip for Sht3xChip {
-    const TYPE: &'static str = "sht3x";
-    const ADDRESSES: &'static [u8] = &ADDRESSES;
-    const ADDRESS_DOC: &'static str = "0x44 (ADDR low) or 0x45";
-    const DESCRIPTION: &'static str = "Sensirion SHT30/31/35 temperature and humidity on I2C";
+crate::sensors::i2c::i2c_chip! {
+    /// The SHT3x as a `[[sensors]]` type.
+    Sht3xChip {
+        type: "sht3x",
+        addresses: &ADDRESSES,
+        address_doc: "0x44 (ADDR low) or 0x45",
+        description: "Sensirion SHT30/31/35 temperature and humidity on I2C",
+    }
 }
+
+/// A `type = "sht3x"` entry ([`ClimateConfig`], which shows one).
+/// `address`: 0x44 (ADDR low, the default) or 0x45 (ADDR high).
+pub type Sht3xConfig = ClimateConfig<Sht3xChip>;
 
 impl SensirionChip for Sht3xChip {
     type Driver = Sht3x<I2cBus>;

@@ -8,7 +8,7 @@ use embedded_hal::i2c::I2c;
 
 use super::sensirion::{self, Error, SensirionChip};
 use super::ClimateConfig;
-use crate::sensors::i2c::{I2cBus, I2cBusError, I2cChip, StdDelay};
+use crate::sensors::i2c::{I2cBus, I2cBusError, StdDelay};
 
 /// SHT4x-A (the common part, the default), -B and -C addresses.
 pub const ADDRESSES: [u8; 3] = [0x44, 0x45, 0x46];
@@ -81,27 +81,19 @@ impl<I2C: I2c> Sht4x<I2C> {
     }
 }
 
-/// A `type = "sht4x"` entry.
-///
-/// ```toml
-/// [[sensors]]
-/// type = "sht4x"
-/// bus = 1            # or device = "/dev/i2c-1"
-/// address = 0x44
-/// fields = { temperature = "temperature", humidity = "humidite" }
-/// ```
-pub type Sht4xConfig = ClimateConfig<Sht4xChip>;
-
-/// The SHT4x as a `[[sensors]]` type.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Sht4xChip;
-
-impl I2cChip for Sht4xChip {
-    const TYPE: &'static str = "sht4x";
-    const ADDRESSES: &'static [u8] = &ADDRESSES;
-    const ADDRESS_DOC: &'static str = "0x44 (SHT4x-A), 0x45 (-B) or 0x46 (-C)";
-    const DESCRIPTION: &'static str = "Sensirion SHT40/41/45 temperature and humidity on I2C";
+crate::sensors::i2c::i2c_chip! {
+    /// The SHT4x as a `[[sensors]]` type.
+    Sht4xChip {
+        type: "sht4x",
+        addresses: &ADDRESSES,
+        address_doc: "0x44 (SHT4x-A), 0x45 (-B) or 0x46 (-C)",
+        description: "Sensirion SHT40/41/45 temperature and humidity on I2C",
+    }
 }
+
+/// A `type = "sht4x"` entry ([`ClimateConfig`], which shows one).
+/// `address`: 0x44 (SHT4x-A, the default), 0x45 (-B) or 0x46 (-C).
+pub type Sht4xConfig = ClimateConfig<Sht4xChip>;
 
 impl SensirionChip for Sht4xChip {
     type Driver = Sht4x<I2cBus>;

@@ -33,6 +33,7 @@ mod driver;
 mod target;
 
 pub use driver::{ChipError, LazyDriver};
+pub(crate) use target::i2c_chip;
 pub use target::{
     check_address, check_target, default_address, settings_doc, BusLocation, I2cChip, Target,
     DEFAULT_BUS,

@@ -42,6 +42,44 @@ pub fn settings_doc<C: I2cChip>() -> Vec<SettingDoc> {
     ]
 }
 
+/// Declares a chip's `[[sensors]]` type: its marker type, its [`I2cChip`] facts and,
+/// with `error`, that the `Bus` variant of its driver's `Error` is the bus error
+/// ([`ChipError`](super::ChipError)). The same few lines for every chip, said once.
+macro_rules! i2c_chip {
+    (
+        $(#[$meta:meta])* $chip:ident {
+            type: $type:literal,
+            addresses: $addresses:expr,
+            address_doc: $address_doc:literal,
+            description: $description:literal $(,)?
+        } $(error: $error:ident)?
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Default)]
+        pub struct $chip;
+
+        impl $crate::sensors::i2c::I2cChip for $chip {
+            const TYPE: &'static str = $type;
+            const ADDRESSES: &'static [u8] = $addresses;
+            const ADDRESS_DOC: &'static str = $address_doc;
+            const DESCRIPTION: &'static str = $description;
+        }
+
+        $(
+            impl $crate::sensors::i2c::ChipError for $error<$crate::sensors::i2c::I2cBusError> {
+                fn bus_error(&self) -> Option<&$crate::sensors::i2c::I2cBusError> {
+                    match self {
+                        $error::Bus(e) => Some(e),
+                        #[allow(unreachable_patterns)]
+                        _ => None,
+                    }
+                }
+            }
+        )?
+    };
+}
+pub(crate) use i2c_chip;
+
 /// The default `address` of a chip's entries (a serde default).
 pub fn default_address<C: I2cChip>() -> u8 {
     C::ADDRESSES[0]
