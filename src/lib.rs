@@ -13,14 +13,13 @@
 //! - [`uploader`]: drains the queue through api + auth with the retry policy.
 //! - [`backoff`]: exponential backoff with full jitter.
 //! - [`daemon`]: wires the tasks together, shutdown, systemd notification.
-//! - [`cli`]: the command line and one handler per subcommand.
+//! - [`cli`]: the command line: one file per command group (arguments, handler, output).
+//! - [`cli_sensors`]: the handlers of `sensors list|scan|read`.
 
 pub mod api;
 pub mod auth;
 pub mod backoff;
 pub mod cli;
-pub mod cli_login;
-pub mod cli_queue;
 pub mod cli_sensors;
 pub mod clock;
 pub mod config;
