@@ -14,13 +14,11 @@
 //! - [`backoff`]: exponential backoff with full jitter.
 //! - [`daemon`]: wires the tasks together, shutdown, systemd notification.
 //! - [`cli`]: the command line: one file per command group (arguments, handler, output).
-//! - [`cli_sensors`]: the handlers of `sensors list|scan|read`.
 
 pub mod api;
 pub mod auth;
 pub mod backoff;
 pub mod cli;
-pub mod cli_sensors;
 pub mod clock;
 pub mod config;
 pub mod daemon;
