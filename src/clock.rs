@@ -3,6 +3,9 @@
 //! how the tests reproduce a Pi that booted without a real-time clock, without touching
 //! the machine's clock.
 //!
+//! It also holds every other clock fact the daemon needs: the boot id, CLOCK_BOOTTIME
+//! and this build's date as the floor below which the wall clock cannot be right.
+//!
 //! It also says whether the wall clock can be trusted for capture times
 //! ([`Clock::trusted`]): not before this build's date, and not while the machine's NTP
 //! client has not synchronised it since boot. The second case is a Pi that booted
@@ -107,7 +110,7 @@ impl Clock {
         };
         trust(
             at_ms,
-            crate::sampler::clock_floor_ms(),
+            clock_floor_ms(),
             unsynced,
             SERVER_AGREES.load(Ordering::Relaxed),
         )
@@ -131,6 +134,42 @@ impl Clock {
     pub fn now_ms(&self) -> i64 {
         crate::reading::unix_ms(self.now())
     }
+}
+
+/// Below this wall-clock time the clock cannot be right: the binary was built after it.
+/// A Pi without a real-time clock boots at its last saved time, or at 1970.
+/// Parsed once: `Clock::trusted` asks for it at every reading.
+pub fn clock_floor_ms() -> i64 {
+    static FLOOR_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *FLOOR_MS.get_or_init(|| {
+        let built: i64 = option_env!("PROFILO_GATEWAY_BUILD_UNIX")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (built - 86_400) * 1000
+    })
+}
+
+/// Milliseconds of CLOCK_BOOTTIME: monotonic, counts suspend, restarts at boot.
+pub fn boottime_ms() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    // time_t and c_long are 32 bits on armv7: widen portably.
+    #[allow(clippy::useless_conversion)]
+    let (secs, nanos) = (i64::from(ts.tv_sec), i64::from(ts.tv_nsec));
+    secs * 1000 + nanos / 1_000_000
+}
+
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// The trust rule, apart from where its inputs come from.

@@ -85,10 +85,10 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
         interval = %humantime::format_duration(config.sampling.interval),
         "starting"
     );
-    let (store, store_thread) = crate::store::spawn(
+    let (store, store_thread) = crate::queue::writer::spawn(
         queue,
         config.queue.commit_interval,
-        crate::sampler::boot_id(),
+        crate::clock::boot_id(),
         clock,
     )
     .map_err(|source| DaemonError::Start {
@@ -146,7 +146,7 @@ async fn serve(
     config: &Config,
     api: Api,
     clock: Clock,
-    store: crate::store::StoreHandle,
+    store: crate::queue::writer::StoreHandle,
     heartbeats: [(&'static str, Heartbeat); 2],
     mut signals: StopSignals,
 ) -> Result<(), DaemonError> {
@@ -281,7 +281,7 @@ struct Counters {
 
 /// Keeps systemd's STATUS= line and the daemon's state in the queue current.
 async fn status_loop(
-    store: crate::store::StoreHandle,
+    store: crate::queue::writer::StoreHandle,
     notifier: Notifier,
     clock: Clock,
     counters: Counters,

@@ -5,11 +5,11 @@
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use crate::clock::Clock;
+use crate::clock::{boottime_ms, clock_floor_ms, Clock};
 use crate::config::OnSensorError;
+use crate::queue::writer::{Captured, StoreHandle};
 use crate::reading::Reading;
 use crate::sensors::set::{SensorSet, Tick};
-use crate::store::{Captured, StoreHandle};
 use crate::systemd::Heartbeat;
 
 /// Ticks late by less than this are caught up (at up to twice the rate) instead of skipped,
@@ -25,42 +25,6 @@ pub trait TickSource: Send {
     fn health_json(&self) -> Option<String> {
         None
     }
-}
-
-/// Below this wall-clock time the clock cannot be right: the binary was built after it.
-/// A Pi without a real-time clock boots at its last saved time, or at 1970.
-/// Parsed once: `Clock::trusted` asks for it at every reading.
-pub fn clock_floor_ms() -> i64 {
-    static FLOOR_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *FLOOR_MS.get_or_init(|| {
-        let built: i64 = option_env!("PROFILO_GATEWAY_BUILD_UNIX")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        (built - 86_400) * 1000
-    })
-}
-
-/// Milliseconds of CLOCK_BOOTTIME: monotonic, counts suspend, restarts at boot.
-pub fn boottime_ms() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    // time_t and c_long are 32 bits on armv7: widen portably.
-    #[allow(clippy::useless_conversion)]
-    let (secs, nanos) = (i64::from(ts.tv_sec), i64::from(ts.tv_nsec));
-    secs * 1000 + nanos / 1_000_000
-}
-
-pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
 }
 
 pub struct Sampler {
@@ -193,7 +157,7 @@ mod tests {
         (
             tempfile::TempDir,
             QueueConfig,
-            crate::store::StoreHandle,
+            crate::queue::writer::StoreHandle,
             std::thread::JoinHandle<()>,
         ),
         String,
@@ -204,7 +168,7 @@ mod tests {
             ..QueueConfig::default()
         };
         let queue = Queue::open(&config).map_err(|e| e.to_string())?;
-        let (store, thread) = crate::store::spawn(
+        let (store, thread) = crate::queue::writer::spawn(
             queue,
             Duration::from_millis(10),
             "b".into(),

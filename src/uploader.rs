@@ -14,8 +14,8 @@ use crate::api::{Api, SendOutcome};
 use crate::auth::{AuthError, TokenManager};
 use crate::backoff::Backoff;
 use crate::clock::Clock;
+use crate::queue::writer::{Settlement, StoreHandle};
 use crate::queue::{status_key, Stored};
-use crate::store::{Settlement, StoreHandle};
 use crate::systemd::Heartbeat;
 
 /// How long in-flight requests may finish after shutdown was asked for.
