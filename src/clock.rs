@@ -13,6 +13,7 @@
 //! which is past the build date but hours or days too early until NTP steps it.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub const SKEW_ENV: &str = "PROFILO_GATEWAY_CLOCK_SKEW";
@@ -40,9 +41,6 @@ const OTHER_NTP_CLIENT_MARKS: [&str; 5] = [
 /// `iat` has a one-second resolution and the answer takes a moment to arrive.
 pub const SERVER_AGREEMENT_MS: i64 = 2_000;
 
-/// Whether the server's clock, at the last token, agreed with ours. One wall clock per
-/// process, so one answer per process.
-static SERVER_AGREES: AtomicBool = AtomicBool::new(false);
 /// The NTP client's answer, asked at most once a second (the sampler may ask 1000 times).
 static NTP_ASKED_AT_MS: AtomicI64 = AtomicI64::new(i64::MIN);
 static NTP_UNSYNCED: AtomicBool = AtomicBool::new(false);
@@ -59,11 +57,37 @@ enum SyncSource {
     Forced { unsynced: bool },
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Whether the server's clock, at the last fresh token, agreed with ours: learned by the
+/// token manager, read wherever a capture time is judged. Clones share one answer; each
+/// [`Clock`] made anew starts with its own (not vouched for), so in-process tests never
+/// share it.
+#[derive(Debug, Clone, Default)]
+pub struct ClockTrust {
+    server_agrees: Arc<AtomicBool>,
+}
+
+impl ClockTrust {
+    /// The token manager's measure of server minus device time, at each fresh token.
+    pub fn note_server_offset(&self, offset_ms: i64) {
+        self.server_agrees
+            .store(offset_ms.abs() <= SERVER_AGREEMENT_MS, Ordering::Relaxed);
+    }
+
+    /// Whether the server's clock vouched for ours at the last fresh token.
+    pub fn server_agrees(&self) -> bool {
+        self.server_agrees.load(Ordering::Relaxed)
+    }
+}
+
+/// The wall clock as the daemon sees it. Cheap to clone; clones share the [`ClockTrust`],
+/// so the daemon makes one and hands clones to the token manager, the sampler and the
+/// queue thread.
+#[derive(Debug, Clone, Default)]
 pub struct Clock {
     /// Milliseconds added to the real clock.
     skew_ms: i64,
     sync: SyncSource,
+    trust: ClockTrust,
 }
 
 impl Clock {
@@ -97,7 +121,11 @@ impl Clock {
                 ))
             }
         };
-        Ok(Clock { skew_ms, sync })
+        Ok(Clock {
+            skew_ms,
+            sync,
+            trust: ClockTrust::default(),
+        })
     }
 
     /// Whether a capture at `at_ms` (this clock's time, taken now) can be trusted: past the
@@ -112,13 +140,13 @@ impl Clock {
             at_ms,
             clock_floor_ms(),
             unsynced,
-            SERVER_AGREES.load(Ordering::Relaxed),
+            self.trust.server_agrees(),
         )
     }
 
-    /// The token manager's measure of server minus device time, at each fresh token.
-    pub fn note_server_offset(offset_ms: i64) {
-        SERVER_AGREES.store(offset_ms.abs() <= SERVER_AGREEMENT_MS, Ordering::Relaxed);
+    /// What the server's clock says of this one; shared by every clone.
+    pub fn trust(&self) -> &ClockTrust {
+        &self.trust
     }
 
     pub fn now(&self) -> SystemTime {
@@ -254,6 +282,25 @@ mod tests {
         let clock = Clock::system();
         assert!(clock.trusted(clock.now_ms()));
         assert!(!clock.trusted(0));
+    }
+
+    #[test]
+    fn server_trust_is_shared_by_clones_and_by_nothing_else() {
+        let clock = Clock::system();
+        let clone = clock.clone();
+        let other = Clock::system();
+        assert!(!clone.trust().server_agrees(), "not vouched for at start");
+        clock.trust().note_server_offset(SERVER_AGREEMENT_MS);
+        assert!(
+            clone.trust().server_agrees(),
+            "a clone sees the token manager's answer"
+        );
+        assert!(!other.trust().server_agrees(), "another clock does not");
+        clock.trust().note_server_offset(-SERVER_AGREEMENT_MS - 1);
+        assert!(
+            !clone.trust().server_agrees(),
+            "a later disagreement withdraws it"
+        );
     }
 
     #[test]

@@ -89,7 +89,7 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
         queue,
         config.queue.commit_interval,
         crate::clock::boot_id(),
-        clock,
+        clock.clone(),
     )
     .map_err(|source| DaemonError::Start {
         what: "the queue thread",
@@ -103,7 +103,7 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
     let sampler = Sampler {
         source: Box::new(sensors),
         store: store.clone(),
-        clock,
+        clock: clock.clone(),
         interval: config.sampling.interval,
         on_sensor_error: config.sampling.on_sensor_error,
         heartbeat: sampler_heartbeat.clone(),
@@ -162,7 +162,7 @@ async fn serve(
         api.clone(),
         config.api.username.clone(),
         passwords,
-        clock,
+        clock.clone(),
         AuthSettings {
             refresh_margin: config.api.refresh_margin,
             login_backoff_base: config.api.login_backoff_base,
@@ -175,7 +175,7 @@ async fn serve(
         api,
         auth: auth.clone(),
         store: store.clone(),
-        clock,
+        clock: clock.clone(),
         settings: UploadSettings {
             concurrency: config.upload.concurrency,
             batch_size: config.upload.batch_size,
