@@ -17,8 +17,9 @@ use crate::config::Config;
 use crate::queue::{status_key, Queue, QueueError};
 use crate::sampler::Sampler;
 use crate::sensors::set::SensorSet;
-use crate::systemd::{Heartbeat, Notifier};
+use crate::systemd::Notifier;
 use crate::uploader::{UploadCounters, UploadSettings, Uploader};
+use crate::watchdog::{Heartbeat, Stop};
 
 /// How long the tasks get to stop after SIGTERM/SIGINT before the runtime drops them.
 const STOP_TIMEOUT: Duration = Duration::from_secs(4);
@@ -97,9 +98,11 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
     })?;
 
     let sensors = SensorSet::from_config(&config.sensors, config.sampling.interval)?;
+    // Before the sampler starts: nothing below may fail and leave it running.
+    let api = Api::new(&config.api.base_url, config.api.request_timeout)?;
     let sampler_heartbeat = Heartbeat::new();
     let uploader_heartbeat = Heartbeat::new();
-    let (stop_sampler, stop_rx) = std::sync::mpsc::channel::<()>();
+    let stop_sampler = Stop::new();
     let sampler = Sampler {
         source: Box::new(sensors),
         store: store.clone(),
@@ -110,13 +113,15 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
     };
     let sampler_thread = std::thread::Builder::new()
         .name("sampler".into())
-        .spawn(move || sampler.run(stop_rx))
+        .spawn({
+            let stop = stop_sampler.clone();
+            move || sampler.run(stop)
+        })
         .map_err(|source| DaemonError::Start {
             what: "the sampler thread",
             source,
         })?;
 
-    let api = Api::new(&config.api.base_url, config.api.request_timeout)?;
     let result = runtime.block_on(serve(
         config,
         api,
@@ -131,7 +136,7 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
     // Dropping the runtime drops any task that outlived the stop timeout, and with them the
     // last queue handles, so the queue thread makes its final commit and ends.
     drop(runtime);
-    let _ = stop_sampler.send(());
+    stop_sampler.stop();
     if sampler_thread.join().is_err() {
         tracing::error!("sampler thread panicked");
     }
@@ -191,7 +196,7 @@ async fn serve(
         let cancel = cancel.child_token();
         tracker.spawn(async move { auth.keep_fresh(cancel).await });
     }
-    tracker.spawn(crate::systemd::watchdog_loop(
+    tracker.spawn(crate::watchdog::watchdog_loop(
         notifier.clone(),
         vec![sampler_hb, uploader_hb],
         stall_after(config.api.request_timeout),

@@ -32,3 +32,4 @@ pub mod sampler;
 pub mod sensors;
 pub mod systemd;
 pub mod uploader;
+pub mod watchdog;

@@ -2,7 +2,6 @@
 //! reading to the queue. Runs on its own thread: it never waits for the network, and a slow
 //! sensor never stalls the uploader.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use crate::clock::{boottime_ms, clock_floor_ms, Clock};
@@ -10,7 +9,7 @@ use crate::config::OnSensorError;
 use crate::queue::writer::{Captured, StoreHandle};
 use crate::reading::Reading;
 use crate::sensors::set::{SensorSet, Tick};
-use crate::systemd::Heartbeat;
+use crate::watchdog::{Heartbeat, Stop};
 
 /// Ticks late by less than this are caught up (at up to twice the rate) instead of skipped,
 /// so a loaded machine that wakes the sampler late still takes every reading at 1 kHz.
@@ -37,8 +36,8 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// Samples until `stop` receives a message or is dropped.
-    pub fn run(mut self, stop: Receiver<()>) {
+    /// Samples until `stop` is asked.
+    pub fn run(mut self, stop: Stop) {
         let floor = clock_floor_ms();
         let mut next = Instant::now();
         let mut last_failed: Option<Vec<String>> = None;
@@ -112,24 +111,9 @@ impl Sampler {
             // Half an interval apart at least: a lag is caught up, not fired as a burst.
             // The schedule itself stays put, so a lag is caught up at up to twice the rate.
             let wake = next.max(tick_started + min_spacing);
-            if wait_or_stop(&stop, wake, &self.heartbeat) {
+            if stop.sleep_until(wake, Some(&self.heartbeat)) {
                 return;
             }
-        }
-    }
-}
-
-/// Waits until `until`, beating the heartbeat at least every second so a long sampling
-/// interval never looks like a stall to the watchdog; true when asked to stop.
-fn wait_or_stop(stop: &Receiver<()>, until: Instant, heartbeat: &Heartbeat) -> bool {
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        match stop.recv_timeout(left.min(Duration::from_secs(1))) {
-            Err(RecvTimeoutError::Timeout) => heartbeat.beat(),
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => return true,
         }
     }
 }
@@ -237,8 +221,11 @@ mod tests {
             on_sensor_error: OnSensorError::Partial,
             heartbeat: heartbeat.clone(),
         };
-        let (stop, stop_rx) = std::sync::mpsc::channel();
-        let running = std::thread::spawn(move || sampler.run(stop_rx));
+        let stop = Stop::new();
+        let running = {
+            let stop = stop.clone();
+            std::thread::spawn(move || sampler.run(stop))
+        };
         // Before sensors read on their own threads, the sampler blocked in the hanging
         // read and the heartbeat stopped; now it beats at every 100 ms tick.
         let mut longest = Duration::ZERO;
@@ -246,7 +233,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
             longest = longest.max(heartbeat.since_last_beat(tokio::time::Instant::now()));
         }
-        let _ = stop.send(());
+        stop.stop();
         running.join().map_err(|_| "sampler panicked".to_string())?;
         stuck.open();
         assert!(
@@ -277,11 +264,14 @@ mod tests {
             on_sensor_error: OnSensorError::Partial,
             heartbeat: Heartbeat::new(),
         };
-        let (stop, stop_rx) = std::sync::mpsc::channel();
-        let running = std::thread::spawn(move || sampler.run(stop_rx));
+        let stop = Stop::new();
+        let running = {
+            let stop = stop.clone();
+            std::thread::spawn(move || sampler.run(stop))
+        };
         std::thread::sleep(Duration::from_millis(300));
         let asked = Instant::now();
-        let _ = stop.send(());
+        stop.stop();
         running.join().map_err(|_| "sampler panicked".to_string())?;
         assert!(asked.elapsed() < Duration::from_millis(100));
         let rows = stored_once_closed(thread, &config)?;
