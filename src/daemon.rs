@@ -168,11 +168,7 @@ async fn serve(
         config.api.username.clone(),
         passwords,
         clock.clone(),
-        AuthSettings {
-            refresh_margin: config.api.refresh_margin,
-            login_backoff_base: config.api.login_backoff_base,
-            login_backoff_max: config.api.login_backoff_max,
-        },
+        AuthSettings::from_config(config),
     ));
     let [sampler_hb, uploader_hb] = heartbeats;
     let upload_counters = Arc::new(UploadCounters::default());
