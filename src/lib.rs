@@ -7,7 +7,7 @@
 //! - [`reading`]: a reading (capture time + values) and its wire JSON.
 //! - [`sensors`]: the `Sensor` trait and one module per sensor type.
 //! - [`sampler`]: ticks, reads sensors, hands readings to the queue.
-//! - [`queue`]: the SQLite store: enqueue, claim, ack, dead letters, stats.
+//! - [`queue`]: the SQLite store and forward: enqueue, peek, ack, dead letters, stats; `queue::writer` is the queue thread.
 //! - [`api`]: the HTTP client for the server's endpoints, classifying every answer.
 //! - [`auth`]: the token manager, JWT payload decoding, password sources.
 //! - [`uploader`]: drains the queue through api + auth with the retry policy.
@@ -27,6 +27,6 @@ pub mod queue;
 pub mod reading;
 pub mod sampler;
 pub mod sensors;
-pub mod store;
 pub mod systemd;
 pub mod uploader;
+pub mod watchdog;

@@ -55,11 +55,7 @@ pub(super) fn login(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         Some(user.clone()),
         Some(sources),
         clock,
-        AuthSettings {
-            refresh_margin: config.api.refresh_margin,
-            login_backoff_base: config.api.login_backoff_base,
-            login_backoff_max: config.api.login_backoff_max,
-        },
+        AuthSettings::from_config(config),
     );
     runtime.block_on(async {
         let token = manager.access_token().await.map_err(|e| {
