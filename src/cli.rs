@@ -175,7 +175,7 @@ pub const EXIT_CONFIG: u8 = 78;
 pub struct ConfigFailure(pub crate::config::ConfigError);
 
 pub fn load_config(cli_path: Option<PathBuf>) -> Result<Config, ConfigFailure> {
-    Config::load(&ConfigSource::resolve(cli_path), std::env::vars()).map_err(ConfigFailure)
+    Config::load(&ConfigSource::resolve(cli_path), std::env::vars_os()).map_err(ConfigFailure)
 }
 
 /// Runs the parsed command line; logging is set up by the caller.
@@ -223,9 +223,16 @@ fn sensors_command(command: SensorsCommand, config: &Config) -> anyhow::Result<E
 
 fn config_check(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     if json {
+        // stdout stays one JSON object.
+        for warning in config.warnings() {
+            eprintln!("profilo-gateway: warning: {warning}");
+        }
         println!("{}", serde_json::to_string_pretty(config)?);
     } else {
         println!("# configuration is valid; effective settings (file + environment + defaults):");
+        for warning in config.warnings() {
+            println!("# WARNING: {warning}");
+        }
         print!("{}", config.to_toml());
         let pw = crate::cli_login::password_origin(config);
         println!("# password: {pw}");
