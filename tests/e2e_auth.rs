@@ -1320,6 +1320,16 @@ fn g_trace_level_output_holds_no_token_and_no_password() {
         &gw,
         "RUST_LOG=trace did not take effect (no DEBUG line)"
     );
+    // The dependencies' `log` records are checked too (the tracing-log bridge): reqwest
+    // logs every new connection. Without the bridge they never reach the output, and
+    // the checks below would miss whatever the HTTP stack says.
+    check!(
+        log.lines()
+            .any(|l| l.contains("reqwest::connect") && l.contains("starting new connection")),
+        &server,
+        &gw,
+        "no `log` record of reqwest in the trace output: the log bridge is missing"
+    );
     check!(
         tokens.len() >= 4,
         &server,
