@@ -946,11 +946,17 @@ fn e_device_clock_one_year_behind_no_refresh_or_401_storm() {
         &gw,
         "want every refresh to succeed"
     );
+    // A gateway that took expired tokens for valid ones would be refused at every
+    // expiry (one every 3 s, 5 or more in the 15 s run). One or two are a loaded
+    // machine's latency: an upload sent with a second of token life left that reaches
+    // the server after the expiry (zero would be a timed assertion).
     check!(
-        s.data_401 == 0,
+        s.data_401 <= 2,
         &server,
         &gw,
-        "want no 401: a clock a year behind must not make expired tokens look valid"
+        "{} uploads refused with 401: a clock a year behind must not make expired tokens \
+         look valid",
+        s.data_401
     );
     check_refresh_cadence(&server, &gw, elapsed);
     let on_server = server_keys(&server);
