@@ -16,8 +16,17 @@
 //! argument (from the config), both as tracing target directives: `info`,
 //! `debug`, `warn,profilo_gateway=debug`, ...
 //!
+//! The dependencies' `log` records (reqwest, keyring) are bridged into the same
+//! subscriber (tracing-subscriber's `tracing-log` feature: `try_init` installs the
+//! `LogTracer`), so `RUST_LOG` governs them too and nothing they say escapes the
+//! secrets check of the end-to-end tests. hyper-util logs through tracing already;
+//! hyper itself is built without its (unstable) tracing.
+//!
 //! Never log a token or a password: they are `secrecy::SecretString` in the
-//! code, and nothing here could redact them afterwards.
+//! code, and nothing here could redact them afterwards. The one dependency target
+//! that would print them, reqwest's `connection_verbose` byte dump (every header and
+//! body, at trace level), is off in api.rs and filtered out here whatever the filter
+//! says: see [`NEVER_LOGGED`].
 
 use std::fs::File;
 use std::io::IsTerminal;
@@ -34,6 +43,21 @@ pub const SYSLOG_IDENTIFIER: &str = "profilo-gateway";
 
 /// The environment variable that overrides the configured level.
 pub const RUST_LOG: &str = "RUST_LOG";
+
+/// Targets dropped whatever `RUST_LOG` or the config say. `reqwest::connect::verbose`
+/// dumps every byte of a connection at trace level (the `Authorization: Bearer` header,
+/// the login body with the password) once `ClientBuilder::connection_verbose(true)` is
+/// set: api.rs never sets it, and this keeps a later change from leaking through
+/// `RUST_LOG=trace`. No other target of our dependencies logs a header or a body
+/// (reqwest logs URLs, which hold no secret: `api.base_url` may not carry credentials).
+pub const NEVER_LOGGED: &[&str] = &["reqwest::connect::verbose"];
+
+/// `filter` with [`NEVER_LOGGED`] switched off (the most specific target wins).
+fn mask(filter: Targets) -> Targets {
+    NEVER_LOGGED.iter().fold(filter, |f, target| {
+        f.with_target(*target, tracing_subscriber::filter::LevelFilter::OFF)
+    })
+}
 
 /// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +113,7 @@ pub fn init(level: &str) -> Result<(), LoggingError> {
     let result = match output {
         Output::Journald => match journald_layer() {
             Ok(layer) => tracing_subscriber::registry()
-                .with(layer.with_filter(build_filter(level, rust_log.as_deref())?))
+                .with(layer.with_filter(mask(build_filter(level, rust_log.as_deref())?)))
                 .try_init(),
             Err(e) => {
                 journald_failed = Some(e);
@@ -194,7 +218,7 @@ fn stderr_registry(
     rust_log: Option<&str>,
     ansi: bool,
 ) -> Result<impl SubscriberInitExt, LoggingError> {
-    let filter = build_filter(level, rust_log)?;
+    let filter = mask(build_filter(level, rust_log)?);
     Ok(tracing_subscriber::registry().with(fmt_layer(std::io::stderr, ansi).with_filter(filter)))
 }
 
@@ -296,6 +320,23 @@ mod tests {
             !out.contains('\u{1b}'),
             "no ANSI escapes off a terminal: {out:?}"
         );
+    }
+
+    #[test]
+    fn byte_dumps_are_never_logged_even_at_trace() {
+        use tracing::Level;
+        for (level, rust_log) in [
+            ("trace", None),
+            ("info", Some("trace")),
+            ("info", Some("reqwest=trace")),
+        ] {
+            let f = mask(build_filter(level, rust_log).unwrap());
+            assert!(
+                !f.would_enable("reqwest::connect::verbose", &Level::ERROR),
+                "{f}"
+            );
+            assert!(f.would_enable("reqwest::connect", &Level::TRACE), "{f}");
+        }
     }
 
     #[test]

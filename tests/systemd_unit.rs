@@ -185,6 +185,32 @@ fn unit_keeps_the_contract() {
     assert!(lines.contains(&"RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6"));
 }
 
+/// Resource limits and a client's sockets (issue 13): no core holding the tokens, a
+/// memory ceiling, no listening socket.
+#[test]
+fn unit_limits_memory_cores_and_binding() {
+    let unit = std::fs::read_to_string(unit_path()).expect("read the shipped unit");
+    let lines: Vec<&str> = unit
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    for expected in ["LimitCORE=0", "SocketBindDeny=any"] {
+        assert!(lines.contains(&expected), "{UNIT_NAME} lacks `{expected}`");
+    }
+    let memory_max = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("MemoryMax="))
+        .expect("MemoryMax= is set");
+    let mib = memory_max
+        .strip_suffix('M')
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("MemoryMax={memory_max}: want a size in M"));
+    // Above the measured peak (16 MB draining with the largest upload settings), and
+    // low enough to stop a leak long before a 512 MB Pi swaps.
+    assert!((32..=256).contains(&mib), "MemoryMax={memory_max}");
+}
+
 #[test]
 fn exposure_parser_reads_the_summary_line() {
     let sample =

@@ -68,6 +68,8 @@ struct State {
     next_attempt_at: Option<Instant>,
     /// The last failure that was logged, so an unchanged one is not logged again.
     last_failure: Option<String>,
+    /// Whether a token due for renewal on arrival was reported (once is enough).
+    told_due_on_arrival: bool,
 }
 
 pub struct TokenManager {
@@ -105,6 +107,8 @@ impl AuthCounters {
 const IAT_CENTRE: Duration = Duration::from_millis(500);
 /// A token is not sent in its last second: it could expire on the way.
 const EXPIRY_SLACK: Duration = Duration::from_secs(1);
+/// Bound on a measured clock offset (a thousand years): `iat` may hold any value.
+const MAX_OFFSET_MS: i64 = 1000 * 365 * 86_400_000;
 
 impl TokenManager {
     pub fn new(
@@ -128,6 +132,7 @@ impl TokenManager {
                 backoff,
                 next_attempt_at: None,
                 last_failure: None,
+                told_due_on_arrival: false,
             }),
             counters: AuthCounters::default(),
         }
@@ -215,9 +220,8 @@ impl TokenManager {
         let st = self.state.lock().await;
         st.access
             .as_ref()
-            .and_then(|a| a.token.lifetime_secs())
-            .filter(|&l| l > 0)
-            .map(|l| Duration::from_secs(l as u64))
+            .and_then(|a| a.token.lifetime())
+            .filter(|l| !l.is_zero())
             .unwrap_or(Duration::from_secs(60))
     }
 
@@ -225,17 +229,17 @@ impl TokenManager {
         let st = self.state.lock().await;
         let access = st.access.as_ref()?;
         Some(SessionInfo {
-            access_expires_at: crate::reading::format_rfc3339_ms(access.token.claims.exp * 1000),
+            access_expires_at: crate::reading::format_rfc3339_ms(access.token.expires_at_ms()),
             refresh_expires_at: st
                 .refresh
                 .as_ref()
-                .map(|r| crate::reading::format_rfc3339_ms(r.token.claims.exp * 1000)),
+                .map(|r| crate::reading::format_rfc3339_ms(r.token.expires_at_ms())),
             clock_offset_secs: st.offset_ms as f64 / 1000.0,
         })
     }
 
     fn margin(&self, token: &Token) -> Duration {
-        let lifetime = Duration::from_secs(token.lifetime_secs().unwrap_or(0).max(0) as u64);
+        let lifetime = token.lifetime().unwrap_or_default();
         let margin = self.settings.refresh_margin.unwrap_or_else(|| {
             (lifetime / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
         });
@@ -250,7 +254,7 @@ impl TokenManager {
     /// The refresh token is renewed by a login well before it expires (a tenth of its
     /// lifetime, at most an hour), so an idle device never holds a dead one.
     fn refresh_margin(&self, token: &Token) -> Duration {
-        let lifetime = Duration::from_secs(token.lifetime_secs().unwrap_or(0).max(0) as u64);
+        let lifetime = token.lifetime().unwrap_or_default();
         (lifetime / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600))
     }
 
@@ -259,17 +263,16 @@ impl TokenManager {
     /// involved); otherwise `exp` against the device clock corrected by the offset.
     fn hold(&self, token: Token, margin: Duration, offset_ms: i64) -> Held {
         let now = Instant::now();
-        let remaining = match token.lifetime_secs() {
-            Some(l) => Duration::from_secs(l.max(0) as u64).saturating_sub(IAT_CENTRE),
-            None => {
-                let server_now = self.clock.now_ms() + offset_ms;
-                Duration::from_millis((token.claims.exp * 1000 - server_now).max(0) as u64)
-            }
+        // Both are at most a year (jwt::MAX_PLANNED_LIFE): the additions cannot overflow.
+        let remaining = match token.lifetime() {
+            Some(l) => l.saturating_sub(IAT_CENTRE),
+            None => token.remaining_at(self.clock.now_ms().saturating_add(offset_ms)),
         };
+        let at = |d: Duration| now.checked_add(d).unwrap_or(now);
         Held {
             token,
-            renew_at: now + remaining.saturating_sub(margin),
-            expires_at: now + remaining.saturating_sub(EXPIRY_SLACK),
+            renew_at: at(remaining.saturating_sub(margin)),
+            expires_at: at(remaining.saturating_sub(EXPIRY_SLACK)),
         }
     }
 
@@ -465,8 +468,13 @@ impl TokenManager {
             }
         };
         if let Some(iat) = access.claims.iat {
-            // iat has one-second resolution: +500 ms centres the estimate.
-            let offset = iat * 1000 + IAT_CENTRE.as_millis() as i64 - self.clock.now_ms();
+            // iat has one-second resolution: +500 ms centres the estimate. The server's
+            // claims may hold any value: saturated, then kept within a thousand years.
+            let offset = iat
+                .saturating_mul(1000)
+                .saturating_add(IAT_CENTRE.as_millis() as i64)
+                .saturating_sub(self.clock.now_ms())
+                .clamp(-MAX_OFFSET_MS, MAX_OFFSET_MS);
             if (offset - st.offset_ms).abs() > 5_000 {
                 tracing::info!(
                     offset_secs = offset / 1000,
@@ -483,11 +491,38 @@ impl TokenManager {
             st.refresh = Some(self.hold(r, margin, st.offset_ms));
         }
         let margin = self.margin(&access);
+        let lifetime = access.lifetime_secs();
         let held = self.hold(access, margin, st.offset_ms);
+        let now = Instant::now();
+        // A token dead on arrival (`exp <= iat`, a lifetime of a second, an `exp` already
+        // past) is an unusable answer: the caller backs off, rather than renewing at
+        // every upload.
+        if held.expires_at <= now {
+            return Err(format!(
+                "the access token is dead on arrival (exp - iat = {}); check the server's \
+                 ACCESS_TOKEN_LIFETIME (minutes, not seconds) and clock",
+                lifetime.map_or("unknown".into(), |l| format!("{l} s"))
+            ));
+        }
         let secret = held.token.secret.clone();
+        let due_on_arrival = held.renew_at <= now;
         st.access = Some(held);
-        st.backoff.reset();
-        st.next_attempt_at = None;
+        if due_on_arrival {
+            // Usable but already due (a refresh_margin longer than its life): renewals
+            // wait for the growing backoff instead of going out at every call.
+            let wait = self.backoff_wait(st, None);
+            if !std::mem::replace(&mut st.told_due_on_arrival, true) {
+                tracing::warn!(
+                    retry_in = %humantime::format_duration(round_secs(wait)),
+                    "the access token is due for renewal on arrival (api.refresh_margin \
+                     exceeds its life): renewing at the login backoff's pace"
+                );
+            }
+            st.next_attempt_at = Some(now + wait);
+        } else {
+            st.backoff.reset();
+            st.next_attempt_at = None;
+        }
         Ok(secret)
     }
 }
@@ -526,6 +561,8 @@ mod tests {
         refresh_fault: std::sync::Mutex<Option<Fault>>,
         login_fault: std::sync::Mutex<Option<Fault>>,
         access_lifetime_s: AtomicI64,
+        /// The payload of every access token when set (claims of any value).
+        access_claims: std::sync::Mutex<Option<serde_json::Value>>,
         requests: AtomicU64,
     }
 
@@ -556,7 +593,18 @@ mod tests {
         /// Status, extra header lines, body, and a delay before answering.
         fn answer(&self, path: &str, body: &str) -> (u16, String, String, Duration) {
             self.requests.fetch_add(1, Ordering::SeqCst);
-            let access = self.issue("access", self.access_lifetime_s.load(Ordering::SeqCst));
+            let access = match lock(&self.access_claims).clone() {
+                Some(claims) => {
+                    use base64::Engine;
+                    let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+                    format!(
+                        "{}.{}.c2ln",
+                        b64(br#"{"alg":"HS256"}"#),
+                        b64(claims.to_string().as_bytes())
+                    )
+                }
+                None => self.issue("access", self.access_lifetime_s.load(Ordering::SeqCst)),
+            };
             let refresh = self.issue("refresh", 3600);
             let mut valid = lock(&self.valid_refresh);
             let fault = if path == "/api/token/" {
@@ -798,6 +846,47 @@ mod tests {
         assert_eq!(server.logins.load(Ordering::SeqCst), 1);
         assert_eq!(server.refreshes.load(Ordering::SeqCst), 1);
         assert_eq!(server.refused.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn access_tokens_with_any_times_neither_panic_nor_renew_at_every_call() {
+        let now = crate::reading::unix_ms(std::time::SystemTime::now()) / 1000;
+        let claims = |exp: i64, iat: Option<i64>| match iat {
+            Some(iat) => serde_json::json!({"token_type": "access", "exp": exp, "iat": iat}),
+            None => serde_json::json!({"token_type": "access", "exp": exp}),
+        };
+        for (payload, margin) in [
+            // exp - iat overflows; a lifetime near i64::MAX (Instant + Duration overflow).
+            (claims(i64::MAX, Some(i64::MIN)), None),
+            (claims(i64::MIN, Some(i64::MAX)), None),
+            (claims(i64::MAX, Some(0)), None),
+            (claims(i64::MAX, Some(now)), None),
+            (claims(i64::MAX, None), None),
+            // Dead on arrival: exp <= iat, a one-second life, an exp long past.
+            (claims(now, Some(now)), None),
+            (claims(now - 60, Some(now)), None),
+            (claims(now + 1, Some(now)), None),
+            (claims(now - 60, None), None),
+            // Usable but due on arrival: a margin longer than a life with no iat.
+            (claims(now + 3, None), Some(Duration::from_secs(3600))),
+        ] {
+            let server = Arc::new(FakeServer::default());
+            *lock(&server.access_claims) = Some(payload.clone());
+            let url = serve(server.clone()).await;
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let mut m = manager(&url, Clock::system(), dir.path());
+            m.settings.refresh_margin = margin;
+            for _ in 0..50 {
+                let _ = m.access_token().await;
+            }
+            let _ = m.session_info().await;
+            let _ = m.renew_in().await;
+            assert_eq!(
+                server.requests.load(Ordering::SeqCst),
+                1,
+                "{payload}: a request per call"
+            );
+        }
     }
 
     #[tokio::test]

@@ -100,7 +100,7 @@ pub const EXIT_CONFIG: u8 = 78;
 pub struct ConfigFailure(pub crate::config::ConfigError);
 
 pub fn load_config(cli_path: Option<PathBuf>) -> Result<Config, ConfigFailure> {
-    Config::load(&ConfigSource::resolve(cli_path), std::env::vars()).map_err(ConfigFailure)
+    Config::load(&ConfigSource::resolve(cli_path), std::env::vars_os()).map_err(ConfigFailure)
 }
 
 /// One line for an error and its causes, each said once. Many of our errors already
