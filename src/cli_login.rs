@@ -39,8 +39,8 @@ pub fn login(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let api = Api::new(&config.api.base_url, config.api.request_timeout)?;
     let clock = Clock::from_env().map_err(anyhow::Error::msg)?;
+    let api = Api::from_config(&config.api, clock)?;
     let manager = TokenManager::new(
         api.clone(),
         Some(user.clone()),
@@ -70,6 +70,7 @@ pub fn login(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             "password_source": source.to_string(),
             "profile": profile,
             "session": session,
+            "server_certificate": api.server_certificate(),
         });
         if json {
             println!("{out}");
@@ -79,6 +80,9 @@ pub fn login(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
                 config.api.base_url
             );
             println!("profile: {profile:#}");
+            if let Some(c) = api.server_certificate() {
+                println!("server certificate: {c}");
+            }
             if let Some(s) = session {
                 println!("access token expires:  {}", s.access_expires_at);
                 println!(

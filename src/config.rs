@@ -67,6 +67,19 @@ pub struct ApiConfig {
     pub login_backoff_base: Duration,
     #[serde(with = "humantime_serde")]
     pub login_backoff_max: Duration,
+    // ---- TLS and proxy (issue 15) ----
+    /// PEM certificates trusted besides the system store: a private CA, or the server's own
+    /// self-signed certificate (then accepted as it is, still checked for name and dates).
+    pub ca_file: Option<PathBuf>,
+    /// Whether the system's CA store is trusted too; false (with `ca_file`) skips loading it.
+    pub system_roots: bool,
+    /// PEM certificate (and chain) for servers that require client certificates.
+    pub client_cert: Option<PathBuf>,
+    /// Its PEM private key, mode 0600 like the password file.
+    pub client_key: Option<PathBuf>,
+    /// `http://host:port` or `https://host:port`, used for every request; unset, the
+    /// `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` environment variables apply.
+    pub proxy: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -79,6 +92,23 @@ impl Default for ApiConfig {
             refresh_margin: None,
             login_backoff_base: Duration::from_secs(5),
             login_backoff_max: Duration::from_secs(300),
+            ca_file: None,
+            system_roots: true,
+            client_cert: None,
+            client_key: None,
+            proxy: None,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The TLS settings, for `tls::check` and the HTTP client.
+    pub fn tls_files(&self) -> crate::tls::TlsFiles<'_> {
+        crate::tls::TlsFiles {
+            ca_file: self.ca_file.as_deref(),
+            system_roots: self.system_roots,
+            client_cert: self.client_cert.as_deref(),
+            client_key: self.client_key.as_deref(),
         }
     }
 }
@@ -375,6 +405,11 @@ impl Config {
                 ))
             }
         }
+        // ---- TLS and proxy (issue 15) ----
+        crate::tls::check(&self.api.tls_files()).map_err(|e| invalid(e.key, e.message))?;
+        if let Some(proxy) = &self.api.proxy {
+            check_proxy(proxy).map_err(|m| invalid("api.proxy", format!("{proxy:?} {m}")))?;
+        }
         if self
             .api
             .username
@@ -445,6 +480,24 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// An http(s) proxy URL without credentials: the configuration is printed by `config check`,
+/// the environment is not.
+fn check_proxy(proxy: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(proxy).map_err(|e| format!("is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an http://host:port or https://host:port URL".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "must not hold credentials (`config check` prints the configuration): \
+                    leave api.proxy unset and set HTTPS_PROXY=http://user:password@host:port \
+                    in the service's environment instead"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// Env values are TOML when they parse as such (`10`, `true`, `"x"`, `[1, 2]`), else plain strings,

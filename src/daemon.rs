@@ -116,7 +116,7 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
             source,
         })?;
 
-    let api = Api::new(&config.api.base_url, config.api.request_timeout)?;
+    let api = Api::from_config(&config.api, clock)?;
     let result = runtime.block_on(serve(
         config,
         api,

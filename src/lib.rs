@@ -32,4 +32,5 @@ pub mod sampler;
 pub mod sensors;
 pub mod store;
 pub mod systemd;
+pub mod tls;
 pub mod uploader;
