@@ -180,7 +180,7 @@ impl Api {
             // Set, it replaces the environment's proxy settings (NO_PROXY included: there is
             // one server).
             let proxy = reqwest::Proxy::all(proxy)
-                .map_err(|e| ApiError::Client(format!("api.proxy {proxy:?}: {e}")))?;
+                .map_err(|e| ApiError::Client(format!("api.proxy: {e}")))?;
             builder = builder.proxy(proxy);
         }
         let client = builder

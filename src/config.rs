@@ -408,7 +408,8 @@ impl Config {
         // ---- TLS and proxy (issue 15) ----
         crate::tls::check(&self.api.tls_files()).map_err(|e| invalid(e.key, e.message))?;
         if let Some(proxy) = &self.api.proxy {
-            check_proxy(proxy).map_err(|m| invalid("api.proxy", format!("{proxy:?} {m}")))?;
+            // Never quoted: it may hold credentials.
+            check_proxy(proxy).map_err(|m| invalid("api.proxy", m))?;
         }
         if self
             .api

@@ -68,7 +68,11 @@ pub(super) fn refusal(
                 let names = if presented.is_empty() {
                     "no host name (no subjectAltName; the CN alone does not count)".to_owned()
                 } else {
-                    presented.join(", ")
+                    presented
+                        .iter()
+                        .map(|n| san(n))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 };
                 format!(
                     "{which} is for {names}, not for {host} (the host of api.base_url): use a \
@@ -145,6 +149,23 @@ fn dates(which: &str, what: &str, clock: &dyn TimeSource, fix: &str) -> String {
     format!("{which} {what}; the device's clock says {now} ({state}): {advice}")
 }
 
+/// webpki's `DnsName("a.example")` / `IpAddress(10.0.0.1)` as openssl says them.
+fn san(presented: &str) -> String {
+    let inner = |prefix: &str, suffix: &str| {
+        presented
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(suffix))
+            .map(str::to_owned)
+    };
+    if let Some(dns) = inner("DnsName(\"", "\")") {
+        return format!("DNS:{dns}");
+    }
+    if let Some(ip) = inner("IpAddress(", ")") {
+        return format!("IP:{ip}");
+    }
+    presented.to_owned()
+}
+
 fn system_time(t: rustls::pki_types::UnixTime) -> SystemTime {
     SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t.as_secs())
 }
@@ -153,17 +174,18 @@ fn system_time(t: rustls::pki_types::UnixTime) -> SystemTime {
 pub fn explain(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut next = Some(error);
     while let Some(e) = next {
-        // An io::Error hides the error it wraps from `source()`: look inside it too.
-        let inner = e
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls_error(tls));
+        }
+        // An io::Error hides the error it wraps from `source()` (and hyper wraps io::Errors
+        // in io::Errors): step into it instead.
+        next = match e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
-            .map(|i| i as &(dyn std::error::Error + 'static));
-        for candidate in [Some(e), inner].into_iter().flatten() {
-            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
-                return Some(tls_error(tls));
-            }
-        }
-        next = e.source();
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     None
 }
@@ -209,5 +231,70 @@ fn alert_received(alert: AlertDescription) -> String {
                 .to_owned()
         }
         other => format!("the server ended the TLS handshake with a {other:?} alert"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error (Connect)")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn an_explanation_is_found_inside_an_io_error() {
+        let refusal = rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(
+            Arc::new(Refusal("what to do".into())),
+        )));
+        let e = Outer(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            refusal,
+        ));
+        assert_eq!(explain(&e).as_deref(), Some("what to do"));
+        let plain = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        ));
+        assert_eq!(explain(&plain), None);
+    }
+
+    #[test]
+    fn a_refused_client_certificate_names_the_settings() {
+        for alert in [
+            AlertDescription::CertificateRequired,
+            AlertDescription::UnknownCA,
+        ] {
+            let e = Outer(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::AlertReceived(alert),
+            ));
+            let said = explain(&e).unwrap_or_default();
+            assert!(said.contains("client certificate"), "{said}");
+            assert!(said.contains("api.client_cert"), "{said}");
+        }
+    }
+
+    #[test]
+    fn a_clock_of_unknown_state_is_said_so() {
+        #[derive(Debug)]
+        struct Unknown;
+        impl TimeSource for Unknown {
+            fn now(&self) -> SystemTime {
+                SystemTime::UNIX_EPOCH
+            }
+            fn synchronised(&self) -> Option<bool> {
+                None
+            }
+        }
+        let said = dates("the certificate", "has expired", &Unknown, "renew it");
+        assert!(
+            said.contains("1970-01-01T00:00:00Z (synchronisation unknown"),
+            "{said}"
+        );
+        assert!(
+            said.ends_with("check the device's clock, else renew it"),
+            "{said}"
+        );
     }
 }

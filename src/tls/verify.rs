@@ -171,3 +171,191 @@ impl ServerCertVerifier for Verifier {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct FixedClock(SystemTime, Option<bool>);
+
+    impl TimeSource for FixedClock {
+        fn now(&self) -> SystemTime {
+            self.0
+        }
+        fn synchronised(&self) -> Option<bool> {
+            self.1
+        }
+    }
+
+    struct Made {
+        der: CertificateDer<'static>,
+        key: rcgen::KeyPair,
+        params: rcgen::CertificateParams,
+    }
+
+    fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like `openssl req -x509`: self-signed and CA:TRUE.
+    fn self_signed(names: &[&str], not_after: (i32, u8, u8)) -> Made {
+        let mut params = ok(rcgen::CertificateParams::new(
+            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        ));
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let key = ok(rcgen::KeyPair::generate());
+        let der = ok(params.self_signed(&key)).der().clone();
+        Made { der, key, params }
+    }
+
+    fn signed_by(ca: &Made, name: &str) -> CertificateDer<'static> {
+        let mut params = ok(rcgen::CertificateParams::new(vec![name.to_owned()]));
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = ok(rcgen::KeyPair::generate());
+        let issuer = rcgen::Issuer::from_params(&ca.params, &ca.key);
+        ok(params.signed_by(&key, &issuer)).der().clone()
+    }
+
+    fn verifier(trusted: &[&Made], clock: FixedClock) -> Verifier {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(trusted.iter().map(|m| m.der.clone()));
+        Verifier {
+            webpki: Some(ok(WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .build())),
+            pinned: trusted.iter().map(|m| m.der.clone()).collect(),
+            provider,
+            clock: Arc::new(clock),
+            trust: Trust {
+                ca_file: Some("/etc/profilo-gateway/ca.pem".into()),
+                system_roots: false,
+            },
+            seen: SeenCertificate::default(),
+        }
+    }
+
+    fn now() -> FixedClock {
+        FixedClock(SystemTime::now(), Some(true))
+    }
+
+    fn verify(v: &Verifier, cert: &CertificateDer<'_>, host: &str) -> Result<(), String> {
+        let name = ok(ServerName::try_from(host.to_owned()));
+        v.verify_server_cert(cert, &[], &name, &[], UnixTime::now())
+            .map(drop)
+            .map_err(|e| explain::explain(&e).unwrap_or_else(|| format!("unexplained: {e}")))
+    }
+
+    #[test]
+    fn a_self_signed_certificate_in_ca_file_is_pinned() {
+        let pinned = self_signed(&["gw.example", "127.0.0.1"], (2099, 1, 1));
+        let v = verifier(&[&pinned], now());
+        assert_eq!(verify(&v, &pinned.der, "gw.example"), Ok(()));
+        assert_eq!(verify(&v, &pinned.der, "127.0.0.1"), Ok(()));
+        let seen = v
+            .seen
+            .summary()
+            .unwrap_or_else(|| panic!("nothing recorded"));
+        assert_eq!(seen.subject, "CN=gw.example");
+        assert_eq!(seen.not_after, "2099-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn rustls_alone_refuses_a_trusted_self_signed_certificate() {
+        // Why pinning exists: the same certificate through webpki only.
+        let pinned = self_signed(&["gw.example"], (2099, 1, 1));
+        let mut v = verifier(&[&pinned], now());
+        v.pinned.clear();
+        let e = verify(&v, &pinned.der, "gw.example")
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("is self-signed and not in api.ca_file"), "{e}");
+    }
+
+    #[test]
+    fn another_self_signed_certificate_is_refused_naming_ca_file() {
+        let pinned = self_signed(&["gw.example"], (2099, 1, 1));
+        let other = self_signed(&["gw.example"], (2099, 1, 1));
+        let v = verifier(&[&pinned], now());
+        let e = verify(&v, &other.der, "gw.example")
+            .err()
+            .unwrap_or_default();
+        assert!(
+            e.contains("put the server's CA, or its self-signed certificate, in api.ca_file"),
+            "{e}"
+        );
+        assert!(e.contains("/etc/profilo-gateway/ca.pem"), "{e}");
+        assert!(
+            v.seen.summary().is_none(),
+            "a refused certificate is not recorded"
+        );
+    }
+
+    #[test]
+    fn a_pinned_certificate_is_still_checked_for_name_and_dates() {
+        let pinned = self_signed(&["gw.example"], (2099, 1, 1));
+        let v = verifier(&[&pinned], now());
+        let e = verify(&v, &pinned.der, "other.example")
+            .err()
+            .unwrap_or_default();
+        assert!(
+            e.contains("is for DNS:gw.example, not for other.example"),
+            "{e}"
+        );
+
+        let expired = self_signed(&["gw.example"], (2021, 6, 1));
+        let v = verifier(&[&expired], now());
+        let e = verify(&v, &expired.der, "gw.example")
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("expired at 2021-06-01T00:00:00Z"), "{e}");
+        assert!(e.contains("synchronised by NTP"), "{e}");
+
+        // A clock left in 2019: the certificate is not valid yet, and the clock is blamed.
+        let early = SystemTime::UNIX_EPOCH + Duration::from_secs(1_560_000_000);
+        let v = verifier(&[&pinned], FixedClock(early, Some(false)));
+        let e = verify(&v, &pinned.der, "gw.example")
+            .err()
+            .unwrap_or_default();
+        assert!(
+            e.contains("is not valid before 2020-01-01T00:00:00Z"),
+            "{e}"
+        );
+        assert!(
+            e.contains("2019-06-08T13:20:00Z (NOT synchronised since boot)"),
+            "{e}"
+        );
+        assert!(e.contains("clock is probably wrong"), "{e}");
+    }
+
+    #[test]
+    fn a_private_ca_in_ca_file_signs_the_server() {
+        let ca = self_signed(&["Profilo CA"], (2099, 1, 1));
+        let server = signed_by(&ca, "gw.example");
+        let v = verifier(&[&ca], now());
+        assert_eq!(verify(&v, &server, "gw.example"), Ok(()));
+        let e = verify(&v, &server, "127.0.0.1").err().unwrap_or_default();
+        assert!(
+            e.contains("not for 127.0.0.1") && e.contains("subjectAltName IP:127.0.0.1"),
+            "{e}"
+        );
+        let stranger = self_signed(&["Other CA"], (2099, 1, 1));
+        let v = verifier(&[&stranger], now());
+        let e = verify(&v, &server, "gw.example").err().unwrap_or_default();
+        assert!(
+            e.contains("is not signed by a CA this gateway trusts"),
+            "{e}"
+        );
+        assert!(e.contains("issued by \"CN=Profilo CA\""), "{e}");
+    }
+}

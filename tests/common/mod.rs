@@ -38,6 +38,7 @@
 pub mod gateway;
 pub mod queue_tools;
 pub mod server;
+pub mod tls;
 
 use std::path::Path;
 use std::thread;
@@ -46,6 +47,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use gateway::{Exit, Gateway, GatewayOptions, QueueCounts};
 pub use queue_tools::{integrity_check, refused_url, BlackHole, Tmpfs};
 pub use server::{Faults, Reading, ServerOptions, Stats, TestServer};
+pub use tls::{Ca, Issued, ServerTls};
 
 /// The user that [`GatewayOptions::default`] logs in as.
 pub const DEFAULT_USERNAME: &str = "iot_device@example.com";
