@@ -20,11 +20,37 @@ const WAIT: Duration = Duration::from_secs(40);
 
 /// A TLS test server with `cert` (and, for mTLS, clients signed by `client_ca`); the files
 /// live in the returned directory, which must outlive the server.
-fn tls_server(
-    cert: &Issued,
-    client_ca: Option<&Ca>,
+/// A TLS test server and the directory of its certificates (which must outlive it).
+struct Served {
+    server: TestServer,
+    dir: tempfile::TempDir,
+}
+
+impl Served {
+    /// Writes a PEM file (mode 0644) next to the server's certificates; returns its path.
+    fn file(&self, name: &str, pem: &str) -> String {
+        path_str(&write_file(self.dir.path(), name, pem, 0o644))
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A server whose certificate for `names` a private CA signed, and the CA's certificate
+/// file (for api.ca_file).
+fn private_ca_server(
+    names: &[&str],
+    not_after: Option<(i32, u8, u8)>,
     options: ServerOptions,
-) -> (TestServer, tempfile::TempDir) {
+) -> (Served, String) {
+    let ca = Ca::new("Profilo Private CA");
+    let served = tls_server(&ca.server(names, not_after), None, options);
+    let ca_file = served.file("ca.pem", &ca.cert_pem);
+    (served, ca_file)
+}
+
+fn tls_server(cert: &Issued, client_ca: Option<&Ca>, options: ServerOptions) -> Served {
     let dir = tempfile::Builder::new()
         .prefix("profilo-tls-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
@@ -50,7 +76,7 @@ fn tls_server(
         ..options
     });
     server.create_user(DEFAULT_USERNAME, DEFAULT_PASSWORD);
-    (server, dir)
+    Served { server, dir }
 }
 
 /// A gateway for `server` whose `[api]` gets `settings` (through `PROFILO_GATEWAY__API__*`).
@@ -80,11 +106,6 @@ fn gateway_with_env(
             ..Default::default()
         },
     )
-}
-
-/// Writes `pem` into the gateway's directory; returns the path as a setting value.
-fn file(gw: &Gateway, name: &str, pem: &str, mode: u32) -> String {
-    path_str(&write_file(gw.dir(), name, pem, mode))
 }
 
 fn path_str(p: &Path) -> String {
@@ -126,17 +147,15 @@ fn daemon_refused(gw: &mut Gateway, server: &TestServer, what: &str) {
 
 #[test]
 fn private_ca_in_ca_file_uploads_and_login_shows_the_certificate() {
-    let ca = Ca::new("Profilo Private CA");
-    let (server, _certs) = tls_server(
-        &ca.server(&["127.0.0.1", "localhost"], Some((2099, 12, 31))),
-        None,
+    let (served, ca_file) = private_ca_server(
+        &["127.0.0.1", "localhost"],
+        Some((2099, 12, 31)),
         ServerOptions::default(),
     );
-    let probe = Gateway::new(&server.base_url(), GatewayOptions::default());
-    let ca_file = file(&probe, "ca.pem", &ca.cert_pem, 0o644);
+    let server = &served.server;
     // The system store is skipped: the private CA alone is trusted.
     let mut gw = gateway(
-        &server,
+        server,
         &[("ca_file", ca_file), ("system_roots", "false".into())],
     );
 
@@ -155,18 +174,14 @@ fn private_ca_in_ca_file_uploads_and_login_shows_the_certificate() {
     assert_eq!(cert["not_after"], "2099-12-31T00:00:00Z");
     assert_eq!(cert["not_before"], "2020-01-01T00:00:00Z");
 
-    uploads(&mut gw, &server, 5);
+    uploads(&mut gw, server, 5);
 }
 
 #[test]
 fn without_ca_file_a_private_ca_is_refused_naming_api_ca_file() {
-    let ca = Ca::new("Profilo Private CA");
-    let (server, _certs) = tls_server(
-        &ca.server(&["127.0.0.1"], None),
-        None,
-        ServerOptions::default(),
-    );
-    let mut gw = gateway(&server, &[]);
+    let (served, _) = private_ca_server(&["127.0.0.1"], None, ServerOptions::default());
+    let server = &served.server;
+    let mut gw = gateway(server, &[]);
     let err = login_fails(&gw);
     assert!(
         err.contains(
@@ -179,28 +194,27 @@ fn without_ca_file_a_private_ca_is_refused_naming_api_ca_file() {
         "{err}"
     );
     assert!(err.contains("issued by \"CN=Profilo Private CA"), "{err}");
-    daemon_refused(&mut gw, &server, "in api.ca_file");
+    daemon_refused(&mut gw, server, "in api.ca_file");
 }
 
 #[test]
 fn a_self_signed_certificate_in_ca_file_uploads_and_another_is_refused() {
-    let served = self_signed(&["127.0.0.1"]);
-    let (server, _certs) = tls_server(&served, None, ServerOptions::default());
-
-    let probe = Gateway::new(&server.base_url(), GatewayOptions::default());
-    let pinned = file(&probe, "server.pem", &served.cert_pem, 0o644);
-    let mut gw = gateway(&server, &[("ca_file", pinned)]);
+    let cert = self_signed(&["127.0.0.1"]);
+    let served = tls_server(&cert, None, ServerOptions::default());
+    let server = &served.server;
+    let pinned = served.file("pinned.pem", &cert.cert_pem);
+    let mut gw = gateway(server, &[("ca_file", pinned)]);
     let text = gw.cli_ok(&["login"]);
     assert!(
         text.contains("subject \"CN=127.0.0.1\", issued by \"CN=127.0.0.1\""),
         "{text}"
     );
-    uploads(&mut gw, &server, 3);
+    uploads(&mut gw, server, 3);
 
     // Another self-signed certificate for the same name: not the one the server has.
     let other = self_signed(&["127.0.0.1"]);
-    let wrong = file(&probe, "other.pem", &other.cert_pem, 0o644);
-    let mut gw = gateway(&server, &[("ca_file", wrong.clone())]);
+    let wrong = served.file("other.pem", &other.cert_pem);
+    let mut gw = gateway(server, &[("ca_file", wrong.clone())]);
     let err = login_fails(&gw);
     assert!(
         err.contains("is self-signed and not in api.ca_file"),
@@ -219,15 +233,13 @@ fn a_self_signed_certificate_in_ca_file_uploads_and_another_is_refused() {
 
 #[test]
 fn a_host_name_mismatch_names_both_names() {
-    let ca = Ca::new("Profilo Private CA");
-    let (server, _certs) = tls_server(
-        &ca.server(&["profilo.example", "api.profilo.example"], None),
+    let (served, ca_file) = private_ca_server(
+        &["profilo.example", "api.profilo.example"],
         None,
         ServerOptions::default(),
     );
-    let probe = Gateway::new(&server.base_url(), GatewayOptions::default());
-    let ca_file = file(&probe, "ca.pem", &ca.cert_pem, 0o644);
-    let gw = gateway(&server, &[("ca_file", ca_file)]);
+    let server = &served.server;
+    let gw = gateway(server, &[("ca_file", ca_file)]);
     let err = login_fails(&gw);
     assert!(
         err.contains("is for DNS:profilo.example, DNS:api.profilo.example, not for 127.0.0.1"),
@@ -238,18 +250,13 @@ fn a_host_name_mismatch_names_both_names() {
 
 #[test]
 fn expired_and_not_yet_valid_certificates_say_the_dates_and_the_clock() {
-    let ca = Ca::new("Profilo Private CA");
-    let (server, _certs) = tls_server(
-        &ca.server(&["127.0.0.1"], Some((2021, 1, 1))),
-        None,
-        ServerOptions::default(),
-    );
-    let probe = Gateway::new(&server.base_url(), GatewayOptions::default());
-    let ca_file = file(&probe, "ca.pem", &ca.cert_pem, 0o644);
+    let (served, ca_file) =
+        private_ca_server(&["127.0.0.1"], Some((2021, 1, 1)), ServerOptions::default());
+    let server = &served.server;
     let settings = [("ca_file", ca_file)];
 
     let gw = gateway_with_env(
-        &server,
+        server,
         &settings,
         &[("PROFILO_GATEWAY_CLOCK_SYNC", "synced")],
     );
@@ -262,7 +269,7 @@ fn expired_and_not_yet_valid_certificates_say_the_dates_and_the_clock() {
 
     // A clock 3000 days behind (2018), not synchronised: the clock is blamed.
     let gw = gateway_with_env(
-        &server,
+        server,
         &settings,
         &[
             ("PROFILO_GATEWAY_CLOCK_SYNC", "unsynced"),
@@ -285,44 +292,44 @@ fn expired_and_not_yet_valid_certificates_say_the_dates_and_the_clock() {
 fn mtls_uploads_with_a_client_certificate_and_not_without() {
     let server_ca = Ca::new("Profilo Server CA");
     let device_ca = Ca::new("Profilo Device CA");
-    let (server, _certs) = tls_server(
+    let served = tls_server(
         &server_ca.server(&["127.0.0.1"], None),
         Some(&device_ca),
         ServerOptions::default(),
     );
-    let probe = Gateway::new(&server.base_url(), GatewayOptions::default());
-    let ca_file = file(&probe, "ca.pem", &server_ca.cert_pem, 0o644);
+    let server = &served.server;
+    let ca_file = served.file("ca.pem", &server_ca.cert_pem);
     let (cert, key) = device_ca
         .client("gateway-0042")
-        .write(probe.dir(), "device");
+        .write(served.dir(), "device");
     let with_cert = [
         ("ca_file", ca_file.clone()),
         ("client_cert", path_str(&cert)),
         ("client_key", path_str(&key)),
     ];
 
-    let mut gw = gateway(&server, &with_cert);
+    let mut gw = gateway(server, &with_cert);
     gw.cli_ok(&["login"]);
-    uploads(&mut gw, &server, 3);
+    uploads(&mut gw, server, 3);
     let uploaded = server.readings().len();
 
     // No client certificate: the server ends the handshake.
-    let mut gw = gateway(&server, &[("ca_file", ca_file.clone())]);
+    let mut gw = gateway(server, &[("ca_file", ca_file.clone())]);
     let err = login_fails(&gw);
     assert!(err.contains("client certificate"), "{err}");
     assert!(
         err.contains("set api.client_cert and api.client_key"),
         "{err}"
     );
-    daemon_refused_after(&mut gw, &server, uploaded, "client certificate");
+    daemon_refused_after(&mut gw, server, uploaded, "client certificate");
 
     // A client certificate from a CA the server does not trust.
     let stranger = Ca::new("Someone Else's CA");
     let (cert, key) = stranger
         .client("gateway-0042")
-        .write(probe.dir(), "stranger");
+        .write(served.dir(), "stranger");
     let gw = gateway(
-        &server,
+        server,
         &[
             ("ca_file", ca_file.clone()),
             ("client_cert", path_str(&cert)),
@@ -336,11 +343,11 @@ fn mtls_uploads_with_a_client_certificate_and_not_without() {
     );
 
     // A key that group or others can read is a configuration error (exit 78).
-    let (cert, key) = device_ca.client("gateway-0042").write(probe.dir(), "open");
+    let (cert, key) = device_ca.client("gateway-0042").write(served.dir(), "open");
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .expect("chmod");
     let gw = gateway(
-        &server,
+        server,
         &[
             ("ca_file", ca_file),
             ("client_cert", path_str(&cert)),
@@ -369,18 +376,16 @@ fn daemon_refused_after(gw: &mut Gateway, server: &TestServer, already: usize, w
 
 #[test]
 fn login_refresh_and_rotation_work_over_tls() {
-    let ca = Ca::new("Profilo Private CA");
-    let (server, _certs) = tls_server(
-        &ca.server(&["127.0.0.1"], None),
+    let (served, ca_file) = private_ca_server(
+        &["127.0.0.1"],
         None,
         ServerOptions {
             access_lifetime: Duration::from_secs(2),
             ..Default::default()
         },
     );
-    let probe = Gateway::new(&server.base_url(), GatewayOptions::default());
-    let ca_file = file(&probe, "ca.pem", &ca.cert_pem, 0o644);
-    let mut gw = gateway(&server, &[("ca_file", ca_file)]);
+    let server = &served.server;
+    let mut gw = gateway(server, &[("ca_file", ca_file)]);
     gw.spawn();
     // Each refresh rotates the refresh token and blacklists the old one: three refreshes
     // without a failure or a second login mean every new token was kept.
@@ -471,24 +476,18 @@ fn tunnel(client: TcpStream, asked: &Mutex<Vec<String>>, tunnels: &AtomicUsize) 
 
 #[test]
 fn api_proxy_carries_every_request() {
-    let ca = Ca::new("Profilo Private CA");
-    let (server, _certs) = tls_server(
-        &ca.server(&["127.0.0.1"], None),
-        None,
-        ServerOptions::default(),
-    );
+    let (served, ca_file) = private_ca_server(&["127.0.0.1"], None, ServerOptions::default());
+    let server = &served.server;
     let proxy = ConnectProxy::start();
-    let probe = Gateway::new(&server.base_url(), GatewayOptions::default());
-    let ca_file = file(&probe, "ca.pem", &ca.cert_pem, 0o644);
     // The harness sets NO_PROXY=127.0.0.1: api.proxy is used all the same.
     let mut gw = gateway(
-        &server,
+        server,
         &[
             ("ca_file", ca_file),
             ("proxy", format!("http://127.0.0.1:{}", proxy.port)),
         ],
     );
-    uploads(&mut gw, &server, 3);
+    uploads(&mut gw, server, 3);
     let asked = proxy.asked.lock().expect("lock").clone();
     assert!(proxy.tunnels.load(Ordering::Relaxed) >= 1, "{asked:?}");
     let expected = format!("CONNECT 127.0.0.1:{} HTTP/1.1", server.port());
@@ -496,7 +495,7 @@ fn api_proxy_carries_every_request() {
 
     // Credentials in api.proxy would be printed by `config check`: refused.
     let gw = gateway(
-        &server,
+        server,
         &[("proxy", "http://user:secret@127.0.0.1:3128".into())],
     );
     let (status, _, stderr) = gw.cli(&["config", "check"]);
