@@ -671,6 +671,54 @@ type = "simulated"
     }
 
     #[test]
+    fn tls_and_proxy_keys_are_checked_at_load() {
+        let ok = load_text(
+            "[api]\nbase_url = \"https://gw.example\"\nproxy = \"http://proxy.lan:3128\"\n",
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(ok.api.system_roots);
+        assert_eq!(ok.api.proxy.as_deref(), Some("http://proxy.lan:3128"));
+        for (text, key, says) in [
+            (
+                "[api]\nca_file = \"/nonexistent/ca.pem\"\n",
+                "`api.ca_file`",
+                "cannot read",
+            ),
+            (
+                "[api]\nsystem_roots = false\n",
+                "`api.system_roots`",
+                "api.ca_file is not set",
+            ),
+            (
+                "[api]\nclient_key = \"/nonexistent/k\"\n",
+                "`api.client_cert`",
+                "set both",
+            ),
+            (
+                "[api]\nproxy = \"socks5://p:1080\"\n",
+                "`api.proxy`",
+                "http://host:port",
+            ),
+            (
+                "[api]\nproxy = \"http://u:secret@p:3128\"\n",
+                "`api.proxy`",
+                "HTTPS_PROXY",
+            ),
+        ] {
+            let err = load_text(text, &[])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(key) && err.contains(says), "{text}: {err}");
+            assert!(
+                !err.contains("secret"),
+                "a proxy password was quoted: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn missing_explicit_file_is_an_error() {
         let source = ConfigSource::resolve(Some(PathBuf::from("/nonexistent/x.toml")));
         let err = Config::load(&source, Vec::new())
