@@ -434,11 +434,18 @@ impl std::io::Write for SizeOnly {
 }
 
 fn network_error(e: reqwest::Error) -> CallError {
-    // A TLS failure is a handshake's: the server never read the request, even when (TLS 1.3,
-    // a refused client certificate) the alert comes after it was written.
     if let Some(tls) = crate::tls::explain(&e) {
-        return CallError::NotSent {
-            detail: format!("cannot connect to {}: {tls}", origin(&e)),
+        // A failed handshake: the server never read the request, even when (TLS 1.3, a
+        // refused client certificate) its alert comes after the request was written.
+        if e.is_connect() || tls.in_handshake {
+            return CallError::NotSent {
+                detail: format!("cannot connect to {}: {}", origin(&e), tls.message),
+            };
+        }
+        return CallError::Transient {
+            status: None,
+            retry_after: None,
+            detail: format!("request to {} failed: {}", origin(&e), tls.message),
         };
     }
     // reqwest's Display names the URL, never the headers or body, so no secret leaks here.

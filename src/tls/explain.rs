@@ -170,8 +170,17 @@ fn system_time(t: rustls::pki_types::UnixTime) -> SystemTime {
     SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t.as_secs())
 }
 
-/// What went wrong in TLS, said for an operator, when `error`'s chain holds a TLS error.
-pub fn explain(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+/// A TLS failure, said for an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFailure {
+    pub message: String,
+    /// It ended the handshake (a refused certificate, either side's): the server never
+    /// read a request, even one written after the client's last handshake message.
+    pub in_handshake: bool,
+}
+
+/// What went wrong in TLS, when `error`'s chain holds a TLS error.
+pub fn explain(error: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
     let mut next = Some(error);
     while let Some(e) = next {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
@@ -190,24 +199,33 @@ pub fn explain(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     None
 }
 
-fn tls_error(e: &rustls::Error) -> String {
-    match e {
-        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
+fn tls_error(e: &rustls::Error) -> TlsFailure {
+    let (message, in_handshake) = match e {
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => (
             match inner.downcast_ref::<Refusal>() {
                 Some(r) => r.0.clone(),
-                None => format!("TLS: the server's certificate was refused: {inner}"),
-            }
-        }
+                None => format!("the server's certificate was refused: {inner}"),
+            },
+            true,
+        ),
+        rustls::Error::InvalidCertificate(other) => (
+            format!("the server's certificate was refused: {other:?}"),
+            true,
+        ),
         rustls::Error::AlertReceived(alert) => alert_received(*alert),
-        other => format!("TLS handshake failed: {other}"),
+        other => (format!("TLS error: {other}"), false),
+    };
+    TlsFailure {
+        message,
+        in_handshake,
     }
 }
 
 /// The server ended the handshake with `alert`: with a server that demands client
 /// certificates, this is how it refuses ours (or our lack of one).
-fn alert_received(alert: AlertDescription) -> String {
+fn alert_received(alert: AlertDescription) -> (String, bool) {
     use AlertDescription as A;
-    match alert {
+    let message = match alert {
         A::CertificateRequired => {
             "the server requires a client certificate: set api.client_cert and \
              api.client_key (a certificate issued by a CA the server trusts, and its key)"
@@ -230,8 +248,15 @@ fn alert_received(alert: AlertDescription) -> String {
              version or cipher with this gateway"
                 .to_owned()
         }
-        other => format!("the server ended the TLS handshake with a {other:?} alert"),
-    }
+        // Any other alert may come at any time, after the server read a request.
+        other => {
+            return (
+                format!("the server ended the TLS connection with a {other:?} alert"),
+                false,
+            )
+        }
+    };
+    (message, true)
 }
 
 #[cfg(test)]
@@ -251,7 +276,9 @@ mod tests {
             std::io::ErrorKind::InvalidData,
             refusal,
         ));
-        assert_eq!(explain(&e).as_deref(), Some("what to do"));
+        let said = explain(&e).unwrap_or_else(|| panic!("not found"));
+        assert_eq!(said.message, "what to do");
+        assert!(said.in_handshake);
         let plain = Outer(std::io::Error::new(
             std::io::ErrorKind::ConnectionRefused,
             "refused",
@@ -269,7 +296,9 @@ mod tests {
                 std::io::ErrorKind::InvalidData,
                 rustls::Error::AlertReceived(alert),
             ));
-            let said = explain(&e).unwrap_or_default();
+            let failure = explain(&e).unwrap_or_else(|| panic!("not found"));
+            assert!(failure.in_handshake);
+            let said = failure.message;
             assert!(said.contains("client certificate"), "{said}");
             assert!(said.contains("api.client_cert"), "{said}");
         }

@@ -16,7 +16,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 
 pub use cert::CertSummary;
-pub use explain::explain;
+pub use explain::{explain, TlsFailure};
 pub use files::{SettingError, TlsFiles};
 pub use verify::SeenCertificate;
 

@@ -253,7 +253,10 @@ mod tests {
         let name = ok(ServerName::try_from(host.to_owned()));
         v.verify_server_cert(cert, &[], &name, &[], UnixTime::now())
             .map(drop)
-            .map_err(|e| explain::explain(&e).unwrap_or_else(|| format!("unexplained: {e}")))
+            .map_err(|e| match explain::explain(&e) {
+                Some(f) => f.message,
+                None => format!("unexplained: {e}"),
+            })
     }
 
     #[test]
