@@ -6,7 +6,7 @@
 //! ```
 
 use linux_embedded_hal::I2cdev;
-use profilo_gateway::sensors::bme280::Bme280;
+use profilo_gateway::sensors::climate::bme280::Bme280;
 use profilo_gateway::sensors::i2c::StdDelay;
 
 fn main() -> anyhow::Result<()> {

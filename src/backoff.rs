@@ -1,6 +1,10 @@
 //! Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff And
 //! Jitter"): the n-th wait is uniform in [0, min(cap, base * 2^n)], so many gateways that
 //! failed together do not retry together. Twenty lines, so no crate for it.
+//!
+//! [`Backoff::next_ceiling`] is the same schedule without the jitter, for retries that
+//! nobody else shares (a local sensor, a chip on our own bus): they are due at a tick
+//! and need a wait they can count on.
 
 use std::time::Duration;
 
@@ -36,6 +40,13 @@ impl Backoff {
         jittered.max(floor.unwrap_or(Duration::ZERO).min(self.cap))
     }
 
+    /// The next wait without jitter: [`Self::ceiling`], then one attempt more.
+    pub fn next_ceiling(&mut self) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        ceiling
+    }
+
     pub fn attempts(&self) -> u32 {
         self.attempt
     }
@@ -62,6 +73,19 @@ mod tests {
         assert_eq!(ceilings, vec![100, 200, 400, 800, 1600, 2000, 2000, 2000]);
         b.reset();
         assert_eq!(b.ceiling(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn next_ceiling_doubles_to_the_cap_without_jitter() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let waits: Vec<u128> = (0..9).map(|_| b.next_ceiling().as_millis()).collect();
+        assert_eq!(
+            waits,
+            vec![500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        assert_eq!(b.attempts(), 9);
+        b.reset();
+        assert_eq!(b.next_ceiling(), Duration::from_millis(500));
     }
 
     #[test]

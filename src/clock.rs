@@ -3,6 +3,9 @@
 //! how the tests reproduce a Pi that booted without a real-time clock, without touching
 //! the machine's clock.
 //!
+//! It also holds every other clock fact the daemon needs: the boot id, CLOCK_BOOTTIME
+//! and this build's date as the floor below which the wall clock cannot be right.
+//!
 //! It also says whether the wall clock can be trusted for capture times
 //! ([`Clock::trusted`]): not before this build's date, and not while the machine's NTP
 //! client has not synchronised it since boot. The second case is a Pi that booted
@@ -10,6 +13,7 @@
 //! which is past the build date but hours or days too early until NTP steps it.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub const SKEW_ENV: &str = "PROFILO_GATEWAY_CLOCK_SKEW";
@@ -37,9 +41,6 @@ const OTHER_NTP_CLIENT_MARKS: [&str; 5] = [
 /// `iat` has a one-second resolution and the answer takes a moment to arrive.
 pub const SERVER_AGREEMENT_MS: i64 = 2_000;
 
-/// Whether the server's clock, at the last token, agreed with ours. One wall clock per
-/// process, so one answer per process.
-static SERVER_AGREES: AtomicBool = AtomicBool::new(false);
 /// The NTP client's answer, asked at most once a second (the sampler may ask 1000 times).
 static NTP_ASKED_AT_MS: AtomicI64 = AtomicI64::new(i64::MIN);
 static NTP_UNSYNCED: AtomicBool = AtomicBool::new(false);
@@ -56,11 +57,37 @@ enum SyncSource {
     Forced { unsynced: bool },
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Whether the server's clock, at the last fresh token, agreed with ours: learned by the
+/// token manager, read wherever a capture time is judged. Clones share one answer; each
+/// [`Clock`] made anew starts with its own (not vouched for), so in-process tests never
+/// share it.
+#[derive(Debug, Clone, Default)]
+pub struct ClockTrust {
+    server_agrees: Arc<AtomicBool>,
+}
+
+impl ClockTrust {
+    /// The token manager's measure of server minus device time, at each fresh token.
+    pub fn note_server_offset(&self, offset_ms: i64) {
+        self.server_agrees
+            .store(offset_ms.abs() <= SERVER_AGREEMENT_MS, Ordering::Relaxed);
+    }
+
+    /// Whether the server's clock vouched for ours at the last fresh token.
+    pub fn server_agrees(&self) -> bool {
+        self.server_agrees.load(Ordering::Relaxed)
+    }
+}
+
+/// The wall clock as the daemon sees it. Cheap to clone; clones share the [`ClockTrust`],
+/// so the daemon makes one and hands clones to the token manager, the sampler and the
+/// queue thread.
+#[derive(Debug, Clone, Default)]
 pub struct Clock {
     /// Milliseconds added to the real clock.
     skew_ms: i64,
     sync: SyncSource,
+    trust: ClockTrust,
 }
 
 impl Clock {
@@ -94,7 +121,11 @@ impl Clock {
                 ))
             }
         };
-        Ok(Clock { skew_ms, sync })
+        Ok(Clock {
+            skew_ms,
+            sync,
+            trust: ClockTrust::default(),
+        })
     }
 
     /// Whether a capture at `at_ms` (this clock's time, taken now) can be trusted: past the
@@ -107,15 +138,15 @@ impl Clock {
         };
         trust(
             at_ms,
-            crate::sampler::clock_floor_ms(),
+            clock_floor_ms(),
             unsynced,
-            SERVER_AGREES.load(Ordering::Relaxed),
+            self.trust.server_agrees(),
         )
     }
 
-    /// The token manager's measure of server minus device time, at each fresh token.
-    pub fn note_server_offset(offset_ms: i64) {
-        SERVER_AGREES.store(offset_ms.abs() <= SERVER_AGREEMENT_MS, Ordering::Relaxed);
+    /// What the server's clock says of this one; shared by every clone.
+    pub fn trust(&self) -> &ClockTrust {
+        &self.trust
     }
 
     pub fn now(&self) -> SystemTime {
@@ -156,6 +187,42 @@ impl crate::tls::TimeSource for Clock {
     fn synchronised(&self) -> Option<bool> {
         Clock::synchronised(self)
     }
+}
+
+/// Below this wall-clock time the clock cannot be right: the binary was built after it.
+/// A Pi without a real-time clock boots at its last saved time, or at 1970.
+/// Parsed once: `Clock::trusted` asks for it at every reading.
+pub fn clock_floor_ms() -> i64 {
+    static FLOOR_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *FLOOR_MS.get_or_init(|| {
+        let built: i64 = option_env!("PROFILO_GATEWAY_BUILD_UNIX")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (built - 86_400) * 1000
+    })
+}
+
+/// Milliseconds of CLOCK_BOOTTIME: monotonic, counts suspend, restarts at boot.
+pub fn boottime_ms() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    // time_t and c_long are 32 bits on armv7: widen portably.
+    #[allow(clippy::useless_conversion)]
+    let (secs, nanos) = (i64::from(ts.tv_sec), i64::from(ts.tv_nsec));
+    secs * 1000 + nanos / 1_000_000
+}
+
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// The trust rule, apart from where its inputs come from.
@@ -240,6 +307,25 @@ mod tests {
         let clock = Clock::system();
         assert!(clock.trusted(clock.now_ms()));
         assert!(!clock.trusted(0));
+    }
+
+    #[test]
+    fn server_trust_is_shared_by_clones_and_by_nothing_else() {
+        let clock = Clock::system();
+        let clone = clock.clone();
+        let other = Clock::system();
+        assert!(!clone.trust().server_agrees(), "not vouched for at start");
+        clock.trust().note_server_offset(SERVER_AGREEMENT_MS);
+        assert!(
+            clone.trust().server_agrees(),
+            "a clone sees the token manager's answer"
+        );
+        assert!(!other.trust().server_agrees(), "another clock does not");
+        clock.trust().note_server_offset(-SERVER_AGREEMENT_MS - 1);
+        assert!(
+            !clone.trust().server_agrees(),
+            "a later disagreement withdraws it"
+        );
     }
 
     #[test]

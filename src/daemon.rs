@@ -15,10 +15,11 @@ use crate::auth::{AuthSettings, TokenManager};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::queue::{status_key, Queue, QueueError};
-use crate::sampler::Sampler;
+use crate::sampler::{Sampler, TickSource};
 use crate::sensors::set::SensorSet;
-use crate::systemd::{Heartbeat, Notifier};
+use crate::systemd::Notifier;
 use crate::uploader::{UploadCounters, UploadSettings, Uploader};
+use crate::watchdog::{Heartbeat, Stop};
 
 /// How long the tasks get to stop after SIGTERM/SIGINT before the runtime drops them.
 const STOP_TIMEOUT: Duration = Duration::from_secs(4);
@@ -54,6 +55,45 @@ pub enum DaemonError {
     },
 }
 
+/// The parts the daemon is made of, handed to [`serve`]. [`run`] builds them from the
+/// configuration and this machine; a test builds its own (a simulated sensor, no systemd).
+pub struct Deps {
+    pub config: Config,
+    /// The one clock: its clones share what the server's clock vouches for.
+    pub clock: Clock,
+    /// This boot's id: readings captured before the clock was set are dated per boot.
+    pub boot_id: String,
+    pub sensors: Box<dyn TickSource>,
+    pub api: Api,
+    /// Where the password comes from; `None` without `api.username` (uploads off).
+    pub passwords: Option<PasswordSources>,
+    pub notifier: Notifier,
+}
+
+impl Deps {
+    /// The parts for `config` on this machine: the clock and NTP state from the
+    /// environment, the configured sensors, the server's API and systemd's socket.
+    pub fn from_config(config: &Config) -> Result<Deps, DaemonError> {
+        let clock = Clock::from_env().map_err(DaemonError::Clock)?;
+        let sensors = SensorSet::from_config(&config.sensors, config.sampling.interval)?;
+        let api = Api::from_config(&config.api, clock.clone())?;
+        let passwords = config
+            .api
+            .username
+            .as_deref()
+            .map(|u| PasswordSources::new(u, config.api.password_file.clone()));
+        Ok(Deps {
+            config: config.clone(),
+            clock,
+            boot_id: crate::clock::boot_id(),
+            sensors: Box::new(sensors),
+            api,
+            passwords,
+            notifier: Notifier::from_env(),
+        })
+    }
+}
+
 /// Runs the gateway in the foreground until SIGTERM or SIGINT.
 pub fn run(config: &Config) -> Result<(), DaemonError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -65,7 +105,7 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
         })?;
     // Handlers first: a SIGTERM during start-up (systemd stopping a service that is still
     // opening its queue) must mean a clean stop, not death by the default action.
-    let signals = {
+    let mut signals = {
         let _context = runtime.enter();
         let signals = StopSignals::install().map_err(|source| DaemonError::Start {
             what: "signal handling",
@@ -75,7 +115,32 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
         set_stop_signals_blocked(false);
         signals
     };
-    let clock = Clock::from_env().map_err(DaemonError::Clock)?;
+    let shutdown = CancellationToken::new();
+    runtime.spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            signals.recv().await;
+            shutdown.cancel();
+        }
+    });
+    let deps = Deps::from_config(config)?;
+    runtime.block_on(serve(deps, shutdown))
+}
+
+/// Runs the gateway from `deps` until `shutdown` is cancelled: the queue thread, the
+/// sampler thread and, on the caller's runtime, the uploader, the token keeper, the
+/// watchdog and the status line. Returns once everything has stopped and the queue made
+/// its last commit.
+pub async fn serve(deps: Deps, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    let Deps {
+        config,
+        clock,
+        boot_id,
+        sensors,
+        api,
+        passwords,
+        notifier,
+    } = deps;
     let queue = Queue::open(&config.queue)?;
     let pending = queue.pending()?;
     tracing::info!(
@@ -85,135 +150,91 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
         interval = %humantime::format_duration(config.sampling.interval),
         "starting"
     );
-    let (store, store_thread) = crate::store::spawn(
-        queue,
-        config.queue.commit_interval,
-        crate::sampler::boot_id(),
-        clock,
-    )
-    .map_err(|source| DaemonError::Start {
-        what: "the queue thread",
-        source,
-    })?;
+    let (store, store_thread) =
+        crate::queue::writer::spawn(queue, config.queue.commit_interval, boot_id, clock.clone())
+            .map_err(|source| DaemonError::Start {
+                what: "the queue thread",
+                source,
+            })?;
 
-    let sensors = SensorSet::from_config(&config.sensors, config.sampling.interval)?;
     let sampler_heartbeat = Heartbeat::new();
     let uploader_heartbeat = Heartbeat::new();
-    let (stop_sampler, stop_rx) = std::sync::mpsc::channel::<()>();
+    let stop_sampler = Stop::new();
     let sampler = Sampler {
-        source: Box::new(sensors),
+        source: sensors,
         store: store.clone(),
-        clock,
+        clock: clock.clone(),
         interval: config.sampling.interval,
         on_sensor_error: config.sampling.on_sensor_error,
         heartbeat: sampler_heartbeat.clone(),
     };
     let sampler_thread = std::thread::Builder::new()
         .name("sampler".into())
-        .spawn(move || sampler.run(stop_rx))
+        .spawn({
+            let stop = stop_sampler.clone();
+            move || sampler.run(stop)
+        })
         .map_err(|source| DaemonError::Start {
             what: "the sampler thread",
             source,
         })?;
 
-    let api = Api::from_config(&config.api, clock)?;
-    let result = runtime.block_on(serve(
-        config,
-        api,
-        clock,
-        store,
-        [
-            ("sampler", sampler_heartbeat),
-            ("uploader", uploader_heartbeat),
-        ],
-        signals,
-    ));
-    // Dropping the runtime drops any task that outlived the stop timeout, and with them the
-    // last queue handles, so the queue thread makes its final commit and ends.
-    drop(runtime);
-    let _ = stop_sampler.send(());
-    if sampler_thread.join().is_err() {
-        tracing::error!("sampler thread panicked");
-    }
-    if store_thread.join().is_err() {
-        tracing::error!("queue thread panicked");
-    }
-    tracing::info!("stopped");
-    result
-}
-
-async fn serve(
-    config: &Config,
-    api: Api,
-    clock: Clock,
-    store: crate::store::StoreHandle,
-    heartbeats: [(&'static str, Heartbeat); 2],
-    mut signals: StopSignals,
-) -> Result<(), DaemonError> {
-    let notifier = Notifier::from_env();
-    let cancel = CancellationToken::new();
+    let cancel = shutdown.child_token();
     let tracker = TaskTracker::new();
-    let passwords = config
-        .api
-        .username
-        .as_deref()
-        .map(|u| PasswordSources::new(u, config.api.password_file.clone()));
     let auth = Arc::new(TokenManager::new(
         api.clone(),
         config.api.username.clone(),
         passwords,
-        clock,
-        AuthSettings {
-            refresh_margin: config.api.refresh_margin,
-            login_backoff_base: config.api.login_backoff_base,
-            login_backoff_max: config.api.login_backoff_max,
-        },
+        clock.clone(),
+        AuthSettings::from_config(&config),
     ));
-    let [sampler_hb, uploader_hb] = heartbeats;
     let upload_counters = Arc::new(UploadCounters::default());
     let uploader = Uploader {
         api,
         auth: auth.clone(),
         store: store.clone(),
-        clock,
+        clock: clock.clone(),
         settings: UploadSettings {
             concurrency: config.upload.concurrency,
             batch_size: config.upload.batch_size,
             backoff_base: config.upload.backoff_base,
             backoff_max: config.upload.backoff_max,
         },
-        heartbeat: uploader_hb.1.clone(),
+        heartbeat: uploader_heartbeat.clone(),
         counters: upload_counters.clone(),
     };
-    tracker.spawn(uploader.run(cancel.child_token()));
-    {
+    let mut tasks = vec![tracker.spawn(uploader.run(cancel.child_token()))];
+    tasks.push({
         let auth = auth.clone();
         let cancel = cancel.child_token();
-        tracker.spawn(async move { auth.keep_fresh(cancel).await });
-    }
-    tracker.spawn(crate::systemd::watchdog_loop(
+        tracker.spawn(async move { auth.keep_fresh(cancel).await })
+    });
+    tasks.push(tracker.spawn(crate::watchdog::watchdog_loop(
         notifier.clone(),
-        vec![sampler_hb, uploader_hb],
+        vec![
+            ("sampler", sampler_heartbeat),
+            ("uploader", uploader_heartbeat),
+        ],
         stall_after(config.api.request_timeout),
         cancel.child_token(),
-    ));
-    tracker.spawn(status_loop(
+    )));
+    tasks.push(tracker.spawn(status_loop(
         store.clone(),
         notifier.clone(),
         clock,
         Counters {
-            auth: auth.clone(),
+            auth,
             uploads: upload_counters,
         },
         cancel.child_token(),
-    ));
+    )));
     drop(store);
     if let Err(e) = notifier.ready() {
         tracing::warn!("cannot tell systemd we are ready: {e}");
     }
     tracing::info!("ready");
 
-    signals.recv().await;
+    shutdown.cancelled().await;
     tracing::info!("stopping: finishing in-flight uploads, closing the queue");
     let _ = notifier.stopping();
     cancel.cancel();
@@ -223,7 +244,29 @@ async fn serve(
         .is_err()
     {
         tracing::warn!("some tasks did not stop in time; what they held stays queued");
+        // Dropped at their next await, and with them their queue handles, so that the
+        // queue thread can make its last commit.
+        for task in &tasks {
+            task.abort();
+        }
     }
+    for task in tasks {
+        let _ = task.await;
+    }
+    stop_sampler.stop();
+    let joined = tokio::task::spawn_blocking(move || {
+        if sampler_thread.join().is_err() {
+            tracing::error!("sampler thread panicked");
+        }
+        if store_thread.join().is_err() {
+            tracing::error!("queue thread panicked");
+        }
+    })
+    .await;
+    if joined.is_err() {
+        tracing::error!("cannot wait for the sampler and queue threads to stop");
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -281,7 +324,7 @@ struct Counters {
 
 /// Keeps systemd's STATUS= line and the daemon's state in the queue current.
 async fn status_loop(
-    store: crate::store::StoreHandle,
+    store: crate::queue::writer::StoreHandle,
     notifier: Notifier,
     clock: Clock,
     counters: Counters,
@@ -317,6 +360,84 @@ async fn status_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The daemon's parts for an in-process run: one simulated sensor every 10 ms, a queue
+    /// in `dir`, no username (uploads off: the server is never asked), no systemd.
+    fn deps(dir: &std::path::Path) -> Deps {
+        let mut config = Config::default();
+        config.queue.path = dir.join("q.db");
+        config.queue.commit_interval = Duration::from_millis(20);
+        config.sampling.interval = Duration::from_millis(10);
+        config.api.username = None;
+        config.sensors = vec![crate::sensors::SensorConfig::Simulated(Default::default())];
+        let sensors = SensorSet::from_config(&config.sensors, config.sampling.interval)
+            .expect("a simulated sensor");
+        Deps {
+            api: Api::new("http://127.0.0.1:9", Duration::from_secs(1)).expect("api"),
+            config,
+            clock: Clock::system(),
+            boot_id: "test-boot".into(),
+            sensors: Box::new(sensors),
+            passwords: None,
+            notifier: Notifier::disabled(),
+        }
+    }
+
+    /// The queue's figures as another process sees them; zeros while it does not exist.
+    fn stats(path: &std::path::Path) -> crate::queue::Stats {
+        Queue::open_read_only(path)
+            .and_then(|q| q.stats())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn serve_queues_readings_and_stops_cleanly_when_told() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("q.db");
+        let shutdown = CancellationToken::new();
+        let driver = async {
+            let t0 = tokio::time::Instant::now();
+            loop {
+                let s = stats(&path);
+                // Without a username the uploader says so and never sends.
+                if s.pending >= 5 && s.uploader_state.as_deref() == Some("not configured") {
+                    break;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "within 30 s, not 5 readings queued and uploads off: {s:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            shutdown.cancel();
+        };
+        let (served, ()) = tokio::join!(
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                serve(deps(dir.path()), shutdown.clone())
+            ),
+            driver
+        );
+        assert!(
+            matches!(served, Ok(Ok(()))),
+            "serve did not stop cleanly: {served:?}"
+        );
+        // Stopped for good: the sampler no longer samples, the queue thread made its last
+        // commit, nothing was dropped or sent.
+        let after = stats(&path);
+        assert!(after.pending >= 5, "{after:?}");
+        assert_eq!(
+            (after.dropped_total, after.uploaded_total),
+            (0, 0),
+            "{after:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            stats(&path).pending,
+            after.pending,
+            "readings still arrive after serve returned"
+        );
+    }
 
     #[test]
     fn stall_limit_outlasts_a_renewal_and_a_request() {

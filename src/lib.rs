@@ -7,21 +7,18 @@
 //! - [`reading`]: a reading (capture time + values) and its wire JSON.
 //! - [`sensors`]: the `Sensor` trait and one module per sensor type.
 //! - [`sampler`]: ticks, reads sensors, hands readings to the queue.
-//! - [`queue`]: the SQLite store: enqueue, claim, ack, dead letters, stats.
+//! - [`queue`]: the SQLite store and forward: enqueue, peek, ack, dead letters, stats; `queue::writer` is the queue thread.
 //! - [`api`]: the HTTP client for the server's endpoints, classifying every answer.
 //! - [`auth`]: the token manager, JWT payload decoding, password sources.
 //! - [`uploader`]: drains the queue through api + auth with the retry policy.
 //! - [`backoff`]: exponential backoff with full jitter.
 //! - [`daemon`]: wires the tasks together, shutdown, systemd notification.
-//! - [`cli`]: the command line and one handler per subcommand.
+//! - [`cli`]: the command line: one file per command group (arguments, handler, output).
 
 pub mod api;
 pub mod auth;
 pub mod backoff;
 pub mod cli;
-pub mod cli_login;
-pub mod cli_queue;
-pub mod cli_sensors;
 pub mod clock;
 pub mod config;
 pub mod daemon;
@@ -30,7 +27,7 @@ pub mod queue;
 pub mod reading;
 pub mod sampler;
 pub mod sensors;
-pub mod store;
 pub mod systemd;
 pub mod tls;
 pub mod uploader;
+pub mod watchdog;

@@ -2,15 +2,14 @@
 //! reading to the queue. Runs on its own thread: it never waits for the network, and a slow
 //! sensor never stalls the uploader.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use crate::clock::Clock;
+use crate::clock::{boottime_ms, clock_floor_ms, Clock};
 use crate::config::OnSensorError;
+use crate::queue::writer::{Captured, StoreHandle};
 use crate::reading::Reading;
 use crate::sensors::set::{SensorSet, Tick};
-use crate::store::{Captured, StoreHandle};
-use crate::systemd::Heartbeat;
+use crate::watchdog::{Heartbeat, Stop};
 
 /// Ticks late by less than this are caught up (at up to twice the rate) instead of skipped,
 /// so a loaded machine that wakes the sampler late still takes every reading at 1 kHz.
@@ -27,42 +26,6 @@ pub trait TickSource: Send {
     }
 }
 
-/// Below this wall-clock time the clock cannot be right: the binary was built after it.
-/// A Pi without a real-time clock boots at its last saved time, or at 1970.
-/// Parsed once: `Clock::trusted` asks for it at every reading.
-pub fn clock_floor_ms() -> i64 {
-    static FLOOR_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *FLOOR_MS.get_or_init(|| {
-        let built: i64 = option_env!("PROFILO_GATEWAY_BUILD_UNIX")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        (built - 86_400) * 1000
-    })
-}
-
-/// Milliseconds of CLOCK_BOOTTIME: monotonic, counts suspend, restarts at boot.
-pub fn boottime_ms() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    // time_t and c_long are 32 bits on armv7: widen portably.
-    #[allow(clippy::useless_conversion)]
-    let (secs, nanos) = (i64::from(ts.tv_sec), i64::from(ts.tv_nsec));
-    secs * 1000 + nanos / 1_000_000
-}
-
-pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
-}
-
 pub struct Sampler {
     pub source: Box<dyn TickSource>,
     pub store: StoreHandle,
@@ -73,8 +36,8 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// Samples until `stop` receives a message or is dropped.
-    pub fn run(mut self, stop: Receiver<()>) {
+    /// Samples until `stop` is asked.
+    pub fn run(mut self, stop: Stop) {
         let floor = clock_floor_ms();
         let mut next = Instant::now();
         let mut last_failed: Option<Vec<String>> = None;
@@ -148,24 +111,9 @@ impl Sampler {
             // Half an interval apart at least: a lag is caught up, not fired as a burst.
             // The schedule itself stays put, so a lag is caught up at up to twice the rate.
             let wake = next.max(tick_started + min_spacing);
-            if wait_or_stop(&stop, wake, &self.heartbeat) {
+            if stop.sleep_until(wake, Some(&self.heartbeat)) {
                 return;
             }
-        }
-    }
-}
-
-/// Waits until `until`, beating the heartbeat at least every second so a long sampling
-/// interval never looks like a stall to the watchdog; true when asked to stop.
-fn wait_or_stop(stop: &Receiver<()>, until: Instant, heartbeat: &Heartbeat) -> bool {
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        match stop.recv_timeout(left.min(Duration::from_secs(1))) {
-            Err(RecvTimeoutError::Timeout) => heartbeat.beat(),
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => return true,
         }
     }
 }
@@ -193,7 +141,7 @@ mod tests {
         (
             tempfile::TempDir,
             QueueConfig,
-            crate::store::StoreHandle,
+            crate::queue::writer::StoreHandle,
             std::thread::JoinHandle<()>,
         ),
         String,
@@ -204,7 +152,7 @@ mod tests {
             ..QueueConfig::default()
         };
         let queue = Queue::open(&config).map_err(|e| e.to_string())?;
-        let (store, thread) = crate::store::spawn(
+        let (store, thread) = crate::queue::writer::spawn(
             queue,
             Duration::from_millis(10),
             "b".into(),
@@ -273,8 +221,11 @@ mod tests {
             on_sensor_error: OnSensorError::Partial,
             heartbeat: heartbeat.clone(),
         };
-        let (stop, stop_rx) = std::sync::mpsc::channel();
-        let running = std::thread::spawn(move || sampler.run(stop_rx));
+        let stop = Stop::new();
+        let running = {
+            let stop = stop.clone();
+            std::thread::spawn(move || sampler.run(stop))
+        };
         // Before sensors read on their own threads, the sampler blocked in the hanging
         // read and the heartbeat stopped; now it beats at every 100 ms tick.
         let mut longest = Duration::ZERO;
@@ -282,7 +233,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
             longest = longest.max(heartbeat.since_last_beat(tokio::time::Instant::now()));
         }
-        let _ = stop.send(());
+        stop.stop();
         running.join().map_err(|_| "sampler panicked".to_string())?;
         stuck.open();
         assert!(
@@ -313,11 +264,14 @@ mod tests {
             on_sensor_error: OnSensorError::Partial,
             heartbeat: Heartbeat::new(),
         };
-        let (stop, stop_rx) = std::sync::mpsc::channel();
-        let running = std::thread::spawn(move || sampler.run(stop_rx));
+        let stop = Stop::new();
+        let running = {
+            let stop = stop.clone();
+            std::thread::spawn(move || sampler.run(stop))
+        };
         std::thread::sleep(Duration::from_millis(300));
         let asked = Instant::now();
-        let _ = stop.send(());
+        stop.stop();
         running.join().map_err(|_| "sampler panicked".to_string())?;
         assert!(asked.elapsed() < Duration::from_millis(100));
         let rows = stored_once_closed(thread, &config)?;

@@ -1,36 +1,16 @@
-//! systemd integration: readiness and status notification, and a watchdog that
-//! is fed only while the daemon's tasks make progress.
+//! systemd integration: readiness and status notification over `sd_notify(3)`.
 //!
-//! - [`Notifier`] speaks the `sd_notify(3)` protocol (`READY=1`, `STATUS=...`,
-//!   `STOPPING=1`, `WATCHDOG=1`) over `$NOTIFY_SOCKET`. Outside systemd (no
-//!   `NOTIFY_SOCKET`) every call is a no-op, so the daemon never needs to know
-//!   how it was started. The unit has `Type=notify` and `NotifyAccess=main`.
-//! - [`Heartbeat`] is a cheap clone handed to each long-running task (sampler,
-//!   uploader); the task calls [`Heartbeat::beat`] at every turn of its loop,
-//!   **including idle waits and backoff sleeps** (wake at least every
-//!   `stall_after / 2` to beat), so "no beat for `stall_after`" really means
-//!   "stuck".
-//! - [`watchdog_loop`] pings systemd at half of `WatchdogSec=` while every
-//!   heartbeat is fresh. When one goes stale it logs which task stalled (once
-//!   per stall) and stops pinging; systemd then kills the service after
-//!   `WatchdogSec=` (SIGABRT) and `Restart=on-failure` starts it again.
-//!
-//! Choosing `stall_after`: longer than the longest legitimate gap between two
-//! beats of any task, e.g. `2 * max(sampling.interval, backoff cap + request
-//! timeout)`, and independent of `WatchdogSec=` (the time to a restart is
-//! roughly `stall_after + WatchdogSec`).
+//! [`Notifier`] speaks the protocol (`READY=1`, `STATUS=...`, `STOPPING=1`, `WATCHDOG=1`)
+//! over `$NOTIFY_SOCKET`. Outside systemd (no `NOTIFY_SOCKET`) every call is a no-op, so
+//! the daemon never needs to know how it was started. The unit has `Type=notify` and
+//! `NotifyAccess=main`. When to feed the watchdog is `watchdog`'s business.
 
-use std::collections::HashSet;
 use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use sd_notify::NotifyState;
-use tokio::time::{Instant, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
 
 /// A notification could not be delivered to systemd.
 #[derive(Debug, thiserror::Error)]
@@ -191,7 +171,7 @@ impl Notifier {
         self.send(&[NotifyState::Stopping])
     }
 
-    /// `WATCHDOG=1`: the keep-alive. Prefer [`watchdog_loop`], which sends it
+    /// `WATCHDOG=1`: the keep-alive. Prefer [`crate::watchdog::watchdog_loop`], which sends it
     /// only while the tasks make progress.
     pub fn ping_watchdog(&self) -> Result<(), NotifyError> {
         self.send(&[NotifyState::Watchdog])
@@ -225,191 +205,52 @@ pub fn status_line(pending: u64, dead: u64, last_upload: Option<SystemTime>) -> 
     format!("pending {pending}, dead {dead}, last upload {last}")
 }
 
-/// Progress marker of one task: when it last beat. Cheap to clone; clones
-/// share the same marker.
-#[derive(Debug, Clone)]
-pub struct Heartbeat {
-    start: Instant,
-    /// Milliseconds from `start` (monotonic, tokio's clock) to the last beat.
-    last_ms: Arc<AtomicU64>,
-}
+/// A notify socket that records what it is sent.
+#[cfg(test)]
+pub(crate) mod fake {
+    use std::os::unix::net::UnixDatagram;
+    use std::path::PathBuf;
 
-impl Default for Heartbeat {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Heartbeat {
-    /// A heartbeat whose first beat is now.
-    pub fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
-        }
+    pub struct FakeSystemd {
+        _dir: tempfile::TempDir,
+        pub path: PathBuf,
+        sock: UnixDatagram,
     }
 
-    /// Records progress now.
-    pub fn beat(&self) {
-        self.beat_at(Instant::now());
-    }
-
-    /// Records progress at `now` (for tests that inject the time).
-    pub fn beat_at(&self, now: Instant) {
-        let ms = u64::try_from(now.saturating_duration_since(self.start).as_millis())
-            .unwrap_or(u64::MAX);
-        self.last_ms.fetch_max(ms, Ordering::Relaxed);
-    }
-
-    /// When the task last beat.
-    pub fn last_beat(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-
-    /// Time since the last beat, as seen at `now`.
-    pub fn since_last_beat(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.last_beat())
-    }
-}
-
-/// The tasks whose last beat is older than `stall_after` at `now`, with their
-/// silence.
-pub fn stalled_tasks(
-    heartbeats: &[(&'static str, Heartbeat)],
-    stall_after: Duration,
-    now: Instant,
-) -> Vec<(&'static str, Duration)> {
-    heartbeats
-        .iter()
-        .map(|(name, hb)| (*name, hb.since_last_beat(now)))
-        .filter(|(_, silence)| *silence > stall_after)
-        .collect()
-}
-
-/// What changed since the previous check; pure state, no I/O.
-#[derive(Debug, Default)]
-pub struct StallTracker {
-    reported: HashSet<&'static str>,
-}
-
-/// Result of one [`StallTracker::check`].
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Verdict {
-    /// Every task stalled now; empty means healthy (ping the watchdog).
-    pub stalled: Vec<(&'static str, Duration)>,
-    /// Tasks stalled now that were not at the previous check (log these).
-    pub newly_stalled: Vec<(&'static str, Duration)>,
-    /// Tasks that were stalled and beat again (log these).
-    pub recovered: Vec<&'static str>,
-}
-
-impl Verdict {
-    /// True when every task made progress within `stall_after`.
-    pub fn healthy(&self) -> bool {
-        self.stalled.is_empty()
-    }
-}
-
-impl StallTracker {
-    /// Compares the heartbeats with `now`.
-    pub fn check(
-        &mut self,
-        heartbeats: &[(&'static str, Heartbeat)],
-        stall_after: Duration,
-        now: Instant,
-    ) -> Verdict {
-        let stalled = stalled_tasks(heartbeats, stall_after, now);
-        let newly_stalled: Vec<_> = stalled
-            .iter()
-            .filter(|(name, _)| !self.reported.contains(name))
-            .copied()
-            .collect();
-        let recovered: Vec<_> = self
-            .reported
-            .iter()
-            .filter(|name| !stalled.iter().any(|(s, _)| s == *name))
-            .copied()
-            .collect();
-        for name in &recovered {
-            self.reported.remove(name);
-        }
-        for (name, _) in &newly_stalled {
-            self.reported.insert(name);
-        }
-        Verdict {
-            stalled,
-            newly_stalled,
-            recovered,
-        }
-    }
-}
-
-/// Feeds the systemd watchdog while every heartbeat is fresh; returns when
-/// `cancel` fires.
-///
-/// Checks (and pings) at half the watchdog interval; without a watchdog it
-/// still checks every `stall_after / 2` so that a stall shows in the log.
-pub async fn watchdog_loop(
-    notifier: Notifier,
-    heartbeats: Vec<(&'static str, Heartbeat)>,
-    stall_after: Duration,
-    cancel: CancellationToken,
-) {
-    let watchdog = notifier.watchdog_interval();
-    let period = watchdog
-        .map(|w| w / 2)
-        .unwrap_or(stall_after / 2)
-        .max(Duration::from_millis(10));
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut tracker = StallTracker::default();
-    let mut ping_failed = false;
-
-    tracing::debug!(
-        ?watchdog,
-        ?period,
-        ?stall_after,
-        tasks = ?heartbeats.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-        "watchdog loop started"
-    );
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = ticker.tick() => {}
-        }
-        let verdict = tracker.check(&heartbeats, stall_after, Instant::now());
-        for (task, silence) in &verdict.newly_stalled {
-            tracing::error!(
-                task = *task,
-                silent_ms = u64::try_from(silence.as_millis()).unwrap_or(u64::MAX),
-                stall_after_ms = u64::try_from(stall_after.as_millis()).unwrap_or(u64::MAX),
-                "task {task} made no progress for {}; no longer feeding the systemd watchdog, which will restart the service",
-                humantime::format_duration(truncate_ms(*silence)),
-            );
-        }
-        for task in &verdict.recovered {
-            tracing::warn!(task = *task, "task {task} is making progress again");
-        }
-        if verdict.healthy() && watchdog.is_some() {
-            match notifier.ping_watchdog() {
-                Ok(()) => ping_failed = false,
-                Err(e) if !ping_failed => {
-                    ping_failed = true;
-                    tracing::warn!(error = %e, "watchdog keep-alive failed");
-                }
-                Err(e) => tracing::debug!(error = %e, "watchdog keep-alive failed again"),
+    impl FakeSystemd {
+        pub fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("notify");
+            let sock = UnixDatagram::bind(&path).unwrap();
+            sock.set_nonblocking(true).unwrap();
+            Self {
+                _dir: dir,
+                path,
+                sock,
             }
         }
-    }
-    tracing::debug!("watchdog loop stopped");
-}
 
-fn truncate_ms(d: Duration) -> Duration {
-    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        pub fn messages(&self) -> Vec<String> {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = self.sock.recv(&mut buf) {
+                out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+            out
+        }
+
+        pub fn pings(&self) -> usize {
+            self.messages()
+                .iter()
+                .filter(|m| m.as_str() == "WATCHDOG=1\n")
+                .count()
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::fake::FakeSystemd;
     use super::*;
     use std::ffi::OsStr;
 
@@ -459,42 +300,6 @@ mod tests {
                 b"/org/freedesktop/systemd1/notify".to_vec()
             ))
         );
-    }
-
-    struct FakeSystemd {
-        _dir: tempfile::TempDir,
-        path: PathBuf,
-        sock: UnixDatagram,
-    }
-
-    impl FakeSystemd {
-        fn new() -> Self {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("notify");
-            let sock = UnixDatagram::bind(&path).unwrap();
-            sock.set_nonblocking(true).unwrap();
-            Self {
-                _dir: dir,
-                path,
-                sock,
-            }
-        }
-
-        fn messages(&self) -> Vec<String> {
-            let mut out = Vec::new();
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = self.sock.recv(&mut buf) {
-                out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-            out
-        }
-
-        fn pings(&self) -> usize {
-            self.messages()
-                .iter()
-                .filter(|m| m.as_str() == "WATCHDOG=1\n")
-                .count()
-        }
     }
 
     #[test]
@@ -552,161 +357,5 @@ mod tests {
             status_line(0, 2, Some(t)),
             "pending 0, dead 2, last upload 2023-11-14T22:13:20Z"
         );
-    }
-
-    #[test]
-    fn heartbeat_clones_share_progress() {
-        let hb = Heartbeat::new();
-        let t0 = hb.last_beat();
-        let clone = hb.clone();
-        clone.beat_at(t0 + Duration::from_secs(5));
-        assert_eq!(
-            hb.since_last_beat(t0 + Duration::from_secs(6)),
-            Duration::from_secs(1)
-        );
-        // An older beat never moves the marker backwards.
-        hb.beat_at(t0 + Duration::from_secs(2));
-        assert!(hb.last_beat() >= t0 + Duration::from_secs(5));
-    }
-
-    #[test]
-    fn tracker_reports_each_stall_once_and_recovery() {
-        let t0 = Instant::now();
-        let sampler = Heartbeat::new();
-        let uploader = Heartbeat::new();
-        let hbs = vec![("sampler", sampler.clone()), ("uploader", uploader.clone())];
-        let stall = Duration::from_secs(10);
-        let mut tracker = StallTracker::default();
-        let at = |s: u64| t0 + Duration::from_secs(s);
-
-        let v = tracker.check(&hbs, stall, at(5));
-        assert!(v.healthy());
-        assert_eq!(v, Verdict::default());
-
-        // The sampler keeps beating, the uploader hangs.
-        sampler.beat_at(at(9));
-        let v = tracker.check(&hbs, stall, at(12));
-        assert!(!v.healthy());
-        assert_eq!(v.stalled.len(), 1);
-        assert_eq!(v.stalled[0].0, "uploader");
-        assert_eq!(v.newly_stalled.len(), 1);
-        assert!(v.recovered.is_empty());
-
-        sampler.beat_at(at(14));
-        let v = tracker.check(&hbs, stall, at(15));
-        assert!(!v.healthy());
-        assert!(v.newly_stalled.is_empty(), "reported once: {v:?}");
-
-        // Both stalled; only the sampler is new.
-        let v = tracker.check(&hbs, stall, at(30));
-        assert_eq!(v.stalled.len(), 2);
-        assert_eq!(
-            v.newly_stalled.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-            ["sampler"]
-        );
-
-        // Both beat again.
-        sampler.beat_at(at(31));
-        uploader.beat_at(at(31));
-        let v = tracker.check(&hbs, stall, at(32));
-        assert!(v.healthy());
-        let mut rec = v.recovered.clone();
-        rec.sort_unstable();
-        assert_eq!(rec, ["sampler", "uploader"]);
-
-        // A later stall is reported again.
-        let v = tracker.check(&hbs, stall, at(50));
-        assert_eq!(v.newly_stalled.len(), 2);
-    }
-
-    #[test]
-    fn exactly_stall_after_is_not_a_stall() {
-        let t0 = Instant::now();
-        let hb = Heartbeat::new();
-        hb.beat_at(t0);
-        let hbs = [("t", hb)];
-        assert!(
-            stalled_tasks(&hbs, Duration::from_secs(1), t0 + Duration::from_secs(1)).is_empty()
-        );
-        assert_eq!(
-            stalled_tasks(
-                &hbs,
-                Duration::from_secs(1),
-                t0 + Duration::from_millis(1001)
-            )
-            .len(),
-            1
-        );
-        assert!(stalled_tasks(&[], Duration::ZERO, t0 + Duration::from_secs(9)).is_empty());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn pings_only_while_every_task_progresses() {
-        let systemd = FakeSystemd::new();
-        let notifier = Notifier::with_socket(&systemd.path, Some(Duration::from_secs(2)));
-        let sampler = Heartbeat::new();
-        let uploader = Heartbeat::new();
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(watchdog_loop(
-            notifier,
-            vec![("sampler", sampler.clone()), ("uploader", uploader.clone())],
-            Duration::from_secs(3),
-            cancel.clone(),
-        ));
-
-        // Both tasks progress for 10 s: a ping every second (half of 2 s).
-        for _ in 0..20 {
-            sampler.beat();
-            uploader.beat();
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        let pings = systemd.pings();
-        assert!((9..=11).contains(&pings), "pings while healthy: {pings}");
-
-        // The uploader stalls; the sampler goes on. Pings stop once the
-        // uploader has been silent for more than 3 s.
-        for _ in 0..8 {
-            sampler.beat();
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        let pings = systemd.pings();
-        assert!((2..=4).contains(&pings), "pings until the stall: {pings}");
-        for _ in 0..10 {
-            sampler.beat();
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        assert_eq!(systemd.pings(), 0, "no ping while the uploader is stalled");
-
-        // It recovers: pings resume.
-        for _ in 0..6 {
-            sampler.beat();
-            uploader.beat();
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        assert!(systemd.pings() >= 2);
-
-        cancel.cancel();
-        tokio::time::timeout(Duration::from_secs(1), task)
-            .await
-            .expect("the loop stops on cancel")
-            .unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn without_a_watchdog_nothing_is_sent() {
-        let systemd = FakeSystemd::new();
-        let notifier = Notifier::with_socket(&systemd.path, None);
-        let cancel = CancellationToken::new();
-        let hb = Heartbeat::new();
-        let task = tokio::spawn(watchdog_loop(
-            notifier,
-            vec![("sampler", hb)],
-            Duration::from_secs(1),
-            cancel.clone(),
-        ));
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        assert!(systemd.messages().is_empty());
-        cancel.cancel();
-        task.await.unwrap();
     }
 }

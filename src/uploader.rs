@@ -14,9 +14,9 @@ use crate::api::{Api, SendOutcome};
 use crate::auth::{AuthError, TokenManager};
 use crate::backoff::Backoff;
 use crate::clock::Clock;
+use crate::queue::writer::{Settlement, StoreHandle};
 use crate::queue::{status_key, Stored};
-use crate::store::{Settlement, StoreHandle};
-use crate::systemd::Heartbeat;
+use crate::watchdog::Heartbeat;
 
 /// How long in-flight requests may finish after shutdown was asked for.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);

@@ -46,10 +46,6 @@ const LIFETIME: Duration = Duration::from_secs(3);
 const MIN_REFRESH_INTERVAL_S: f64 = 1.0;
 /// SIGTERM must end the daemon within this (plus slack for a loaded machine).
 const STOP_LIMIT: Duration = Duration::from_secs(10);
-/// A longer silence in the capture times of one run means readings were lost.
-const MAX_GAP_US: i64 = 3_000_000;
-/// Slack for comparing the gateway's clock readings with the harness's.
-const CLOCK_SLACK_US: i64 = 1_000_000;
 /// One year, the skew of the clock tests, in seconds.
 const YEAR_S: i64 = 365 * 86_400;
 
@@ -58,12 +54,7 @@ const YEAR_S: i64 = 365 * 86_400;
 // ---------------------------------------------------------------------------------
 
 fn start_server() -> TestServer {
-    let server = TestServer::start(ServerOptions {
-        access_lifetime: LIFETIME,
-        ..Default::default()
-    });
-    server.create_user(DEFAULT_USERNAME, DEFAULT_PASSWORD);
-    server
+    TestServer::with_device(LIFETIME)
 }
 
 /// Gateway options: 100 ms sampling, prompt upload retries, `extra` appended (it must
@@ -132,10 +123,7 @@ fn wait_for(
     timeout: Duration,
     mut cond: impl FnMut(&Gateway) -> bool,
 ) {
-    let ok = poll_until(timeout, || {
-        gw.assert_running();
-        cond(gw)
-    });
+    let ok = gw.poll_while_running(timeout, || cond(gw));
     check!(
         ok,
         server,
@@ -164,16 +152,6 @@ fn stop(server: &TestServer, gw: &mut Gateway, what: &str) {
     );
 }
 
-/// A time window (harness clock, µs) during which one daemon run was producing.
-#[derive(Debug, Clone, Copy)]
-struct Run {
-    start_us: i64,
-    end_us: i64,
-    /// Whether this run sampled all along (100 ms), so that its capture times must
-    /// leave no hole; false for a drain run.
-    sampling: bool,
-}
-
 /// What identifies a reading: its capture time (wire string) and values. Two readings
 /// may share a millisecond when sampling every few ms; their simulated values (a random
 /// walk) still differ.
@@ -194,34 +172,10 @@ fn server_keys(server: &TestServer) -> Vec<Key> {
         .collect()
 }
 
-/// The reading object (with `timestamp`) inside one `queue list --json` item.
-fn reading_object(item: &Value) -> Option<Value> {
-    if item.get("timestamp").is_some() {
-        return Some(item.clone());
-    }
-    ["reading", "payload", "body"]
-        .iter()
-        .find_map(|k| match item.get(*k)? {
-            Value::String(s) => reading_object(&serde_json::from_str(s).ok()?),
-            inner => reading_object(inner),
-        })
-}
-
 fn queued_keys(gw: &Gateway) -> Vec<Key> {
-    let v = gw.queue_list(Some(1_000_000));
-    let items = match &v {
-        Value::Array(a) => a.clone(),
-        Value::Object(o) => o
-            .values()
-            .find_map(|x| x.as_array().cloned())
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    };
-    items
+    gw.queued_readings()
         .iter()
-        .map(|item| {
-            let r = reading_object(item)
-                .unwrap_or_else(|| panic!("no reading in `queue list --json` item {item}"));
+        .map(|r| {
             let f = |k: &str| r.get(k).and_then(Value::as_f64).map(f64::to_bits);
             (
                 r["timestamp"]
@@ -280,16 +234,6 @@ fn drain(server: &TestServer, gw: &mut Gateway) -> Option<Run> {
     })
 }
 
-/// Microseconds since the epoch of a wire timestamp (`...Z`).
-fn parse_us(ts: &str) -> i64 {
-    let t = humantime::parse_rfc3339(ts)
-        .unwrap_or_else(|e| panic!("cannot parse timestamp {ts:?}: {e}"));
-    let d = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("timestamp before 1970");
-    i64::try_from(d.as_micros()).expect("timestamp overflow")
-}
-
 /// Nothing lost, nothing twice: every reading the (stopped) gateway produced is on the
 /// server exactly once or still pending, nothing dead or dropped, and the capture times
 /// of each sampling run leave no hole. Returns the number of readings on the server.
@@ -339,49 +283,14 @@ fn check_delivery(server: &TestServer, gw: &Gateway, runs: &[Run]) -> usize {
         .map(|k| parse_us(&k.0))
         .collect();
     all.sort_unstable();
-    for &t in &all {
-        check!(
-            runs.iter()
-                .any(|r| t >= r.start_us - CLOCK_SLACK_US && t <= r.end_us + CLOCK_SLACK_US),
-            server,
-            gw,
-            "capture time {t} µs lies outside every run {runs:?}"
-        );
-    }
-    for run in runs.iter().filter(|r| r.sampling) {
-        let in_run: Vec<i64> = all
-            .iter()
-            .copied()
-            .filter(|&t| t >= run.start_us - CLOCK_SLACK_US && t <= run.end_us + CLOCK_SLACK_US)
-            .collect();
-        check!(
-            !in_run.is_empty(),
-            server,
-            gw,
-            "no reading captured during run {run:?}"
-        );
-        // The first tick comes after start-up; the last before SIGTERM.
-        check!(
-            in_run[0] - run.start_us <= MAX_GAP_US
-                && run.end_us - in_run[in_run.len() - 1] <= MAX_GAP_US,
-            server,
-            gw,
-            "readings missing at the start or end of run {run:?}: first {} last {}",
-            in_run[0],
-            in_run[in_run.len() - 1]
-        );
-        for w in in_run.windows(2) {
-            check!(
-                w[1] - w[0] <= MAX_GAP_US,
-                server,
-                gw,
-                "no reading captured between {} and {} µs ({} ms): readings were lost",
-                w[0],
-                w[1],
-                (w[1] - w[0]) / 1000
-            );
-        }
-    }
+    let problem = capture_time_problem(&all, runs, Edges::Checked);
+    check!(
+        problem.is_none(),
+        server,
+        gw,
+        "{}",
+        problem.unwrap_or_default()
+    );
     readings.len()
 }
 

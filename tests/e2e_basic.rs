@@ -26,19 +26,8 @@ const ACCESS_LIFETIME: Duration = Duration::from_secs(2);
 const INTERVAL: Duration = Duration::from_millis(100);
 /// SIGTERM must end the daemon within this (systemd's TimeoutStopSec is larger).
 const STOP_LIMIT: Duration = Duration::from_secs(5);
-/// A longer silence in the capture times of one run means readings were lost
-/// (generous: a loaded 2-core machine can delay ticks).
-const MAX_GAP_US: i64 = 3_000_000;
-/// Slack for comparing the gateway's clock readings with the harness's.
-const CLOCK_SLACK_US: i64 = 1_000_000;
-
 fn start_server() -> TestServer {
-    let server = TestServer::start(ServerOptions {
-        access_lifetime: ACCESS_LIFETIME,
-        ..Default::default()
-    });
-    server.create_user(DEFAULT_USERNAME, DEFAULT_PASSWORD);
-    server
+    TestServer::with_device(ACCESS_LIFETIME)
 }
 
 fn gateway_options() -> GatewayOptions {
@@ -88,23 +77,6 @@ fn assert_wire_timestamp(ts: &str) {
     );
 }
 
-/// Microseconds since the epoch of a wire timestamp (`...Z`).
-fn parse_us(ts: &str) -> i64 {
-    let t = humantime::parse_rfc3339(ts)
-        .unwrap_or_else(|e| panic!("cannot parse timestamp {ts:?}: {e}"));
-    let d = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("timestamp before 1970");
-    i64::try_from(d.as_micros()).expect("timestamp overflow")
-}
-
-/// A time window (harness clock, µs) during which one daemon run was producing.
-#[derive(Debug, Clone, Copy)]
-struct Run {
-    start_us: i64,
-    end_us: i64,
-}
-
 /// What a stopped gateway and its server must agree on: every reading produced is
 /// either on the server exactly once or still pending in the queue, with its capture
 /// time, and the capture times of each run leave no hole. Returns the server readings.
@@ -120,14 +92,7 @@ fn check_delivery(server: &TestServer, gw: &Gateway, runs: &[Run]) -> Vec<Readin
         server.stats()
     );
 
-    assert_eq!(
-        counts.dead, 0,
-        "no reading may be dead-lettered: {counts:?}"
-    );
-    assert_eq!(
-        counts.dropped_total, 0,
-        "no reading may be dropped: {counts:?}"
-    );
+    counts.assert_none_dead_or_dropped();
     assert_eq!(
         readings.len() as u64,
         counts.uploaded_total,
@@ -193,29 +158,9 @@ fn check_delivery(server: &TestServer, gw: &Gateway, runs: &[Run]) -> Vec<Readin
         readings.len() + queued.len(),
         "two readings share a capture time"
     );
-    for &t in &all {
-        assert!(
-            runs.iter()
-                .any(|r| t >= r.start_us - CLOCK_SLACK_US && t <= r.end_us + CLOCK_SLACK_US),
-            "capture time {t} µs lies outside every run of the gateway {runs:?}"
-        );
-    }
-    for run in runs {
-        let in_run: Vec<i64> = all
-            .iter()
-            .copied()
-            .filter(|&t| t >= run.start_us - CLOCK_SLACK_US && t <= run.end_us + CLOCK_SLACK_US)
-            .collect();
-        assert!(!in_run.is_empty(), "no reading captured during run {run:?}");
-        for w in in_run.windows(2) {
-            assert!(
-                w[1] - w[0] <= MAX_GAP_US,
-                "no reading captured between {} and {} µs ({} ms): readings were lost",
-                w[0],
-                w[1],
-                (w[1] - w[0]) / 1000
-            );
-        }
+    let all: Vec<i64> = all.into_iter().collect();
+    if let Some(problem) = capture_time_problem(&all, runs, Edges::Unchecked) {
+        panic!("{problem}");
     }
     readings
 }
@@ -233,7 +178,7 @@ fn a_readings_arrive_once_with_capture_times() {
     let end_us = now_us();
     assert_clean_exit(exit, &gw, "run with the server up");
 
-    let readings = check_delivery(&server, &gw, &[Run { start_us, end_us }]);
+    let readings = check_delivery(&server, &gw, &[Run::sampling(start_us, end_us)]);
     assert!(readings.len() >= 50);
 
     // Capture times, sorted, are one per tick: strictly increasing, about one
@@ -308,7 +253,7 @@ fn b_tokens_are_refreshed_with_rotation_on_one_login() {
             stats.data_401
         );
     }
-    check_delivery(&server, &gw, &[Run { start_us, end_us }]);
+    check_delivery(&server, &gw, &[Run::sampling(start_us, end_us)]);
 }
 
 #[test]
@@ -356,7 +301,7 @@ fn c_server_outage_of_10s_loses_and_duplicates_nothing() {
     let end_us = now_us();
     assert_clean_exit(exit, &gw, "run across the outage");
 
-    let readings = check_delivery(&server, &gw, &[Run { start_us, end_us }]);
+    let readings = check_delivery(&server, &gw, &[Run::sampling(start_us, end_us)]);
     // Readings captured during the outage carry their capture time, not the time
     // they were finally sent.
     let during: Vec<&Reading> = readings
@@ -434,14 +379,8 @@ fn d_stopped_while_server_down_delivers_queue_on_next_run() {
         &server,
         &gw,
         &[
-            Run {
-                start_us,
-                end_us: run1_end_us,
-            },
-            Run {
-                start_us: run2_start_us,
-                end_us,
-            },
+            Run::sampling(start_us, run1_end_us),
+            Run::sampling(run2_start_us, end_us),
         ],
     );
 }

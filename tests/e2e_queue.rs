@@ -33,12 +33,7 @@ const STOP_LIMIT: Duration = Duration::from_secs(5);
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
 fn start_server() -> TestServer {
-    let server = TestServer::start(ServerOptions {
-        access_lifetime: Duration::from_secs(30),
-        ..Default::default()
-    });
-    server.create_user(DEFAULT_USERNAME, DEFAULT_PASSWORD);
-    server
+    TestServer::with_device(Duration::from_secs(30))
 }
 
 /// A gateway with prompt retries (short backoff cap) and `extra` upload settings.
@@ -69,6 +64,18 @@ fn stop(gw: &mut Gateway, context: &str) {
 /// Polls `cond` until true, failing fast (with the log) when the daemon exits.
 fn wait_alive(gw: &mut Gateway, what: &str, timeout: Duration, cond: impl FnMut(&Gateway) -> bool) {
     gw.wait_for(what, timeout, cond);
+}
+
+/// Runs the daemon with sampling all but off (1 h) until its queue is empty (`what`,
+/// within `timeout`), then stops it (`context`). Returns the time from start to empty.
+fn drain_dry(gw: &mut Gateway, what: &str, timeout: Duration, context: &str) -> Duration {
+    gw.set_interval("1h");
+    let start = Instant::now();
+    gw.spawn();
+    wait_alive(gw, what, timeout, |gw| gw.queue_counts().pending == 0);
+    let drained = start.elapsed();
+    stop(gw, context);
+    drained
 }
 
 /// Waits until the server has handled every request it received (its counter stays put
@@ -244,18 +251,13 @@ fn kill9_during_backlog_drain_loses_nothing_and_duplicates_at_most_a_batch_per_k
     }
 
     // Final clean drain: no new readings but the one at start.
-    let drain_start = Instant::now();
     run_starts.push(now_us());
-    gw.set_interval("1h");
-    gw.spawn();
-    wait_alive(
+    let drain_time = drain_dry(
         &mut gw,
         "the queue to drain after the kills",
         Duration::from_secs(90),
-        |gw| gw.queue_counts().pending == 0,
+        "final drain",
     );
-    let drain_time = drain_start.elapsed();
-    stop(&mut gw, "final drain");
     let end_us = now_us();
 
     let counts = gw.queue_counts();
@@ -263,14 +265,7 @@ fn kill9_during_backlog_drain_loses_nothing_and_duplicates_at_most_a_batch_per_k
         counts.pending, 0,
         "readings left after the drain: {counts:?}"
     );
-    assert_eq!(
-        counts.dead, 0,
-        "no reading may be dead-lettered: {counts:?}"
-    );
-    assert_eq!(
-        counts.dropped_total, 0,
-        "no reading may be dropped: {counts:?}"
-    );
+    counts.assert_none_dead_or_dropped();
 
     let readings = server.readings();
     let distinct: HashSet<String> = readings.iter().map(reading_key).collect();
@@ -368,15 +363,12 @@ fn connections_refused_then_server_drains_the_outage_backlog() {
 
     // "Restart with a new config": the server is back.
     gw.set_base_url(&server.base_url());
-    gw.set_interval("1h");
-    gw.spawn();
-    wait_alive(
+    drain_dry(
         &mut gw,
         "the outage backlog to drain",
         Duration::from_secs(60),
-        |gw| gw.queue_counts().pending == 0,
+        "after the drain",
     );
-    stop(&mut gw, "after the drain");
 
     let copies = assert_all_arrived_once(&server, &backlog, "queued during the outage");
     let counts = gw.queue_counts();
@@ -510,17 +502,12 @@ fn flaky_503_with_retry_after_and_400s_lose_nothing_and_refused_ones_are_dead_le
     });
 
     gw.set_base_url(&server.base_url());
-    gw.set_interval("1h");
-    let start = Instant::now();
-    gw.spawn();
-    wait_alive(
+    let drain = drain_dry(
         &mut gw,
         "the queue to drain through 30 % 503s",
         Duration::from_secs(90),
-        |gw| gw.queue_counts().pending == 0,
+        "after the drain",
     );
-    let drain = start.elapsed();
-    stop(&mut gw, "after the drain");
 
     let stats = server.stats();
     let copies = server_copies(&server);
@@ -727,15 +714,12 @@ fn full_filesystem_neither_crashes_nor_corrupts_counts_drops_and_recovers() {
 
     // The server comes back: the queue drains.
     gw.set_base_url(&server.base_url());
-    gw.set_interval("1h");
-    gw.spawn();
-    wait_alive(
+    drain_dry(
         &mut gw,
         "the queue to drain after the full disk",
         Duration::from_secs(120),
-        |gw| gw.queue_counts().pending == 0,
+        "after the drain",
     );
-    stop(&mut gw, "after the drain");
     let counts = gw.queue_counts();
     let copies = server_copies(&server);
     assert_eq!(counts.dead, 0, "{counts:?}");
@@ -922,17 +906,14 @@ fn readings_taken_while_the_clock_was_years_behind_are_uploaded_with_corrected_t
     );
 
     // NTP has synced: the same boot, a sane clock.
-    gw.set_env(Vec::new());
-    gw.set_interval("1h");
-    gw.spawn();
-    wait_alive(
+    let fixed = Vec::new();
+    upload_held(
+        &server,
         &mut gw,
-        "the held readings to be uploaded",
-        Duration::from_secs(30),
-        |gw| gw.queue_counts().pending == 0,
+        fixed,
+        "after the clock fix",
+        (held.len(), t0, t1),
     );
-    stop(&mut gw, "after the clock fix");
-    assert_dated_in_real_time(&server, held.len(), t0, t1);
 }
 
 #[test]
@@ -956,20 +937,30 @@ fn readings_taken_before_ntp_stepped_a_restored_clock_are_held_then_dated() {
 
     // Still no NTP, but the clock is right now (set by hand, an RTC, a late step): the
     // kernel still says unsynchronised, the server's clock vouches for ours.
-    gw.set_env(vec![(
-        "PROFILO_GATEWAY_CLOCK_SYNC".into(),
-        "unsynced".into(),
-    )]);
-    gw.set_interval("1h");
-    gw.spawn();
-    wait_alive(
+    let vouched = vec![("PROFILO_GATEWAY_CLOCK_SYNC".into(), "unsynced".into())];
+    upload_held(
+        &server,
         &mut gw,
-        "the held readings to be uploaded",
-        Duration::from_secs(30),
-        |gw| gw.queue_counts().pending == 0,
+        vouched,
+        "after the server vouched for the clock",
+        (held.len(), t0, t1),
     );
-    stop(&mut gw, "after the server vouched for the clock");
-    assert_dated_in_real_time(&server, held.len(), t0, t1);
+}
+
+/// Runs the gateway again with `env` (a clock now trusted) and sampling all but off,
+/// until the `held` readings (count, real time µs at start and stop of the wrong-clock
+/// run) are uploaded; stops it and checks they were dated in real time.
+fn upload_held(
+    server: &TestServer,
+    gw: &mut Gateway,
+    env: Vec<(String, String)>,
+    context: &str,
+    (held, t0, t1): (usize, i64, i64),
+) {
+    gw.set_env(env);
+    let what = "the held readings to be uploaded";
+    drain_dry(gw, what, Duration::from_secs(30), context);
+    assert_dated_in_real_time(server, held, t0, t1);
 }
 
 /// Runs the gateway with `env` (a wrong clock) until 20 readings are queued, checks that

@@ -1,4 +1,4 @@
-//! Raw durable-enqueue capacity of the queue thread (`store::spawn` + `StoreHandle::enqueue`),
+//! Raw durable-enqueue capacity of the queue thread (`queue::writer::spawn` + `StoreHandle::enqueue`),
 //! the path the sampler uses, with the daemon's settings (WAL, synchronous = FULL, group
 //! commit every `commit_interval`, default 50 ms).
 //!
@@ -20,11 +20,11 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use profilo_gateway::clock::Clock;
+use profilo_gateway::clock::{boot_id, Clock};
 use profilo_gateway::config::QueueConfig;
+use profilo_gateway::queue::writer::{self, Captured};
 use profilo_gateway::queue::Queue;
 use profilo_gateway::reading::{from_unix_ms, unix_ms, Reading};
-use profilo_gateway::store::{self, Captured};
 
 /// Bounds the producer in burst mode (the channel is unbounded).
 const MAX_READINGS: u64 = 400_000;
@@ -37,12 +37,6 @@ fn io_counter(name: &str) -> u64 {
                 .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         })
         .unwrap_or(0)
-}
-
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
 }
 
 fn reading(n: u64, ms: i64) -> Captured {
@@ -80,7 +74,8 @@ fn run(
     let queue = Queue::open(&config)?;
     let write_before = io_counter("write_bytes:");
     let start = Instant::now();
-    let (handle, thread) = store::spawn(queue, config.commit_interval, boot_id(), Clock::system())?;
+    let (handle, thread) =
+        writer::spawn(queue, config.commit_interval, boot_id(), Clock::system())?;
     let run_for = Duration::from_secs_f64(seconds);
     let mut n: u64 = 0;
     let mut ms = unix_ms(SystemTime::now());

@@ -156,12 +156,15 @@ def main():
         for proc, group in rb.STARTED:
             rb.stop_proc(proc, group=group)
 
+    m = rb.machine()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"## Idle footprint over HTTPS (issue 15), {date}",
         "",
         f"Command: `python3 scripts/bench/tls_idle.py --root . --work {args.work} "
-        f"--seconds {args.seconds} --rounds {args.rounds}`; machine: {rb.machine()}.",
+        f"--seconds {args.seconds} --rounds {args.rounds}`; machine: {m['nproc']} CPUs ({m['cpu']}), "
+        f"{m['mem_gib']} GiB RAM, load average at start {m['loadavg_at_start']} (shared: compare "
+        f"the cases of one run, not absolute figures).",
         "",
         f"Release binary, sampling every 1 s and uploading to the test server on 127.0.0.1 "
         f"(gunicorn 1 worker, `--certfile/--keyfile` with a private CA's certificate made by "

@@ -476,7 +476,7 @@ impl TokenManager {
             st.offset_ms = offset;
             // The server's clock vouches for ours (or not): readings held because the
             // kernel has not synchronised the clock yet may then be dated (clock.rs).
-            Clock::note_server_offset(offset);
+            self.clock.trust().note_server_offset(offset);
         }
         if let Some(r) = refresh {
             let margin = self.refresh_margin(&r);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{defaults, Measurement, Sensor, SensorError};
+use super::{defaults, Measurement, Sensor, SensorError, SensorType, SettingDoc, TypeDoc};
 
 /// What is sent each tick.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +103,65 @@ pub struct GpioConfig {
 
 /// Highest BCM GPIO number (the BCM2835 family has 54).
 pub const MAX_PIN: u8 = 53;
+
+impl SensorType for GpioConfig {
+    fn type_name(&self) -> &'static str {
+        "gpio"
+    }
+
+    fn doc() -> TypeDoc {
+        TypeDoc {
+            type_name: "gpio",
+            description: "a digital input through rppal: its level, or edges counted per interval",
+            settings: vec![
+                SettingDoc::new(
+                    "pin",
+                    "required",
+                    "BCM GPIO number (GPIO17 is header pin 11)",
+                ),
+                SettingDoc::new(
+                    "mode",
+                    "\"level\"",
+                    "\"level\" (0/1) or \"edges\" (count over the interval)",
+                ),
+                SettingDoc::new(
+                    "pull",
+                    "\"none\"",
+                    "internal resistor: \"none\", \"up\" or \"down\"",
+                ),
+                SettingDoc::new(
+                    "edge",
+                    "\"rising\"",
+                    "edges mode: \"rising\", \"falling\" or \"both\"",
+                ),
+                SettingDoc::new(
+                    "debounce_ms",
+                    "none",
+                    "edges mode: ignore edges closer than this, 0..=1000 ms",
+                ),
+                SettingDoc::new(
+                    "fields",
+                    "{ level = \"gpio_level\", edges = \"gpio_edges\" }",
+                    "payload field of the mode",
+                ),
+            ],
+        }
+    }
+
+    /// Only the field of the configured mode.
+    fn fields(&self) -> Vec<(&'static str, &str)> {
+        self.active_fields()
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        GpioConfig::check(self)
+    }
+
+    /// Never blocks: a read is a register read.
+    fn build(&self, _: usize, _: Duration) -> Box<dyn Sensor> {
+        Box::new(GpioSensor::rppal(self.clone()))
+    }
+}
 
 impl GpioConfig {
     pub(crate) fn check(&self) -> Result<(), (String, String)> {

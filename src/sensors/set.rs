@@ -17,6 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
+use crate::backoff::Backoff;
+
 use super::{build_for_interval, Measurement, Sensor, SensorConfig, SensorError};
 
 /// The longest wait between two attempts on a failing sensor.
@@ -56,7 +58,8 @@ struct Slot {
     sensor: Box<dyn Sensor>,
     name: String,
     sensor_type: String,
-    failures: u32,
+    /// Its retry schedule; its attempts are the consecutive failures.
+    backoff: Backoff,
     last_error: Option<String>,
     last_ok: Option<SystemTime>,
     retry_at: Option<Instant>,
@@ -89,6 +92,7 @@ impl SensorSet {
 
     /// A set of already built sensors, each with its type name (tests, custom sensors).
     pub fn from_sensors(sensors: Vec<(Box<dyn Sensor>, String)>, interval: Duration) -> SensorSet {
+        let interval = interval.max(Duration::from_millis(1));
         let mut slots: Vec<Slot> = Vec::with_capacity(sensors.len());
         for (index, (sensor, sensor_type)) in sensors.into_iter().enumerate() {
             let mut name = sensor.name().to_owned();
@@ -99,16 +103,13 @@ impl SensorSet {
                 sensor,
                 name,
                 sensor_type,
-                failures: 0,
+                backoff: Backoff::new(interval, BACKOFF_CAP),
                 last_error: None,
                 last_ok: None,
                 retry_at: None,
             });
         }
-        SensorSet {
-            slots,
-            interval: interval.max(Duration::from_millis(1)),
-        }
+        SensorSet { slots, interval }
     }
 
     pub fn len(&self) -> usize {
@@ -123,15 +124,6 @@ impl SensorSet {
     /// this tick.
     pub fn read_all(&mut self) -> Tick {
         self.read_all_at(Instant::now(), SystemTime::now())
-    }
-
-    fn backoff(&self, failures: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(failures.saturating_sub(1).min(20))
-            .unwrap_or(u32::MAX);
-        self.interval
-            .saturating_mul(factor)
-            .min(BACKOFF_CAP.max(self.interval))
     }
 
     pub(crate) fn read_all_at(&mut self, now: Instant, wall: SystemTime) -> Tick {
@@ -155,15 +147,14 @@ impl SensorSet {
                 continue;
             }
             let result = self.slots[i].sensor.read();
-            let failures = self.slots[i].failures + 1;
-            let wait = self.backoff(failures);
             let slot = &mut self.slots[i];
+            let failed_before = slot.backoff.attempts();
             match result {
                 Ok(measurements) => {
-                    if slot.failures > 0 {
-                        tracing::info!(sensor = %slot.name, after_failures = slot.failures, "sensor recovered");
+                    if failed_before > 0 {
+                        tracing::info!(sensor = %slot.name, after_failures = failed_before, "sensor recovered");
                     }
-                    slot.failures = 0;
+                    slot.backoff.reset();
                     slot.last_error = None;
                     slot.retry_at = None;
                     slot.last_ok = Some(wall);
@@ -171,13 +162,16 @@ impl SensorSet {
                 }
                 Err(e) => {
                     let message = e.to_string();
-                    if slot.failures == 0 {
+                    // Without jitter: the retry must fall on a tick, and no other
+                    // gateway shares this sensor.
+                    let wait = slot.backoff.next_ceiling();
+                    let failures = slot.backoff.attempts();
+                    if failed_before == 0 {
                         tracing::warn!(sensor = %slot.name, error = %message,
                             "sensor failing; its fields are left out until it recovers");
                     } else {
                         tracing::debug!(sensor = %slot.name, error = %message, failures, "sensor still failing");
                     }
-                    slot.failures = failures;
                     slot.last_error = Some(message);
                     // Half an interval early, so the retry falls on the tick it is meant for.
                     slot.retry_at = Some(now + wait.saturating_sub(self.interval / 2));
@@ -195,13 +189,13 @@ impl SensorSet {
             .map(|s| SensorHealth {
                 name: s.name.clone(),
                 sensor_type: s.sensor_type.clone(),
-                state: if s.failures == 0 {
+                state: if s.backoff.attempts() == 0 {
                     HealthState::Ok
                 } else {
                     HealthState::Failing
                 },
                 last_error: s.last_error.clone(),
-                consecutive_failures: s.failures,
+                consecutive_failures: s.backoff.attempts(),
                 last_ok: s
                     .last_ok
                     .map(|t| humantime::format_rfc3339_millis(t).to_string()),
@@ -451,10 +445,14 @@ mod tests {
     #[test]
     fn backoff_is_capped() {
         let (a, _, _) = flaky("a", "t");
-        let set = SensorSet::from_sensors(vec![(a, "x".into())], SEC);
-        assert_eq!(set.backoff(1), SEC);
-        assert_eq!(set.backoff(4), 8 * SEC);
-        assert_eq!(set.backoff(40), BACKOFF_CAP);
+        let mut set = SensorSet::from_sensors(vec![(a, "x".into())], SEC);
+        // The wait after the n-th consecutive failure.
+        let waits: Vec<Duration> = (0..40)
+            .map(|_| set.slots[0].backoff.next_ceiling())
+            .collect();
+        assert_eq!(waits[0], SEC);
+        assert_eq!(waits[3], 8 * SEC);
+        assert_eq!(waits[39], BACKOFF_CAP);
     }
 
     #[test]
@@ -470,9 +468,9 @@ mod tests {
     fn from_config_validates_without_touching_hardware() {
         // A BME280 on a bus that does not exist here: built fine, fails at read time.
         let configs = vec![
-            SensorConfig::Bme280(crate::sensors::bme280::Bme280Config {
+            SensorConfig::Bme280(crate::sensors::climate::bme280::Bme280Config {
                 device: Some("/nonexistent/i2c-9".into()),
-                fields: crate::sensors::bme280::ClimateFields {
+                fields: crate::sensors::climate::bme280::ClimateFields {
                     temperature: "t_bme".into(),
                     humidity: "h_bme".into(),
                     pressure: String::new(),

@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{defaults, Measurement, Sensor, SensorError};
+use std::time::Duration;
+
+use super::{defaults, Measurement, Sensor, SensorError, SensorType, SettingDoc, TypeDoc};
 
 /// A `type = "simulated"` entry.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -40,6 +42,40 @@ impl Default for SimulatedFields {
             humidity: defaults::humidity(),
             acceleration: defaults::acceleration(),
         }
+    }
+}
+
+impl SensorType for SimulatedConfig {
+    fn type_name(&self) -> &'static str {
+        "simulated"
+    }
+
+    fn doc() -> TypeDoc {
+        TypeDoc {
+            type_name: "simulated",
+            description: "random plausible values, for machines without sensors",
+            settings: vec![
+                SettingDoc::new("seed", "none", "seed for a reproducible sequence"),
+                SettingDoc::new(
+                    "fields",
+                    "{ temperature = \"temperature\", humidity = \"humidite\", acceleration = \"accelerometre\" }",
+                    "payload fields; \"\" drops one",
+                ),
+            ],
+        }
+    }
+
+    fn fields(&self) -> Vec<(&'static str, &str)> {
+        self.fields.pairs()
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        Ok(())
+    }
+
+    /// Never blocks. Seeded from its position when `seed` is not set.
+    fn build(&self, index: usize, _: Duration) -> Box<dyn Sensor> {
+        Box::new(Simulated::new(index, self.clone()))
     }
 }
 

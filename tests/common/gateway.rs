@@ -77,6 +77,14 @@ pub struct QueueCounts {
     pub dropped_total: u64,
 }
 
+impl QueueCounts {
+    /// Panics unless nothing was dead-lettered or dropped.
+    pub fn assert_none_dead_or_dropped(&self) {
+        assert_eq!(self.dead, 0, "no reading may be dead-lettered: {self:?}");
+        assert_eq!(self.dropped_total, 0, "no reading may be dropped: {self:?}");
+    }
+}
+
 /// The gateway: a config in a temporary directory, and at most one daemon process
 /// (`run`) at a time. The daemon is SIGKILLed when this is dropped; when the test is
 /// panicking, the tail of its log is printed.
@@ -330,14 +338,19 @@ impl Gateway {
         }
     }
 
-    /// [`wait_until`](super::wait_until) that also fails fast, with the log tail, when
-    /// the daemon exits while waiting.
-    pub fn wait_until(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-        let ok = poll_until(timeout, || {
+    /// [`poll_until`] that fails fast, with the log tail, when the daemon exits while
+    /// polling.
+    pub fn poll_while_running(&self, timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+        poll_until(timeout, || {
             self.assert_running();
             cond()
-        });
-        if !ok {
+        })
+    }
+
+    /// [`wait_until`](super::wait_until) that also fails fast, with the log tail, when
+    /// the daemon exits while waiting.
+    pub fn wait_until(&self, what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+        if !self.poll_while_running(timeout, cond) {
             panic!(
                 "timed out after {timeout:?}: waiting for {what}\n--- gateway log ---\n{}",
                 tail(&self.log_text(), 40)
@@ -426,10 +439,10 @@ impl Gateway {
             .unwrap_or_else(|e| panic!("`queue list --json` printed no JSON ({e}): {out}"))
     }
 
-    /// The capture timestamps (wire strings) of the readings in `queue list --json`,
-    /// whatever the exact listing shape: an array of objects (or an object holding
-    /// one), each with a `timestamp` key or else a `reading.timestamp` / `payload`.
-    pub fn queued_timestamps(&self) -> Vec<String> {
+    /// The reading objects of `queue list --json`, whatever the exact listing shape: an
+    /// array of items (or an object holding one), each a reading (with a capture-time
+    /// key, see [`TIMESTAMP_KEYS`]) or holding one under `reading` / `payload` / `body`.
+    pub fn queued_readings(&self) -> Vec<Value> {
         let v = self.queue_list(Some(1_000_000));
         let items = match &v {
             Value::Array(a) => a.clone(),
@@ -442,37 +455,41 @@ impl Gateway {
         items
             .iter()
             .map(|item| {
-                find_timestamp(item)
-                    .unwrap_or_else(|| panic!("no timestamp in `queue list --json` item {item}"))
+                reading_object(item)
+                    .unwrap_or_else(|| panic!("no reading in `queue list --json` item {item}"))
+            })
+            .collect()
+    }
+
+    /// The capture timestamps (wire strings) of [`queued_readings`](Self::queued_readings).
+    pub fn queued_timestamps(&self) -> Vec<String> {
+        self.queued_readings()
+            .iter()
+            .map(|r| {
+                TIMESTAMP_KEYS
+                    .iter()
+                    .find_map(|k| r.get(*k).and_then(Value::as_str))
+                    .unwrap_or_else(|| panic!("no timestamp string in queued reading {r}"))
+                    .to_owned()
             })
             .collect()
     }
 }
 
-fn find_timestamp(item: &Value) -> Option<String> {
-    for key in ["timestamp", "captured_at", "capture_time"] {
-        if let Some(s) = item.get(key).and_then(Value::as_str) {
-            return Some(s.to_owned());
-        }
+/// The keys a queued reading's capture time may go by.
+const TIMESTAMP_KEYS: [&str; 3] = ["timestamp", "captured_at", "capture_time"];
+
+/// The reading object inside one `queue list --json` item (a JSON string is parsed).
+fn reading_object(item: &Value) -> Option<Value> {
+    if TIMESTAMP_KEYS.iter().any(|k| item.get(*k).is_some()) {
+        return Some(item.clone());
     }
-    for key in ["reading", "payload", "body"] {
-        match item.get(key) {
-            Some(Value::String(s)) => {
-                if let Ok(inner) = serde_json::from_str::<Value>(s) {
-                    if let Some(t) = find_timestamp(&inner) {
-                        return Some(t);
-                    }
-                }
-            }
-            Some(inner @ Value::Object(_)) => {
-                if let Some(t) = find_timestamp(inner) {
-                    return Some(t);
-                }
-            }
-            _ => {}
-        }
-    }
-    None
+    ["reading", "payload", "body"]
+        .iter()
+        .find_map(|k| match item.get(*k)? {
+            Value::String(s) => reading_object(&serde_json::from_str(s).ok()?),
+            inner => reading_object(inner),
+        })
 }
 
 /// A TOML basic string (quoted, escaped).

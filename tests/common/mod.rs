@@ -35,6 +35,7 @@
 // Each test crate uses only part of the harness.
 #![allow(dead_code, unused_imports)]
 
+pub mod delivery;
 pub mod gateway;
 pub mod queue_tools;
 pub mod server;
@@ -44,6 +45,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub use delivery::{capture_time_problem, parse_us, Edges, Run, CLOCK_SLACK_US, MAX_GAP_US};
 pub use gateway::{Exit, Gateway, GatewayOptions, QueueCounts};
 pub use queue_tools::{integrity_check, refused_url, BlackHole, Tmpfs};
 pub use server::{Faults, Reading, ServerOptions, Stats, TestServer};

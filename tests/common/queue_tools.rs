@@ -64,16 +64,8 @@ impl Gateway {
         timeout: Duration,
         mut cond: impl FnMut(&Gateway) -> bool,
     ) {
-        let ok = super::poll_until(timeout, || {
-            self.assert_running();
-            cond(self)
-        });
-        if !ok {
-            panic!(
-                "timed out after {timeout:?}: waiting for {what}\n--- gateway log ---\n{}",
-                super::tail(&self.log_text(), 40)
-            );
-        }
+        let gw: &Gateway = self;
+        gw.wait_until(what, timeout, || cond(gw));
     }
 
     /// `api.base_url`.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{manifest_dir, poll_until, tail, temp_dir};
+use super::{manifest_dir, poll_until, tail, temp_dir, DEFAULT_PASSWORD, DEFAULT_USERNAME};
 
 /// How the server is configured (the `SIMPLE_JWT` lifetimes and extra environment).
 /// Rotation and blacklist-after-rotation are always on, as in production.
@@ -213,6 +213,17 @@ impl TestServer {
             }
         }
         unreachable!()
+    }
+
+    /// [`start`](Self::start) with access tokens living `access_lifetime`, and the
+    /// device user ([`DEFAULT_USERNAME`], [`DEFAULT_PASSWORD`]) created.
+    pub fn with_device(access_lifetime: Duration) -> TestServer {
+        let server = TestServer::start(ServerOptions {
+            access_lifetime,
+            ..Default::default()
+        });
+        server.create_user(DEFAULT_USERNAME, DEFAULT_PASSWORD);
+        server
     }
 
     /// `http://127.0.0.1:PORT` (no trailing slash); `https://` with [`ServerOptions::tls`].

@@ -4,6 +4,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use clap::Args;
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
@@ -13,6 +14,14 @@ use crate::auth::{AuthError, AuthSettings, TokenManager};
 use crate::clock::Clock;
 use crate::config::Config;
 
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Print one JSON object (server, username, password_source, profile and the session:
+    /// token expiry times, clock offset) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
 fn username(config: &Config) -> anyhow::Result<&str> {
     match config.api.username.as_deref() {
         Some(u) => Ok(u),
@@ -21,7 +30,7 @@ fn username(config: &Config) -> anyhow::Result<&str> {
 }
 
 /// Where the password would come from now, for `config check`.
-pub fn password_origin(config: &Config) -> String {
+pub(super) fn password_origin(config: &Config) -> String {
     let Some(user) = config.api.username.as_deref() else {
         return "not needed until api.username is set".into();
     };
@@ -31,7 +40,7 @@ pub fn password_origin(config: &Config) -> String {
     }
 }
 
-pub fn login(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+pub(super) fn login(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let user = username(config)?.to_owned();
     let sources = PasswordSources::new(&user, config.api.password_file.clone());
     let (_, source) = sources.read()?;
@@ -40,17 +49,13 @@ pub fn login(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let clock = Clock::from_env().map_err(anyhow::Error::msg)?;
-    let api = Api::from_config(&config.api, clock)?;
+    let api = Api::from_config(&config.api, clock.clone())?;
     let manager = TokenManager::new(
         api.clone(),
         Some(user.clone()),
         Some(sources),
         clock,
-        AuthSettings {
-            refresh_margin: config.api.refresh_margin,
-            login_backoff_base: config.api.login_backoff_base,
-            login_backoff_max: config.api.login_backoff_max,
-        },
+        AuthSettings::from_config(config),
     );
     runtime.block_on(async {
         let token = manager.access_token().await.map_err(|e| {
@@ -108,7 +113,7 @@ fn one_shot_error(e: AuthError) -> anyhow::Error {
     }
 }
 
-pub fn set_password(config: &Config) -> anyhow::Result<ExitCode> {
+pub(super) fn set_password(config: &Config) -> anyhow::Result<ExitCode> {
     let user = username(config)?;
     let stdin = std::io::stdin();
     let secret: SecretString = if stdin.is_terminal() {
@@ -139,7 +144,7 @@ pub fn set_password(config: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn delete_password(config: &Config) -> anyhow::Result<ExitCode> {
+pub(super) fn delete_password(config: &Config) -> anyhow::Result<ExitCode> {
     let user = username(config)?;
     if password::keyring_delete(user)? {
         eprintln!("password removed from the keyring");

@@ -5,12 +5,10 @@
 
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
-use serde::{Deserialize, Serialize};
 
-use super::i2c::{self as bus, Backend, BusLocation, I2cBus, StdDelay};
-use super::sensirion::{self, Error, ThFields};
-use super::sht3x::{measurements, sensor_error};
-use super::{Measurement, Sensor, SensorError};
+use super::sensirion::{self, Error, SensirionChip};
+use super::ClimateConfig;
+use crate::sensors::i2c::{I2cBus, I2cBusError, StdDelay};
 
 /// SHT4x-A (the common part, the default), -B and -C addresses.
 pub const ADDRESSES: [u8; 3] = [0x44, 0x45, 0x46];
@@ -83,98 +81,35 @@ impl<I2C: I2c> Sht4x<I2C> {
     }
 }
 
-const fn default_address() -> u8 {
-    ADDRESSES[0]
-}
-
-/// A `type = "sht4x"` entry.
-///
-/// ```toml
-/// [[sensors]]
-/// type = "sht4x"
-/// bus = 1            # or device = "/dev/i2c-1"
-/// address = 0x44
-/// fields = { temperature = "temperature", humidity = "humidite" }
-/// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Sht4xConfig {
-    /// I2C bus number N, i.e. `/dev/i2c-N`. Default 1. Set `bus` or `device`, not both.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bus: Option<u8>,
-    /// Path of the i2c-dev node, e.g. `"/dev/i2c-1"`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    /// 7-bit address: 0x44 (SHT4x-A, the default), 0x45 (-B) or 0x46 (-C).
-    #[serde(default = "default_address")]
-    pub address: u8,
-    /// Payload field names; see [`ThFields`].
-    #[serde(default)]
-    pub fields: ThFields,
-}
-
-impl Default for Sht4xConfig {
-    fn default() -> Self {
-        Sht4xConfig {
-            bus: None,
-            device: None,
-            address: default_address(),
-            fields: ThFields::default(),
-        }
+crate::sensors::i2c::i2c_chip! {
+    /// The SHT4x as a `[[sensors]]` type.
+    Sht4xChip {
+        type: "sht4x",
+        addresses: &ADDRESSES,
+        address_doc: "0x44 (SHT4x-A), 0x45 (-B) or 0x46 (-C)",
+        description: "Sensirion SHT40/41/45 temperature and humidity on I2C",
     }
 }
 
-impl Sht4xConfig {
-    pub(crate) fn check(&self) -> Result<(), (String, String)> {
-        BusLocation::from_settings(self.bus, self.device.as_deref())?;
-        bus::check_address(self.address, &ADDRESSES)
-    }
+/// A `type = "sht4x"` entry ([`ClimateConfig`], which shows one).
+/// `address`: 0x44 (SHT4x-A, the default), 0x45 (-B) or 0x46 (-C).
+pub type Sht4xConfig = ClimateConfig<Sht4xChip>;
+
+impl SensirionChip for Sht4xChip {
+    type Driver = Sht4x<I2cBus>;
 }
 
-/// The `sht4x` sensor: opens the bus on first use and again after any error.
-pub struct Sht4xSensor {
-    name: String,
-    location: BusLocation,
-    config: Sht4xConfig,
-    driver: Option<Sht4x<I2cBus>>,
-}
-
-impl Sht4xSensor {
-    pub fn new(config: Sht4xConfig) -> Self {
-        let location = BusLocation::from_settings(config.bus, config.device.as_deref())
-            .unwrap_or(BusLocation::Number(bus::DEFAULT_BUS));
-        Sht4xSensor {
-            name: format!("sht4x@{}:0x{:02x}", location.label(), config.address),
-            location,
-            config,
-            driver: None,
-        }
-    }
-}
-
-impl Sensor for Sht4xSensor {
-    fn name(&self) -> &str {
-        &self.name
+impl sensirion::Driver for Sht4x<I2cBus> {
+    fn open(bus: I2cBus, address: u8) -> Self {
+        Sht4x::new(bus, address)
     }
 
-    fn read(&mut self) -> Result<Vec<Measurement>, SensorError> {
-        let mut delay = StdDelay;
-        let address = self.config.address;
-        let mut driver = match self.driver.take() {
-            Some(d) => d,
-            None => {
-                let i2c = bus::open(&self.location, Backend::Rppal, &self.name)?;
-                let mut d = Sht4x::new(i2c, address);
-                d.init(&mut delay)
-                    .map_err(|e| sensor_error(&self.name, address, e))?;
-                d
-            }
-        };
-        let values = driver
-            .measure(&mut delay)
-            .map_err(|e| sensor_error(&self.name, address, e))?;
-        self.driver = Some(driver);
-        measurements(&self.name, &self.config.fields, values)
+    fn reset(&mut self, delay: &mut StdDelay) -> Result<(), Error<I2cBusError>> {
+        self.init(delay).map(drop)
+    }
+
+    fn measure_th(&mut self, delay: &mut StdDelay) -> Result<(f64, f64), Error<I2cBusError>> {
+        self.measure(delay)
     }
 }
 

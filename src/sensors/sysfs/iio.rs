@@ -20,15 +20,19 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::accel::{AccelSensor, AccelSettings, AccelSource, Opener};
-use super::aggregate::{Aggregate, Gravity, Unit};
-use super::{defaults, limits, push_checked, round, Measurement, Sensor, SensorError};
+use crate::sensors::accel::aggregate::{Aggregate, Gravity, Unit};
+use crate::sensors::accel::{self, AccelSensor, AccelSettings, AccelSource, Opener};
+use crate::sensors::worker::Threaded;
+use crate::sensors::{
+    defaults, limits, push_checked, round, Measurement, Sensor, SensorError, SensorType,
+    SettingDoc, TypeDoc,
+};
 
 /// Payload fields of an `iio` entry. Set a key to `""` to not send that quantity.
 /// Quantities the device does not have are skipped.
 ///
 /// An omitted key (`None`) takes the server's field name, but only when no other entry
-/// sends it and no explicit mapping claims it (see [`super::resolve_defaults`]): one
+/// sends it and no explicit mapping claims it (see [`crate::sensors::resolve_defaults`]): one
 /// `iio` entry stands for any device, so its defaults must not collide with a sensor
 /// that does have that quantity (a BME280 through the kernel driver next to an
 /// `adxl345`). An explicit mapping that collides is still an error.
@@ -197,6 +201,55 @@ impl IioConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl SensorType for IioConfig {
+    fn type_name(&self) -> &'static str {
+        "iio"
+    }
+
+    fn doc() -> TypeDoc {
+        let mut settings = vec![SettingDoc::new(
+            "device",
+            "\"/sys/bus/iio/devices/iio:device0\"",
+            "the IIO device's sysfs directory (see /sys/bus/iio/devices/*/name)",
+        )];
+        settings.extend(
+            accel::settings_doc(
+                "100",
+                "acceleration only: sysfs read rate, 1..=1000 Hz",
+                "",
+                "",
+            )
+            .into_iter()
+            .filter(|d| d.key != "range_g" && d.key != "fields"),
+        );
+        settings.push(SettingDoc::new(
+            "fields",
+            "{ temperature = \"temperature\", humidity = \"humidite\", pressure = \"pression\", acceleration = \"accelerometre\" }",
+            "payload fields; channels the device lacks are skipped; \"\" drops one; an omitted key \
+             takes its default only if no other entry sends that field",
+        ));
+        TypeDoc {
+            type_name: "iio",
+            description:
+                "any Linux IIO device (in_temp, in_humidityrelative, in_pressure, in_accel_[xyz])",
+            settings,
+        }
+    }
+
+    fn fields(&self) -> Vec<(&'static str, &str)> {
+        self.fields.pairs()
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        IioConfig::check(self)
+    }
+
+    /// On its own thread: a sysfs read waits on the driver.
+    fn build(&self, _: usize, deadline: Duration) -> Box<dyn Sensor> {
+        Box::new(Threaded::new(IioSensor::new(self.clone()), deadline))
     }
 }
 

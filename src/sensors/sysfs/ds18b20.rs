@@ -18,7 +18,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{defaults, limits, push_checked, Measurement, Sensor, SensorError};
+use crate::sensors::worker::Threaded;
+use crate::sensors::{
+    defaults, limits, push_checked, Measurement, Sensor, SensorError, SensorType, SettingDoc,
+    TypeDoc,
+};
 
 /// How long the kernel's read of `w1_slave` takes: one conversion at 12 bits
 /// (datasheet: 750 ms max).
@@ -93,6 +97,54 @@ impl Default for Ds18b20Config {
             device: None,
             fields: TemperatureFields::default(),
         }
+    }
+}
+
+impl SensorType for Ds18b20Config {
+    fn type_name(&self) -> &'static str {
+        "ds18b20"
+    }
+
+    fn doc() -> TypeDoc {
+        TypeDoc {
+            type_name: "ds18b20",
+            description:
+                "DS18B20 1-Wire thermometer through the kernel's w1 sysfs (~750 ms per read)",
+            settings: vec![
+                SettingDoc::new(
+                    "base_path",
+                    "\"/sys/bus/w1/devices\"",
+                    "where the kernel lists 1-Wire devices",
+                ),
+                SettingDoc::new(
+                    "device",
+                    "none",
+                    "device id, e.g. \"28-0316a2795bff\"; none: the first 28-*",
+                ),
+                SettingDoc::new(
+                    "fields",
+                    "{ temperature = \"temperature\" }",
+                    "payload field (°C)",
+                ),
+            ],
+        }
+    }
+
+    fn fields(&self) -> Vec<(&'static str, &str)> {
+        self.fields.pairs()
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        Ds18b20Config::check(self)
+    }
+
+    /// On its own thread: the w1 read waits for the conversion. A healthy read takes a
+    /// whole conversion: never give up before twice that.
+    fn build(&self, _: usize, deadline: std::time::Duration) -> Box<dyn Sensor> {
+        Box::new(Threaded::new(
+            Ds18b20Sensor::new(self.clone()),
+            deadline.max(2 * CONVERSION),
+        ))
     }
 }
 

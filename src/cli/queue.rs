@@ -1,11 +1,180 @@
-//! Text output and export of the queue commands.
+//! `queue ...`: inspect and manage the reading queue; its arguments, handler, text output
+//! and export.
 
 use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-use crate::cli::ExportFormat;
+use anyhow::{bail, Context};
+use clap::{Subcommand, ValueEnum};
+
+use super::print_json_or;
+use crate::config::Config;
 use crate::queue::{DeadLetter, Queue, QueueError, Stats, Stored};
 
-pub fn stats_text(s: &Stats) -> String {
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Counts (pending, dead, dropped, uploaded), capture-time range, database size and the
+    /// daemon's state. With --json, stdout holds one JSON object.
+    Stats {
+        /// Print one JSON object (pending, dead, in_flight, uploaded_total, dropped_total,
+        /// db_bytes, ... and the daemon's sensors, auth and uploads state) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The oldest pending readings, as they will be sent.
+    List {
+        /// How many readings to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print one JSON array of {"id", "reading"} (the reading as it will be sent)
+        /// instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Readings the server refused for good, with its status and answer.
+    Dead {
+        /// How many dead letters to show, oldest first.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print one JSON array of dead letters (id, reading_id, captured_at, fields,
+        /// status, response, failed_at) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back in the pending queue (all of them, or one with --id).
+    RetryDead {
+        /// The dead letter's id (see `queue dead`).
+        #[arg(long)]
+        id: Option<i64>,
+        /// Print {"requeued": N} instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete dead letters (--dead) or everything, pending readings included (--all).
+    /// Refuses without --yes.
+    Purge {
+        /// Delete the dead letters only.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        dead: bool,
+        /// Delete everything: pending readings (never uploaded) and dead letters.
+        #[arg(long)]
+        all: bool,
+        /// Confirm the deletion.
+        #[arg(long)]
+        yes: bool,
+        /// Print {"deleted": N} instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream pending (or dead) readings as JSON lines or CSV.
+    Export {
+        /// jsonl: one JSON object a line (a reading as it will be sent, with its queue id;
+        /// or a dead letter); csv: RFC 4180, one row per field (id,timestamp,field,value,
+        /// and status,response,failed_at for dead letters).
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Export the dead letters instead of the pending readings.
+        #[arg(long)]
+        dead: bool,
+    },
+}
+
+/// How `queue export` writes readings (see its `--format` help).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    Jsonl,
+    Csv,
+}
+
+pub(super) fn run(command: QueueCommand, config: &Config) -> anyhow::Result<ExitCode> {
+    let path = &config.queue.path;
+    match command {
+        QueueCommand::Stats { json } => {
+            let stats = match Queue::open_read_only(path) {
+                Ok(q) => q.stats()?,
+                Err(QueueError::Missing(_)) => Stats {
+                    path: path.display().to_string(),
+                    ..Default::default()
+                },
+                Err(e) => return Err(e.into()),
+            };
+            print_json_or(json, &stats, || stats_text(&stats))
+        }
+        QueueCommand::List { limit, json } => {
+            let q = Queue::open_read_only(path)?;
+            let rows = q.peek(0, limit)?;
+            let items: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|s| serde_json::json!({"id": s.id, "reading": s.reading.to_wire_json()}))
+                .collect();
+            print_json_or(json, &items, || list_text(&rows))
+        }
+        QueueCommand::Dead { limit, json } => {
+            let q = Queue::open_read_only(path)?;
+            let dead = q.dead_letters(limit)?;
+            print_json_or(json, &dead, || dead_text(&dead))
+        }
+        QueueCommand::RetryDead { id, json } => {
+            let q = Queue::open_existing(&config.queue)?;
+            let n = q.retry_dead(id)?;
+            if id.is_some() && n == 0 {
+                bail!(
+                    "no dead letter with id {} (see `queue dead`)",
+                    id.unwrap_or_default()
+                );
+            }
+            print_json_or(json, &serde_json::json!({"requeued": n}), || {
+                format!("{n} dead letter(s) put back in the queue\n")
+            })
+        }
+        QueueCommand::Purge {
+            dead: _,
+            all,
+            yes,
+            json,
+        } => {
+            if !yes {
+                let what = if all {
+                    "every pending reading and dead letter"
+                } else {
+                    "every dead letter"
+                };
+                bail!("this deletes {what} for good; add --yes to confirm");
+            }
+            let q = Queue::open_existing(&config.queue)?;
+            let n = q.purge(all)?;
+            print_json_or(json, &serde_json::json!({"deleted": n}), || {
+                format!("{n} deleted\n")
+            })
+        }
+        QueueCommand::Export {
+            format,
+            output,
+            dead,
+        } => {
+            let q = Queue::open_read_only(path)?;
+            let mut sink: Box<dyn Write> = match &output {
+                Some(file) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(file)
+                        .with_context(|| format!("cannot create {}", file.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let n = export(&q, format, dead, &mut sink)?;
+            sink.flush()?;
+            if let Some(file) = output {
+                eprintln!("{n} reading(s) written to {}", file.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn stats_text(s: &Stats) -> String {
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let mut out = format!(
         "queue:          {}\n\
@@ -49,7 +218,7 @@ pub fn stats_text(s: &Stats) -> String {
     out
 }
 
-pub fn list_text(rows: &[Stored]) -> String {
+fn list_text(rows: &[Stored]) -> String {
     if rows.is_empty() {
         return "queue is empty\n".into();
     }
@@ -58,7 +227,7 @@ pub fn list_text(rows: &[Stored]) -> String {
         .collect()
 }
 
-pub fn dead_text(dead: &[DeadLetter]) -> String {
+fn dead_text(dead: &[DeadLetter]) -> String {
     if dead.is_empty() {
         return "no dead letters\n".into();
     }
@@ -73,7 +242,7 @@ pub fn dead_text(dead: &[DeadLetter]) -> String {
 }
 
 /// Streams readings page by page, so a large backlog never sits in memory.
-pub fn export(
+fn export(
     q: &Queue,
     format: ExportFormat,
     dead: bool,
@@ -160,7 +329,7 @@ fn csv(s: &str) -> String {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ExportError {
+enum ExportError {
     #[error("{0}")]
     Queue(#[from] QueueError),
     #[error("cannot write the export: {0}")]

@@ -1,23 +1,19 @@
 //! InvenSense MPU-6050 accelerometer on I2C, from its product specification and register
 //! map (RM-MPU-6000A-00): the accelerometer alone into the 1024-byte FIFO at
 //! 1 kHz / (1 + SMPLRT_DIV), the digital low-pass filter below half the sample rate,
-//! drained in bursts by the sampling thread of [`super::accel`]. The gyroscope is not
+//! drained in bursts by the sampling thread of [`super`]. The gyroscope is not
 //! used (its X axis is only the clock source, as the register map recommends).
 //!
 //! Backend: [`Backend::Combined`]. The register map's burst-read sequence is
 //! `S AD+W RA Sr AD+R ...`, a repeated START; the FIFO count and the FIFO data must also
 //! not be interleaved with another process's access to the same chip.
 
-use std::time::Duration;
-
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
-use serde::{Deserialize, Serialize};
 
-use super::accel::{self, AccelFields, AccelSensor, AccelSettings, AccelSource, Opener};
-use super::aggregate::{Aggregate, Gravity, Unit, STANDARD_GRAVITY};
-use super::i2c::{self as bus, Backend, BusLocation, I2cBus, StdDelay};
-use super::SensorError;
+use super::chip::{AccelChip, AccelConfig};
+use crate::sensors::i2c::{Backend, I2cBus, StdDelay, Target};
+use crate::sensors::SensorError;
 
 /// Value of [`reg::WHO_AM_I`].
 pub const WHO_AM_I: u8 = 0x68;
@@ -196,163 +192,59 @@ impl<I2C: I2c> Mpu6050<I2C> {
     }
 }
 
-const fn default_address() -> u8 {
-    ADDRESSES[0]
-}
-const fn default_rate() -> u32 {
-    500
-}
-const fn default_range() -> u8 {
-    4
+crate::sensors::i2c::i2c_chip! {
+    /// The MPU-6050 as a `[[sensors]]` type.
+    Mpu6050Chip {
+        type: "mpu6050",
+        addresses: &ADDRESSES,
+        address_doc: "0x68 (AD0 low) or 0x69",
+        description: "MPU-6050 accelerometer on I2C, sampled from its FIFO in its own thread",
+    } error: Error
 }
 
-/// A `type = "mpu6050"` entry.
+/// A `type = "mpu6050"` entry ([`AccelConfig`], which shows one).
+/// `address`: 0x68 (AD0 low, the default) or 0x69 (high).
 ///
-/// ```toml
-/// [[sensors]]
-/// type = "mpu6050"
-/// bus = 1              # or device = "/dev/i2c-1"
-/// address = 0x68       # 0x69 when AD0 is high
-/// rate_hz = 500        # 100, 125, 200, 250, 500 or 1000
-/// range_g = 4          # 2, 4, 8 or 16
-/// aggregate = "rms"    # "rms", "peak" or "mean"
-/// gravity = "measured" # or "standard"
-/// unit = "m/s2"        # or "g"
-/// fields = { acceleration = "accelerometre" }
-/// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Mpu6050Config {
-    /// I2C bus number N, i.e. `/dev/i2c-N`. Default 1. Set `bus` or `device`, not both.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bus: Option<u8>,
-    /// Path of the i2c-dev node, e.g. `"/dev/i2c-1"`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    /// 7-bit address: 0x68 (AD0 low, the default) or 0x69.
-    #[serde(default = "default_address")]
-    pub address: u8,
-    /// Sample rate, Hz: 1 kHz divided by an integer, i.e. 100, 125, 200, 250, 500
-    /// (default) or 1000. The low-pass filter is set below half of it.
-    #[serde(default = "default_rate")]
-    pub rate_hz: u32,
-    /// Full-scale range, ±g: 2, 4 (default), 8 or 16. Resolution halves at each step
-    /// (16384 LSB/g at ±2 g).
-    #[serde(default = "default_range")]
-    pub range_g: u8,
-    /// The value per reading: `"rms"` (default), `"peak"` or `"mean"`; see [`Aggregate`].
-    #[serde(default)]
-    pub aggregate: Aggregate,
-    /// The gravity subtracted for `rms` and `peak`: `"measured"` (default) or
-    /// `"standard"`; see [`Gravity`].
-    #[serde(default)]
-    pub gravity: Gravity,
-    /// Unit of the value sent: `"m/s2"` (default) or `"g"`.
-    #[serde(default)]
-    pub unit: Unit,
-    /// Payload field name; see [`AccelFields`].
-    #[serde(default)]
-    pub fields: AccelFields,
-}
+/// `rate_hz`: 1 kHz divided by an integer, i.e. 100, 125, 200, 250, 500 (default) or
+/// 1000; the low-pass filter is set below half of it. `range_g`: 2, 4 (default), 8 or
+/// 16; resolution halves at each step (16384 LSB/g at ±2 g).
+pub type Mpu6050Config = AccelConfig<Mpu6050Chip>;
 
-impl Default for Mpu6050Config {
-    fn default() -> Self {
-        Mpu6050Config {
-            bus: None,
-            device: None,
-            address: default_address(),
-            rate_hz: default_rate(),
-            range_g: default_range(),
-            aggregate: Aggregate::default(),
-            gravity: Gravity::default(),
-            unit: Unit::default(),
-            fields: AccelFields::default(),
+impl AccelChip for Mpu6050Chip {
+    type Driver = Mpu6050<I2cBus>;
+    const BACKEND: Backend = Backend::Combined;
+    const RATES_HZ: &'static [u32] = &RATES_HZ;
+    const RATES_WHY: &'static str = "1 kHz divided by an integer";
+    const RANGES_G: &'static [u8] = &RANGES_G;
+    const DEFAULT_RATE_HZ: u32 = 500;
+    const DEFAULT_RANGE_G: u8 = 4;
+    const RATES_DOC: &'static str = "sample rate: 100, 125, 200, 250, 500 or 1000 Hz";
+    const RANGES_DOC: &'static str = "full scale ±2, 4, 8 or 16 g";
+    const FIFO_SAMPLES: u32 = (FIFO_SIZE / SAMPLE_BYTES) as u32;
+
+    fn init(
+        bus: I2cBus,
+        target: &Target,
+        rate_hz: u32,
+        range_g: u8,
+    ) -> Result<Self::Driver, SensorError> {
+        let mut dev = Mpu6050::new(bus, target.address);
+        dev.init(rate_hz, range_g, &mut StdDelay)
+            .map_err(|e| target.error(&e))?;
+        Ok(dev)
+    }
+
+    fn read_fifo(
+        dev: &mut Self::Driver,
+        target: &Target,
+        out: &mut Vec<[f64; 3]>,
+    ) -> Result<(), SensorError> {
+        let aligned = dev.read_fifo(out).map_err(|e| target.error(&e))?;
+        if !aligned {
+            tracing::debug!(sensor = %target.name, "FIFO overflow: reset, samples lost");
         }
+        Ok(())
     }
-}
-
-impl Mpu6050Config {
-    pub(crate) fn check(&self) -> Result<(), (String, String)> {
-        BusLocation::from_settings(self.bus, self.device.as_deref())?;
-        bus::check_address(self.address, &ADDRESSES)?;
-        accel::check_rate(self.rate_hz, &RATES_HZ, "1 kHz divided by an integer")?;
-        accel::check_range(self.range_g, &RANGES_G)
-    }
-}
-
-struct Source {
-    name: String,
-    address: u8,
-    dev: Mpu6050<I2cBus>,
-    poll: Duration,
-}
-
-impl AccelSource for Source {
-    fn drain(&mut self, out: &mut Vec<[f64; 3]>) -> Result<(), SensorError> {
-        let start = out.len();
-        match self.dev.read_fifo(out) {
-            Ok(aligned) => {
-                if !aligned {
-                    tracing::debug!(sensor = %self.name, "FIFO overflow: reset, samples lost");
-                }
-                for s in &mut out[start..] {
-                    for v in s.iter_mut() {
-                        *v *= STANDARD_GRAVITY;
-                    }
-                }
-                Ok(())
-            }
-            Err(e) => Err(error(&self.name, self.address, e)),
-        }
-    }
-
-    fn poll_period(&self) -> Duration {
-        self.poll
-    }
-}
-
-fn error(name: &str, address: u8, e: Error<bus::I2cBusError>) -> SensorError {
-    match e {
-        Error::Bus(e) => SensorError::Bus {
-            sensor: name.to_owned(),
-            detail: bus::bus_detail(&e, address),
-        },
-        other => SensorError::BadData {
-            sensor: name.to_owned(),
-            detail: other.to_string(),
-        },
-    }
-}
-
-/// The `mpu6050` sensor: starts its sampling thread.
-pub fn sensor(config: Mpu6050Config) -> AccelSensor {
-    let location = BusLocation::from_settings(config.bus, config.device.as_deref())
-        .unwrap_or(BusLocation::Number(bus::DEFAULT_BUS));
-    let name = format!("mpu6050@{}:0x{:02x}", location.label(), config.address);
-    let settings = AccelSettings {
-        rate_hz: config.rate_hz,
-        aggregate: config.aggregate,
-        gravity: config.gravity,
-        unit: config.unit,
-    };
-    let fifo_samples = f64::from(FIFO_SIZE / SAMPLE_BYTES);
-    let poll =
-        Duration::from_secs_f64((fifo_samples / f64::from(config.rate_hz.max(1)) / 2.0).min(0.05));
-    let (opener_name, address, rate, range) =
-        (name.clone(), config.address, config.rate_hz, config.range_g);
-    let opener: Opener = Box::new(move || {
-        let i2c = bus::open(&location, Backend::Combined, &opener_name)?;
-        let mut dev = Mpu6050::new(i2c, address);
-        dev.init(rate, range, &mut StdDelay)
-            .map_err(|e| error(&opener_name, address, e))?;
-        Ok(Box::new(Source {
-            name: opener_name.clone(),
-            address,
-            dev,
-            poll,
-        }) as Box<dyn AccelSource>)
-    });
-    AccelSensor::start(name, config.fields.acceleration, settings, opener)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! The queue's owner thread. SQLite is synchronous and its connection single-threaded, so
-//! one thread owns the daemon's connection and serves the sampler and the uploader through
-//! a channel. Readings handed over within `commit_interval` are committed together: at
+//! The queue thread: the one writer of the daemon's queue. SQLite is synchronous and its
+//! connection single-threaded, so one thread owns the daemon's [`Queue`] and serves the
+//! sampler and the uploader through a channel ([`StoreHandle`]). Readings handed over within `commit_interval` are committed together: at
 //! 1 kHz that is one transaction (and one fsync) per ~50 readings instead of per reading.
 //!
 //! When a commit fails (disk full, I/O error) the transaction is rolled back, nothing on
@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
 
+use super::{CaptureClock, Queue, QueueError, Stats, Stored};
 use crate::clock::Clock;
-use crate::queue::{CaptureClock, Queue, QueueError, Stats, Stored};
 use crate::reading::Reading;
 
 /// Readings held in memory while the disk refuses writes; beyond this they are dropped
@@ -412,7 +412,7 @@ impl Writer {
         }
         let fixed = self
             .queue
-            .fix_unsynced(&self.boot_id, now, crate::sampler::boottime_ms())?;
+            .fix_unsynced(&self.boot_id, now, crate::clock::boottime_ms())?;
         if fixed == 0 {
             self.maybe_unsynced = false;
         }

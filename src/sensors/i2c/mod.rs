@@ -22,13 +22,22 @@
 
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use embedded_hal::i2c::{ErrorKind, ErrorType, I2c, NoAcknowledgeSource, Operation};
 use linux_embedded_hal::I2cdev;
 
-use super::SensorError;
+use crate::sensors::SensorError;
+
+mod driver;
+mod target;
+
+pub use driver::{ChipError, LazyDriver};
+pub(crate) use target::i2c_chip;
+pub use target::{
+    check_address, check_target, default_address, settings_doc, BusLocation, I2cChip, Target,
+    DEFAULT_BUS,
+};
 
 /// Which Linux I2C backend a chip uses; see the module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,74 +46,6 @@ pub enum Backend {
     Combined,
     /// rppal `I2c`: STOP+START between operations.
     Rppal,
-}
-
-/// Where a chip's bus is, from the entry's `bus` / `device` keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BusLocation {
-    /// `bus = N`: `/dev/i2c-N`.
-    Number(u8),
-    /// `device = "/dev/i2c-N"` (or any i2c-dev node).
-    Path(String),
-}
-
-/// The default I2C bus: bus 1 is the one on header pins 3 (SDA) and 5 (SCL) of every
-/// Raspberry Pi since the first revision.
-pub const DEFAULT_BUS: u8 = 1;
-
-impl BusLocation {
-    /// Resolves `bus` and `device`: at most one may be set; neither means bus 1.
-    pub fn from_settings(bus: Option<u8>, device: Option<&str>) -> Result<Self, (String, String)> {
-        match (bus, device) {
-            (Some(_), Some(_)) => Err((
-                "device".into(),
-                "set either `bus` or `device`, not both".into(),
-            )),
-            (None, Some("")) => Err((
-                "device".into(),
-                "empty path; use e.g. \"/dev/i2c-1\" or remove the key".into(),
-            )),
-            (None, Some(path)) => Ok(BusLocation::Path(path.to_owned())),
-            (Some(n), None) => Ok(BusLocation::Number(n)),
-            (None, None) => Ok(BusLocation::Number(DEFAULT_BUS)),
-        }
-    }
-
-    pub fn path(&self) -> PathBuf {
-        match self {
-            BusLocation::Number(n) => PathBuf::from(format!("/dev/i2c-{n}")),
-            BusLocation::Path(p) => PathBuf::from(p),
-        }
-    }
-
-    /// Short form for sensor names: `i2c-1` or the path given.
-    pub fn label(&self) -> String {
-        match self {
-            BusLocation::Number(n) => format!("i2c-{n}"),
-            BusLocation::Path(p) => p.clone(),
-        }
-    }
-}
-
-/// Checks a 7-bit address setting.
-pub fn check_address(address: u8, usual: &[u8]) -> Result<(), (String, String)> {
-    if !(0x03..=0x77).contains(&address) {
-        return Err((
-            "address".into(),
-            format!("0x{address:02x} is not a 7-bit device address (0x03..=0x77)"),
-        ));
-    }
-    if !usual.is_empty() && !usual.contains(&address) {
-        let list: Vec<String> = usual.iter().map(|a| format!("0x{a:02x}")).collect();
-        return Err((
-            "address".into(),
-            format!(
-                "0x{address:02x} is not an address this chip can have ({})",
-                list.join(" or ")
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// An open I2C bus, through either backend.
@@ -275,40 +216,6 @@ impl embedded_hal::delay::DelayNs for StdDelay {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bus_and_device_resolve() {
-        assert_eq!(
-            BusLocation::from_settings(None, None).unwrap(),
-            BusLocation::Number(1)
-        );
-        assert_eq!(
-            BusLocation::from_settings(Some(3), None).unwrap().path(),
-            PathBuf::from("/dev/i2c-3")
-        );
-        assert_eq!(
-            BusLocation::from_settings(None, Some("/dev/i2c-7"))
-                .unwrap()
-                .label(),
-            "/dev/i2c-7"
-        );
-        assert_eq!(
-            BusLocation::from_settings(Some(1), Some("/dev/i2c-1"))
-                .unwrap_err()
-                .0,
-            "device"
-        );
-    }
-
-    #[test]
-    fn addresses_are_checked() {
-        assert!(check_address(0x76, &[0x76, 0x77]).is_ok());
-        assert!(check_address(0x78, &[]).is_err());
-        assert!(check_address(0x40, &[0x76, 0x77])
-            .unwrap_err()
-            .1
-            .contains("0x76 or 0x77"));
-    }
 
     #[test]
     fn missing_bus_says_how_to_enable_i2c() {

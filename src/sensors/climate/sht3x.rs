@@ -5,11 +5,10 @@
 
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
-use serde::{Deserialize, Serialize};
 
-use super::i2c::{self as bus, Backend, BusLocation, I2cBus, StdDelay};
-use super::sensirion::{self, Error, ThFields};
-use super::{limits, push_checked, round, Measurement, Sensor, SensorError};
+use super::sensirion::{self, Error, SensirionChip};
+use super::ClimateConfig;
+use crate::sensors::i2c::{I2cBus, I2cBusError, StdDelay};
 
 /// ADDR pin low (the default) or high.
 pub const ADDRESSES: [u8; 2] = [0x44, 0x45];
@@ -86,139 +85,35 @@ impl<I2C: I2c> Sht3x<I2C> {
     }
 }
 
-const fn default_address() -> u8 {
-    ADDRESSES[0]
-}
-
-/// A `type = "sht3x"` entry.
-///
-/// ```toml
-/// [[sensors]]
-/// type = "sht3x"
-/// bus = 1            # or device = "/dev/i2c-1"
-/// address = 0x44     # 0x45 when ADDR is tied high
-/// fields = { temperature = "temperature", humidity = "humidite" }
-/// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Sht3xConfig {
-    /// I2C bus number N, i.e. `/dev/i2c-N`. Default 1. Set `bus` or `device`, not both.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bus: Option<u8>,
-    /// Path of the i2c-dev node, e.g. `"/dev/i2c-1"`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    /// 7-bit address: 0x44 (ADDR low, the default) or 0x45 (ADDR high).
-    #[serde(default = "default_address")]
-    pub address: u8,
-    /// Payload field names; see [`ThFields`].
-    #[serde(default)]
-    pub fields: ThFields,
-}
-
-impl Default for Sht3xConfig {
-    fn default() -> Self {
-        Sht3xConfig {
-            bus: None,
-            device: None,
-            address: default_address(),
-            fields: ThFields::default(),
-        }
+crate::sensors::i2c::i2c_chip! {
+    /// The SHT3x as a `[[sensors]]` type.
+    Sht3xChip {
+        type: "sht3x",
+        addresses: &ADDRESSES,
+        address_doc: "0x44 (ADDR low) or 0x45",
+        description: "Sensirion SHT30/31/35 temperature and humidity on I2C",
     }
 }
 
-impl Sht3xConfig {
-    pub(crate) fn check(&self) -> Result<(), (String, String)> {
-        BusLocation::from_settings(self.bus, self.device.as_deref())?;
-        bus::check_address(self.address, &ADDRESSES)
-    }
+/// A `type = "sht3x"` entry ([`ClimateConfig`], which shows one).
+/// `address`: 0x44 (ADDR low, the default) or 0x45 (ADDR high).
+pub type Sht3xConfig = ClimateConfig<Sht3xChip>;
+
+impl SensirionChip for Sht3xChip {
+    type Driver = Sht3x<I2cBus>;
 }
 
-/// Maps a Sensirion driver error to a sensor error.
-pub(crate) fn sensor_error(name: &str, address: u8, e: Error<bus::I2cBusError>) -> SensorError {
-    match e {
-        Error::Bus(e) => SensorError::Bus {
-            sensor: name.to_owned(),
-            detail: bus::bus_detail(&e, address),
-        },
-        other => SensorError::BadData {
-            sensor: name.to_owned(),
-            detail: other.to_string(),
-        },
-    }
-}
-
-/// Pushes a Sensirion (°C, %RH) pair, range-checked.
-pub(crate) fn measurements(
-    name: &str,
-    fields: &ThFields,
-    (t, h): (f64, f64),
-) -> Result<Vec<Measurement>, SensorError> {
-    let mut out = Vec::with_capacity(2);
-    push_checked(
-        &mut out,
-        name,
-        "temperature",
-        &fields.temperature,
-        round(t, 2),
-        limits::TEMPERATURE,
-    )?;
-    push_checked(
-        &mut out,
-        name,
-        "humidity",
-        &fields.humidity,
-        round(h, 2),
-        limits::HUMIDITY,
-    )?;
-    Ok(out)
-}
-
-/// The `sht3x` sensor: opens the bus on first use and again after any error.
-pub struct Sht3xSensor {
-    name: String,
-    location: BusLocation,
-    config: Sht3xConfig,
-    driver: Option<Sht3x<I2cBus>>,
-}
-
-impl Sht3xSensor {
-    pub fn new(config: Sht3xConfig) -> Self {
-        let location = BusLocation::from_settings(config.bus, config.device.as_deref())
-            .unwrap_or(BusLocation::Number(bus::DEFAULT_BUS));
-        Sht3xSensor {
-            name: format!("sht3x@{}:0x{:02x}", location.label(), config.address),
-            location,
-            config,
-            driver: None,
-        }
-    }
-}
-
-impl Sensor for Sht3xSensor {
-    fn name(&self) -> &str {
-        &self.name
+impl sensirion::Driver for Sht3x<I2cBus> {
+    fn open(bus: I2cBus, address: u8) -> Self {
+        Sht3x::new(bus, address)
     }
 
-    fn read(&mut self) -> Result<Vec<Measurement>, SensorError> {
-        let mut delay = StdDelay;
-        let address = self.config.address;
-        let mut driver = match self.driver.take() {
-            Some(d) => d,
-            None => {
-                let i2c = bus::open(&self.location, Backend::Rppal, &self.name)?;
-                let mut d = Sht3x::new(i2c, address);
-                d.init(&mut delay)
-                    .map_err(|e| sensor_error(&self.name, address, e))?;
-                d
-            }
-        };
-        let values = driver
-            .measure(&mut delay)
-            .map_err(|e| sensor_error(&self.name, address, e))?;
-        // Kept only after a good measurement: any error reopens and resets the chip.
-        self.driver = Some(driver);
-        measurements(&self.name, &self.config.fields, values)
+    fn reset(&mut self, delay: &mut StdDelay) -> Result<(), Error<I2cBusError>> {
+        self.init(delay).map(drop)
+    }
+
+    fn measure_th(&mut self, delay: &mut StdDelay) -> Result<(f64, f64), Error<I2cBusError>> {
+        self.measure(delay)
     }
 }
 
@@ -289,21 +184,5 @@ mod tests {
     fn humidity_conversion_ends() {
         assert_eq!(humidity(0), 0.0);
         assert_eq!(humidity(0xFFFF), 100.0);
-    }
-
-    #[test]
-    fn out_of_range_values_are_bad_data() {
-        let e = measurements("s", &ThFields::default(), (25.0, 130.0)).unwrap_err();
-        assert!(matches!(e, SensorError::BadData { .. }), "{e:?}");
-        let ok = measurements(
-            "s",
-            &ThFields {
-                temperature: "t".into(),
-                humidity: String::new(),
-            },
-            (25.0, 130.0),
-        )
-        .unwrap();
-        assert_eq!(ok.len(), 1, "a dropped field is not checked");
     }
 }

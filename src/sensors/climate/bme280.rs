@@ -14,8 +14,9 @@ use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 use serde::{Deserialize, Serialize};
 
-use super::i2c::{self as bus, Backend, BusLocation, I2cBus, StdDelay};
-use super::{defaults, limits, push_checked, round, Measurement, Sensor, SensorError};
+use super::{ClimateChip, ClimateConfig};
+use crate::sensors::i2c::{Backend, I2cBus, StdDelay, Target};
+use crate::sensors::{defaults, limits, push_checked, round, Measurement, SensorError};
 
 /// Chip id of the BME280 in [`reg::CHIP_ID`].
 pub const CHIP_ID_BME280: u8 = 0x60;
@@ -366,10 +367,6 @@ impl<I2C: I2c> Bme280<I2C> {
     }
 }
 
-const fn default_address() -> u8 {
-    ADDRESSES[0]
-}
-
 /// Payload fields of a `bme280` entry. Omit a key for its default; set it to `""` to
 /// not send that quantity.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -406,129 +403,65 @@ impl ClimateFields {
     }
 }
 
-/// A `type = "bme280"` entry.
-///
-/// ```toml
-/// [[sensors]]
-/// type = "bme280"
-/// bus = 1            # or device = "/dev/i2c-1"
-/// address = 0x76     # 0x77 when SDO is tied high
-/// fields = { temperature = "temperature", humidity = "humidite", pressure = "pression" }
-/// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Bme280Config {
-    /// I2C bus number N, i.e. `/dev/i2c-N`. Default 1 (header pins 3 and 5).
-    /// Set `bus` or `device`, not both.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bus: Option<u8>,
-    /// Path of the i2c-dev node, e.g. `"/dev/i2c-1"`, for boards that name buses otherwise.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    /// 7-bit address: 0x76 (SDO to GND, the default) or 0x77 (SDO to VDDIO).
-    #[serde(default = "default_address")]
-    pub address: u8,
-    /// Payload field names; see [`ClimateFields`].
-    #[serde(default)]
-    pub fields: ClimateFields,
+crate::sensors::i2c::i2c_chip! {
+    /// The BME280 as a `[[sensors]]` type.
+    Bme280Chip {
+        type: "bme280",
+        addresses: &ADDRESSES,
+        address_doc: "0x76 (SDO low) or 0x77",
+        description: "Bosch BME280 (or BMP280) temperature, humidity, pressure on I2C",
+    } error: Error
 }
 
-impl Default for Bme280Config {
-    fn default() -> Self {
-        Bme280Config {
-            bus: None,
-            device: None,
-            address: default_address(),
-            fields: ClimateFields::default(),
+/// A `type = "bme280"` entry ([`ClimateConfig`], which shows one).
+/// `address`: 0x76 (SDO to GND, the default) or 0x77 (SDO to VDDIO).
+pub type Bme280Config = ClimateConfig<Bme280Chip>;
+
+impl ClimateChip for Bme280Chip {
+    type Fields = ClimateFields;
+    type Driver = Bme280<I2cBus>;
+    type Values = Values;
+    const BACKEND: Backend = Backend::Combined;
+    const FIELDS_DOC: (&'static str, &'static str) = (
+        "{ temperature = \"temperature\", humidity = \"humidite\", pressure = \"pression\" }",
+        "payload fields (°C, %, hPa); \"\" drops one",
+    );
+
+    fn pairs(fields: &ClimateFields) -> Vec<(&'static str, &str)> {
+        fields.pairs()
+    }
+
+    fn init(
+        bus: I2cBus,
+        target: &Target,
+        fields: &ClimateFields,
+    ) -> Result<Self::Driver, SensorError> {
+        let mut driver = Bme280::new(bus, target.address);
+        driver.init(&mut StdDelay).map_err(|e| target.error(&e))?;
+        if !driver.has_humidity() && !fields.humidity.is_empty() {
+            return Err(SensorError::Setup {
+                sensor: target.name.clone(),
+                detail: "this is a BMP280 (chip id 0x58), which has no humidity sensor; \
+                         set fields.humidity = \"\" in this entry"
+                    .into(),
+            });
         }
-    }
-}
-
-impl Bme280Config {
-    pub(crate) fn check(&self) -> Result<(), (String, String)> {
-        BusLocation::from_settings(self.bus, self.device.as_deref())?;
-        bus::check_address(self.address, &ADDRESSES)
-    }
-}
-
-/// The `bme280` sensor: opens the bus on first use and again after any error.
-pub struct Bme280Sensor {
-    name: String,
-    location: BusLocation,
-    config: Bme280Config,
-    driver: Option<Bme280<I2cBus>>,
-}
-
-impl Bme280Sensor {
-    pub fn new(config: Bme280Config) -> Self {
-        let location = BusLocation::from_settings(config.bus, config.device.as_deref())
-            .unwrap_or(BusLocation::Number(bus::DEFAULT_BUS));
-        Bme280Sensor {
-            name: format!("bme280@{}:0x{:02x}", location.label(), config.address),
-            location,
-            config,
-            driver: None,
-        }
+        Ok(driver)
     }
 
-    fn error(&self, e: Error<bus::I2cBusError>) -> SensorError {
-        let sensor = self.name.clone();
-        match e {
-            Error::Bus(e) => SensorError::Bus {
-                sensor,
-                detail: bus::bus_detail(&e, self.config.address),
-            },
-            other => SensorError::BadData {
-                sensor,
-                detail: other.to_string(),
-            },
-        }
+    fn measure(driver: &mut Self::Driver, target: &Target) -> Result<Values, SensorError> {
+        driver.measure(&mut StdDelay).map_err(|e| target.error(&e))
     }
 
-    fn measure(&mut self) -> Result<Values, SensorError> {
-        let mut delay = StdDelay;
-        if self.driver.is_none() {
-            let i2c = bus::open(&self.location, Backend::Combined, &self.name)?;
-            let mut driver = Bme280::new(i2c, self.config.address);
-            driver.init(&mut delay).map_err(|e| self.error(e))?;
-            if !driver.has_humidity() && !self.config.fields.humidity.is_empty() {
-                return Err(SensorError::Setup {
-                    sensor: self.name.clone(),
-                    detail: "this is a BMP280 (chip id 0x58), which has no humidity sensor; \
-                             set fields.humidity = \"\" in this entry"
-                        .into(),
-                });
-            }
-            self.driver = Some(driver);
-        }
-        let result = match self.driver.as_mut() {
-            Some(driver) => driver.measure(&mut delay),
-            None => {
-                return Err(SensorError::Setup {
-                    sensor: self.name.clone(),
-                    detail: "not initialised".into(),
-                })
-            }
-        };
-        result.map_err(|e| {
-            self.driver = None; // initialise again next time: the chip may have been reset
-            self.error(e)
-        })
-    }
-}
-
-impl Sensor for Bme280Sensor {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn read(&mut self) -> Result<Vec<Measurement>, SensorError> {
-        let v = self.measure()?;
-        let f = &self.config.fields;
+    fn measurements(
+        name: &str,
+        f: &ClimateFields,
+        v: Values,
+    ) -> Result<Vec<Measurement>, SensorError> {
         let mut out = Vec::with_capacity(3);
         push_checked(
             &mut out,
-            &self.name,
+            name,
             "temperature",
             &f.temperature,
             v.temperature,
@@ -537,7 +470,7 @@ impl Sensor for Bme280Sensor {
         if let Some(h) = v.humidity {
             push_checked(
                 &mut out,
-                &self.name,
+                name,
                 "humidity",
                 &f.humidity,
                 round(h, 2),
@@ -546,7 +479,7 @@ impl Sensor for Bme280Sensor {
         }
         push_checked(
             &mut out,
-            &self.name,
+            name,
             "pressure",
             &f.pressure,
             round(v.pressure / 100.0, 2),

@@ -1,203 +1,57 @@
-//! CLI handlers for `profilo-gateway sensors list|scan|read`. They print to stdout; the
-//! lead's clap layer calls them.
+//! `sensors list|scan|read`: the arguments, the handlers and their output (stdout). What
+//! `sensors list` shows comes from the sensor types themselves ([`sensors::type_docs`]).
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use serde::Serialize;
 
+use clap::Subcommand;
+
+use crate::config::Config;
 use crate::sensors::{self, i2c, SensorConfig};
 
-/// One setting of a sensor type, for `sensors list`.
-#[derive(Debug, Clone, Serialize)]
-pub struct SettingDoc {
-    pub key: &'static str,
-    /// The default as TOML, or `"required"` / `"none"`.
-    pub default: &'static str,
-    pub description: &'static str,
+#[derive(Debug, Subcommand)]
+pub enum SensorsCommand {
+    /// Supported sensor types and their settings.
+    List {
+        /// Print one JSON array: each type with its description and settings (name,
+        /// default, meaning) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Probe an I2C bus and list the addresses that answer, with the likely chip.
+    Scan {
+        /// I2C bus number (/dev/i2c-N).
+        #[arg(long, default_value_t = 1)]
+        bus: u8,
+        /// Print one JSON array of the devices that answered (address, likely chips)
+        /// instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take one reading from each configured sensor, with errors spelled out.
+    Read {
+        /// Print one JSON array: each configured sensor with its values or its error,
+        /// instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-/// A sensor type, for `sensors list`.
-#[derive(Debug, Clone, Serialize)]
-pub struct TypeDoc {
-    #[serde(rename = "type")]
-    pub type_name: &'static str,
-    pub description: &'static str,
-    pub settings: Vec<SettingDoc>,
-}
-
-const fn s(key: &'static str, default: &'static str, description: &'static str) -> SettingDoc {
-    SettingDoc {
-        key,
-        default,
-        description,
+pub(super) fn run(command: SensorsCommand, config: &Config) -> anyhow::Result<ExitCode> {
+    match command {
+        SensorsCommand::List { json } => list(json)?,
+        SensorsCommand::Scan { bus, json } => scan(bus, json)?,
+        SensorsCommand::Read { json } => read(&config.sensors, json)?,
     }
-}
-
-fn i2c_settings(address: &'static str, addresses: &'static str) -> Vec<SettingDoc> {
-    vec![
-        s(
-            "bus",
-            "1",
-            "I2C bus number N (/dev/i2c-N); set bus or device, not both",
-        ),
-        s(
-            "device",
-            "none",
-            "i2c-dev path instead of bus, e.g. \"/dev/i2c-1\"",
-        ),
-        s("address", address, addresses),
-    ]
-}
-
-fn accel_settings(
-    rate: &'static str,
-    rates: &'static str,
-    range: &'static str,
-    ranges: &'static str,
-) -> Vec<SettingDoc> {
-    vec![
-        s("rate_hz", rate, rates),
-        s("range_g", range, ranges),
-        s(
-            "aggregate",
-            "\"rms\"",
-            "value per reading: \"rms\" or \"peak\" of |a| - g, or \"mean\" of |a|",
-        ),
-        s(
-            "gravity",
-            "\"measured\"",
-            "g subtracted: \"measured\" (mean |a| of the interval) or \"standard\" (9.80665)",
-        ),
-        s("unit", "\"m/s2\"", "unit sent: \"m/s2\" or \"g\""),
-        s(
-            "fields",
-            "{ acceleration = \"accelerometre\" }",
-            "payload field; \"\" drops it",
-        ),
-    ]
-}
-
-/// Every supported type with its settings and defaults.
-pub fn type_docs() -> Vec<TypeDoc> {
-    let climate =
-        "{ temperature = \"temperature\", humidity = \"humidite\", pressure = \"pression\" }";
-    let th = "{ temperature = \"temperature\", humidity = \"humidite\" }";
-    let mut bme = i2c_settings("0x76", "0x76 (SDO low) or 0x77");
-    bme.push(s(
-        "fields",
-        climate,
-        "payload fields (°C, %, hPa); \"\" drops one",
-    ));
-    let mut sht3 = i2c_settings("0x44", "0x44 (ADDR low) or 0x45");
-    sht3.push(s("fields", th, "payload fields (°C, %); \"\" drops one"));
-    let mut sht4 = i2c_settings("0x44", "0x44 (SHT4x-A), 0x45 (-B) or 0x46 (-C)");
-    sht4.push(s("fields", th, "payload fields (°C, %); \"\" drops one"));
-    let mut adxl = i2c_settings("0x53", "0x53 (ALT ADDRESS low) or 0x1D");
-    adxl.extend(accel_settings(
-        "400",
-        "output data rate: 100, 200, 400, 800 or 1600 Hz (800+ needs a 400 kHz bus)",
-        "16",
-        "full scale ±2, 4, 8 or 16 g (3.9 mg/LSB at all)",
-    ));
-    let mut mpu = i2c_settings("0x68", "0x68 (AD0 low) or 0x69");
-    mpu.extend(accel_settings(
-        "500",
-        "sample rate: 100, 125, 200, 250, 500 or 1000 Hz",
-        "4",
-        "full scale ±2, 4, 8 or 16 g",
-    ));
-    let iio_accel: Vec<SettingDoc> = accel_settings(
-        "100",
-        "acceleration only: sysfs read rate, 1..=1000 Hz",
-        "",
-        "",
-    )
-    .into_iter()
-    .filter(|d| d.key != "range_g" && d.key != "fields")
-    .collect();
-    let mut iio = vec![s(
-        "device",
-        "\"/sys/bus/iio/devices/iio:device0\"",
-        "the IIO device's sysfs directory (see /sys/bus/iio/devices/*/name)",
-    )];
-    iio.extend(iio_accel);
-    iio.push(s(
-        "fields",
-        "{ temperature = \"temperature\", humidity = \"humidite\", pressure = \"pression\", acceleration = \"accelerometre\" }",
-        "payload fields; channels the device lacks are skipped; \"\" drops one; an omitted key \
-         takes its default only if no other entry sends that field",
-    ));
-    vec![
-        TypeDoc {
-            type_name: "bme280",
-            description: "Bosch BME280 (or BMP280) temperature, humidity, pressure on I2C",
-            settings: bme,
-        },
-        TypeDoc {
-            type_name: "sht3x",
-            description: "Sensirion SHT30/31/35 temperature and humidity on I2C",
-            settings: sht3,
-        },
-        TypeDoc {
-            type_name: "sht4x",
-            description: "Sensirion SHT40/41/45 temperature and humidity on I2C",
-            settings: sht4,
-        },
-        TypeDoc {
-            type_name: "adxl345",
-            description: "ADXL345 accelerometer on I2C, sampled from its FIFO in its own thread",
-            settings: adxl,
-        },
-        TypeDoc {
-            type_name: "mpu6050",
-            description: "MPU-6050 accelerometer on I2C, sampled from its FIFO in its own thread",
-            settings: mpu,
-        },
-        TypeDoc {
-            type_name: "iio",
-            description: "any Linux IIO device (in_temp, in_humidityrelative, in_pressure, in_accel_[xyz])",
-            settings: iio,
-        },
-        TypeDoc {
-            type_name: "ds18b20",
-            description: "DS18B20 1-Wire thermometer through the kernel's w1 sysfs (~750 ms per read)",
-            settings: vec![
-                s("base_path", "\"/sys/bus/w1/devices\"", "where the kernel lists 1-Wire devices"),
-                s("device", "none", "device id, e.g. \"28-0316a2795bff\"; none: the first 28-*"),
-                s("fields", "{ temperature = \"temperature\" }", "payload field (°C)"),
-            ],
-        },
-        TypeDoc {
-            type_name: "gpio",
-            description: "a digital input through rppal: its level, or edges counted per interval",
-            settings: vec![
-                s("pin", "required", "BCM GPIO number (GPIO17 is header pin 11)"),
-                s("mode", "\"level\"", "\"level\" (0/1) or \"edges\" (count over the interval)"),
-                s("pull", "\"none\"", "internal resistor: \"none\", \"up\" or \"down\""),
-                s("edge", "\"rising\"", "edges mode: \"rising\", \"falling\" or \"both\""),
-                s("debounce_ms", "none", "edges mode: ignore edges closer than this, 0..=1000 ms"),
-                s("fields", "{ level = \"gpio_level\", edges = \"gpio_edges\" }", "payload field of the mode"),
-            ],
-        },
-        TypeDoc {
-            type_name: "simulated",
-            description: "random plausible values, for machines without sensors",
-            settings: vec![
-                s("seed", "none", "seed for a reproducible sequence"),
-                s(
-                    "fields",
-                    "{ temperature = \"temperature\", humidity = \"humidite\", acceleration = \"accelerometre\" }",
-                    "payload fields; \"\" drops one",
-                ),
-            ],
-        },
-    ]
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `sensors list`: the supported types and their settings with defaults.
 pub fn list(json: bool) -> anyhow::Result<()> {
-    let docs = type_docs();
+    let docs = sensors::type_docs();
     if json {
         println!("{}", serde_json::to_string_pretty(&docs)?);
         return Ok(());
@@ -248,12 +102,12 @@ pub fn likely_chips(address: u8) -> &'static [&'static str] {
 fn identify(bus: &rppal::i2c::I2c, address: u8) -> Option<String> {
     let (register, known): (u8, &[(u8, &str)]) = match address {
         0x76 | 0x77 => (
-            sensors::bme280::reg::CHIP_ID,
+            sensors::climate::bme280::reg::CHIP_ID,
             &[(0x60, "BME280"), (0x58, "BMP280"), (0x61, "BME680")],
         ),
-        0x53 | 0x1D => (sensors::adxl345::reg::DEVID, &[(0xE5, "ADXL345")]),
+        0x53 | 0x1D => (sensors::accel::adxl345::reg::DEVID, &[(0xE5, "ADXL345")]),
         0x68 | 0x69 => (
-            sensors::mpu6050::reg::WHO_AM_I,
+            sensors::accel::mpu6050::reg::WHO_AM_I,
             &[(0x68, "MPU-6050"), (0x70, "MPU-6500"), (0x71, "MPU-9250")],
         ),
         _ => return None,
@@ -461,30 +315,43 @@ mod tests {
 
     #[test]
     fn list_documents_every_type_and_its_true_defaults() {
-        let docs = type_docs();
+        let docs = sensors::type_docs();
         let names: Vec<&str> = docs.iter().map(|d| d.type_name).collect();
-        assert_eq!(names, sensors::TYPES);
+        assert_eq!(
+            names,
+            [
+                "bme280",
+                "sht3x",
+                "sht4x",
+                "adxl345",
+                "mpu6050",
+                "iio",
+                "ds18b20",
+                "gpio",
+                "simulated"
+            ]
+        );
         // Every key that a default configuration serializes is documented with that value.
         let defaults: Vec<(&str, toml::Value)> = vec![
             (
                 "bme280",
-                toml::Value::try_from(sensors::bme280::Bme280Config::default()).unwrap(),
+                toml::Value::try_from(sensors::climate::bme280::Bme280Config::default()).unwrap(),
             ),
             (
                 "sht3x",
-                toml::Value::try_from(sensors::sht3x::Sht3xConfig::default()).unwrap(),
+                toml::Value::try_from(sensors::climate::sht3x::Sht3xConfig::default()).unwrap(),
             ),
             (
                 "sht4x",
-                toml::Value::try_from(sensors::sht4x::Sht4xConfig::default()).unwrap(),
+                toml::Value::try_from(sensors::climate::sht4x::Sht4xConfig::default()).unwrap(),
             ),
             (
                 "adxl345",
-                toml::Value::try_from(sensors::adxl345::Adxl345Config::default()).unwrap(),
+                toml::Value::try_from(sensors::accel::adxl345::Adxl345Config::default()).unwrap(),
             ),
             (
                 "mpu6050",
-                toml::Value::try_from(sensors::mpu6050::Mpu6050Config::default()).unwrap(),
+                toml::Value::try_from(sensors::accel::mpu6050::Mpu6050Config::default()).unwrap(),
             ),
             (
                 "iio",
@@ -494,7 +361,7 @@ mod tests {
             ),
             (
                 "ds18b20",
-                toml::Value::try_from(sensors::ds18b20::Ds18b20Config::default()).unwrap(),
+                toml::Value::try_from(sensors::sysfs::ds18b20::Ds18b20Config::default()).unwrap(),
             ),
             (
                 "simulated",
@@ -517,7 +384,7 @@ mod tests {
         }
     }
 
-    fn iio_alone() -> sensors::iio::IioConfig {
+    fn iio_alone() -> sensors::sysfs::iio::IioConfig {
         match sensors::resolve_defaults(&[SensorConfig::Iio(Default::default())]).remove(0) {
             SensorConfig::Iio(c) => c,
             other => panic!("{other:?}"),
@@ -540,10 +407,10 @@ mod tests {
                 seed: Some(1),
                 ..Default::default()
             }),
-            SensorConfig::Ds18b20(sensors::ds18b20::Ds18b20Config {
+            SensorConfig::Ds18b20(sensors::sysfs::ds18b20::Ds18b20Config {
                 base_path: "/nonexistent/w1".into(),
                 device: None,
-                fields: sensors::ds18b20::TemperatureFields {
+                fields: sensors::sysfs::ds18b20::TemperatureFields {
                     temperature: "t2".into(),
                 },
             }),

@@ -9,11 +9,13 @@
 //! Both are used without clock stretching (the commands chosen do not stretch), which
 //! the Raspberry Pi's BCM2835 I2C controller handles badly.
 //!
-//! [`Backend::Rppal`]: super::i2c::Backend::Rppal
+//! [`Backend::Rppal`]: crate::sensors::i2c::Backend::Rppal
 
 use serde::{Deserialize, Serialize};
 
-use super::defaults;
+use super::ClimateChip;
+use crate::sensors::i2c::{Backend, ChipError, I2cBus, I2cBusError, I2cChip, StdDelay, Target};
+use crate::sensors::{defaults, limits, push_checked, round, Measurement, SensorError};
 
 /// CRC-8 of the Sensirion datasheets: polynomial 0x31 (x⁸ + x⁵ + x⁴ + 1), initial value
 /// 0xFF, no reflection, no final XOR. `crc8(&[0xBE, 0xEF]) == 0x92`.
@@ -59,6 +61,15 @@ impl<E: std::fmt::Display> std::fmt::Display for Error<E> {
                 "CRC mismatch on word 0x{word:04x}: received 0x{received:02x}, computed \
                  0x{computed:02x} (noise on the bus: check wiring, pull-ups and cable length)"
             ),
+        }
+    }
+}
+
+impl ChipError for Error<I2cBusError> {
+    fn bus_error(&self) -> Option<&I2cBusError> {
+        match self {
+            Error::Bus(e) => Some(e),
+            Error::Crc { .. } => None,
         }
     }
 }
@@ -116,6 +127,82 @@ impl ThFields {
     }
 }
 
+/// A Sensirion driver on an open bus: what the SHT3x and SHT4x sensors need of it.
+pub trait Driver: Send + Sized {
+    fn open(bus: I2cBus, address: u8) -> Self;
+    /// Soft-resets the chip and reads a checked identity word (status or serial).
+    fn reset(&mut self, delay: &mut StdDelay) -> Result<(), Error<I2cBusError>>;
+    /// One measurement: (°C, %RH).
+    fn measure_th(&mut self, delay: &mut StdDelay) -> Result<(f64, f64), Error<I2cBusError>>;
+}
+
+/// A Sensirion chip as a climate type: only its driver differs from the other's.
+pub trait SensirionChip: I2cChip {
+    type Driver: Driver;
+}
+
+impl<C: SensirionChip> ClimateChip for C {
+    type Fields = ThFields;
+    type Driver = C::Driver;
+    type Values = (f64, f64);
+    /// Command, STOP, wait, read: see the module documentation.
+    const BACKEND: Backend = Backend::Rppal;
+    const FIELDS_DOC: (&'static str, &'static str) = (
+        "{ temperature = \"temperature\", humidity = \"humidite\" }",
+        "payload fields (°C, %); \"\" drops one",
+    );
+
+    fn pairs(fields: &ThFields) -> Vec<(&'static str, &str)> {
+        fields.pairs()
+    }
+
+    fn init(bus: I2cBus, target: &Target, _: &ThFields) -> Result<C::Driver, SensorError> {
+        let mut driver = C::Driver::open(bus, target.address);
+        driver.reset(&mut StdDelay).map_err(|e| target.error(&e))?;
+        Ok(driver)
+    }
+
+    fn measure(driver: &mut C::Driver, target: &Target) -> Result<(f64, f64), SensorError> {
+        driver
+            .measure_th(&mut StdDelay)
+            .map_err(|e| target.error(&e))
+    }
+
+    fn measurements(
+        name: &str,
+        fields: &ThFields,
+        values: (f64, f64),
+    ) -> Result<Vec<Measurement>, SensorError> {
+        measurements(name, fields, values)
+    }
+}
+
+/// The payload values of a Sensirion (°C, %RH) pair, range-checked.
+pub fn measurements(
+    name: &str,
+    fields: &ThFields,
+    (t, h): (f64, f64),
+) -> Result<Vec<Measurement>, SensorError> {
+    let mut out = Vec::with_capacity(2);
+    push_checked(
+        &mut out,
+        name,
+        "temperature",
+        &fields.temperature,
+        round(t, 2),
+        limits::TEMPERATURE,
+    )?;
+    push_checked(
+        &mut out,
+        name,
+        "humidity",
+        &fields.humidity,
+        round(h, 2),
+        limits::HUMIDITY,
+    )?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +232,21 @@ mod tests {
     fn temperature_conversion_ends() {
         assert_eq!(temperature(0), -45.0);
         assert_eq!(temperature(0xFFFF), 130.0);
+    }
+
+    #[test]
+    fn out_of_range_values_are_bad_data() {
+        let e = measurements("s", &ThFields::default(), (25.0, 130.0)).unwrap_err();
+        assert!(matches!(e, SensorError::BadData { .. }), "{e:?}");
+        let ok = measurements(
+            "s",
+            &ThFields {
+                temperature: "t".into(),
+                humidity: String::new(),
+            },
+            (25.0, 130.0),
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 1, "a dropped field is not checked");
     }
 }

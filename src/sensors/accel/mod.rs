@@ -7,13 +7,22 @@
 //! producing samples (a power glitch resets it to standby) as a failure, so the chip is
 //! initialised again. `read` reports the thread's current failure, if any.
 
+pub mod adxl345;
+pub mod aggregate;
+mod chip;
+pub mod mpu6050;
+
+pub use chip::{AccelChip, AccelConfig};
+
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::aggregate::{Accumulator, Aggregate, Gravity, Unit};
-use super::{round, Measurement, Sensor, SensorError};
+use crate::backoff::Backoff;
+use crate::sensors::{round, Measurement, Sensor, SensorError, SettingDoc};
+use aggregate::{Accumulator, Aggregate, Gravity, Unit};
 
 /// A source of acceleration samples, opened and initialised.
 pub trait AccelSource: Send {
@@ -190,13 +199,13 @@ fn sample_loop(shared: &Shared, name: &str, mut opener: Opener, rate_hz: u32) {
     // A chip that produced nothing for this long has stopped measuring.
     let stall_after =
         Duration::from_millis(500).max(Duration::from_secs_f64(50.0 / f64::from(rate_hz.max(1))));
-    let mut reopen_wait = REOPEN_FIRST;
+    let mut reopen = Backoff::new(REOPEN_FIRST, REOPEN_CAP);
     let mut buffer: Vec<[f64; 3]> = Vec::with_capacity(256);
     while !shared.stop.load(Ordering::Relaxed) {
         match opener() {
             Ok(mut source) => {
                 if run_source(shared, name, source.as_mut(), stall_after, &mut buffer) {
-                    reopen_wait = REOPEN_FIRST;
+                    reopen.reset();
                 }
             }
             Err(e) => {
@@ -205,10 +214,10 @@ fn sample_loop(shared: &Shared, name: &str, mut opener: Opener, rate_hz: u32) {
                 state.started = true;
             }
         }
-        if sleep_or_stop(shared, reopen_wait) {
+        // Without jitter: this chip is ours alone, nobody's retries to spread out.
+        if sleep_or_stop(shared, reopen.next_ceiling()) {
             return;
         }
-        reopen_wait = (reopen_wait * 2).min(REOPEN_CAP);
     }
 }
 
@@ -271,14 +280,14 @@ fn run_source(
 #[serde(deny_unknown_fields)]
 pub struct AccelFields {
     /// The aggregate of the interval, in the entry's `unit`. Default `"accelerometre"`.
-    #[serde(default = "super::defaults::acceleration")]
+    #[serde(default = "crate::sensors::defaults::acceleration")]
     pub acceleration: String,
 }
 
 impl Default for AccelFields {
     fn default() -> Self {
         AccelFields {
-            acceleration: super::defaults::acceleration(),
+            acceleration: crate::sensors::defaults::acceleration(),
         }
     }
 }
@@ -287,6 +296,35 @@ impl AccelFields {
     pub fn pairs(&self) -> Vec<(&'static str, &str)> {
         vec![("acceleration", self.acceleration.as_str())]
     }
+}
+
+/// `sensors list`: the sampling and aggregation settings of an accelerometer entry.
+pub fn settings_doc(
+    rate: impl Into<Cow<'static, str>>,
+    rates: &'static str,
+    range: impl Into<Cow<'static, str>>,
+    ranges: &'static str,
+) -> Vec<SettingDoc> {
+    vec![
+        SettingDoc::new("rate_hz", rate, rates),
+        SettingDoc::new("range_g", range, ranges),
+        SettingDoc::new(
+            "aggregate",
+            "\"rms\"",
+            "value per reading: \"rms\" or \"peak\" of |a| - g, or \"mean\" of |a|",
+        ),
+        SettingDoc::new(
+            "gravity",
+            "\"measured\"",
+            "g subtracted: \"measured\" (mean |a| of the interval) or \"standard\" (9.80665)",
+        ),
+        SettingDoc::new("unit", "\"m/s2\"", "unit sent: \"m/s2\" or \"g\""),
+        SettingDoc::new(
+            "fields",
+            "{ acceleration = \"accelerometre\" }",
+            "payload field; \"\" drops it",
+        ),
+    ]
 }
 
 /// Checks `rate_hz` against the rates a chip supports.
@@ -346,8 +384,7 @@ mod tests {
             }
             for _ in 0..self.per_drain {
                 self.phase = !self.phase;
-                let z =
-                    super::super::aggregate::STANDARD_GRAVITY + if self.phase { 0.5 } else { -0.5 };
+                let z = super::aggregate::STANDARD_GRAVITY + if self.phase { 0.5 } else { -0.5 };
                 out.push([0.0, 0.0, z]);
             }
             Ok(())
@@ -517,19 +554,7 @@ mod tests {
 
     #[test]
     fn discard_drops_what_was_sampled() {
-        let opener: Opener = Box::new(|| {
-            Ok(Box::new(Fake {
-                per_drain: 4,
-                phase: false,
-                fail: Arc::new(AtomicBool::new(false)),
-            }) as Box<dyn AccelSource>)
-        });
-        let mut s = AccelSensor::start(
-            "fake".into(),
-            "acc".into(),
-            settings(Aggregate::Rms),
-            opener,
-        );
+        let mut s = start_fake(4, &Arc::new(AtomicBool::new(false)), Aggregate::Rms);
         assert!(wait_for(|| s.shared.lock().acc.count() > 400));
         s.skipped();
         // Samples keep coming, but the ones before `skipped` are gone: the accumulator

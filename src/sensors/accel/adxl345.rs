@@ -1,6 +1,6 @@
 //! Analog Devices ADXL345 accelerometer on I2C, from the datasheet (Rev. G): full
 //! resolution (3.9 mg/LSB at every range), the output data rate of `rate_hz`, and the
-//! 32-sample FIFO in stream mode, drained by the sampling thread of [`super::accel`].
+//! 32-sample FIFO in stream mode, drained by the sampling thread of [`super`].
 //!
 //! Backend: [`Backend::Combined`]. Every access is a register read; the datasheet's
 //! figure 41 accepts either a repeated START or a STOP+START before the read, but the
@@ -8,12 +8,10 @@
 //! process from moving the register pointer in between.
 
 use embedded_hal::i2c::I2c;
-use serde::{Deserialize, Serialize};
 
-use super::accel::{self, AccelFields, AccelSensor, AccelSettings, AccelSource, Opener};
-use super::aggregate::{Aggregate, Gravity, Unit, STANDARD_GRAVITY};
-use super::i2c::{self as bus, Backend, BusLocation, I2cBus};
-use super::SensorError;
+use super::chip::{AccelChip, AccelConfig};
+use crate::sensors::i2c::{Backend, I2cBus, Target};
+use crate::sensors::SensorError;
 
 /// Value of [`reg::DEVID`].
 pub const DEVICE_ID: u8 = 0xE5;
@@ -153,91 +151,26 @@ pub fn to_g(d: &[u8; 6]) -> [f64; 3] {
     [axis(0), axis(2), axis(4)]
 }
 
-const fn default_address() -> u8 {
-    ADDRESSES[0]
-}
-const fn default_rate() -> u32 {
-    400
-}
-const fn default_range() -> u8 {
-    16
+crate::sensors::i2c::i2c_chip! {
+    /// The ADXL345 as a `[[sensors]]` type.
+    Adxl345Chip {
+        type: "adxl345",
+        addresses: &ADDRESSES,
+        address_doc: "0x53 (ALT ADDRESS low) or 0x1D",
+        description: "ADXL345 accelerometer on I2C, sampled from its FIFO in its own thread",
+    } error: Error
 }
 
-/// A `type = "adxl345"` entry.
+/// A `type = "adxl345"` entry ([`AccelConfig`], which shows one).
+/// `address`: 0x53 (ALT ADDRESS low, the default) or 0x1D (high).
 ///
-/// ```toml
-/// [[sensors]]
-/// type = "adxl345"
-/// bus = 1              # or device = "/dev/i2c-1"
-/// address = 0x53       # 0x1D when ALT ADDRESS is high
-/// rate_hz = 400        # 100, 200, 400, 800 or 1600
-/// range_g = 16         # 2, 4, 8 or 16
-/// aggregate = "rms"    # "rms", "peak" or "mean"
-/// gravity = "measured" # or "standard"
-/// unit = "m/s2"        # or "g"
-/// fields = { acceleration = "accelerometre" }
-/// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Adxl345Config {
-    /// I2C bus number N, i.e. `/dev/i2c-N`. Default 1. Set `bus` or `device`, not both.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bus: Option<u8>,
-    /// Path of the i2c-dev node, e.g. `"/dev/i2c-1"`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    /// 7-bit address: 0x53 (ALT ADDRESS low, the default) or 0x1D.
-    #[serde(default = "default_address")]
-    pub address: u8,
-    /// Output data rate, Hz: 100, 200, 400 (default), 800 or 1600. Over I2C the FIFO is
-    /// read one sample per transfer: 800 Hz and more need the bus at 400 kHz
-    /// (`dtparam=i2c_arm_baudrate=400000`), and 1600 Hz is at the edge of what I2C carries
-    /// (the datasheet recommends SPI for it).
-    #[serde(default = "default_rate")]
-    pub rate_hz: u32,
-    /// Full-scale range, ±g: 2, 4, 8 or 16 (default). Full resolution keeps 3.9 mg/LSB at
-    /// every range, so 16 costs nothing and clips only beyond 16 g.
-    #[serde(default = "default_range")]
-    pub range_g: u8,
-    /// The value per reading: `"rms"` (default), `"peak"` or `"mean"`; see [`Aggregate`].
-    #[serde(default)]
-    pub aggregate: Aggregate,
-    /// The gravity subtracted for `rms` and `peak`: `"measured"` (default) or
-    /// `"standard"`; see [`Gravity`].
-    #[serde(default)]
-    pub gravity: Gravity,
-    /// Unit of the value sent: `"m/s2"` (default) or `"g"`.
-    #[serde(default)]
-    pub unit: Unit,
-    /// Payload field name; see [`AccelFields`].
-    #[serde(default)]
-    pub fields: AccelFields,
-}
-
-impl Default for Adxl345Config {
-    fn default() -> Self {
-        Adxl345Config {
-            bus: None,
-            device: None,
-            address: default_address(),
-            rate_hz: default_rate(),
-            range_g: default_range(),
-            aggregate: Aggregate::default(),
-            gravity: Gravity::default(),
-            unit: Unit::default(),
-            fields: AccelFields::default(),
-        }
-    }
-}
-
-impl Adxl345Config {
-    pub(crate) fn check(&self) -> Result<(), (String, String)> {
-        BusLocation::from_settings(self.bus, self.device.as_deref())?;
-        bus::check_address(self.address, &ADDRESSES)?;
-        accel::check_rate(self.rate_hz, &RATES_HZ, "the ADXL345's output data rates")?;
-        accel::check_range(self.range_g, &RANGES_G)
-    }
-}
+/// `rate_hz`: 100, 200, 400 (default), 800 or 1600. Over I2C the FIFO is read one sample
+/// per transfer: 800 Hz and more need the bus at 400 kHz
+/// (`dtparam=i2c_arm_baudrate=400000`), and 1600 Hz is at the edge of what I2C carries
+/// (the datasheet recommends SPI for it). `range_g`: 2, 4, 8 or 16 (default). Full
+/// resolution keeps 3.9 mg/LSB at every range, so 16 costs nothing and clips only
+/// beyond 16 g.
+pub type Adxl345Config = AccelConfig<Adxl345Chip>;
 
 /// Whether the FIFO was found full at the last poll. A full FIFO means samples were
 /// lost (the thread was starved: a loaded CPU, a slow bus), so the aggregate covers
@@ -261,97 +194,60 @@ impl FifoWatch {
     }
 }
 
-/// An open, measuring ADXL345.
-struct Source {
-    name: String,
-    address: u8,
+/// An open, measuring ADXL345, and whether its FIFO was full at the last poll.
+pub struct Fifo {
     dev: Adxl345<I2cBus>,
-    fifo: FifoWatch,
-    poll: std::time::Duration,
+    watch: FifoWatch,
 }
 
-impl AccelSource for Source {
-    fn drain(&mut self, out: &mut Vec<[f64; 3]>) -> Result<(), SensorError> {
-        let start = out.len();
-        match self.dev.read_fifo(out) {
-            Ok(entries) => {
-                match self.fifo.update(entries) {
-                    Some(true) => tracing::warn!(
-                        sensor = %self.name,
-                        "FIFO full: samples were lost (the sampling thread could not keep up: \
-                         CPU load or a slow bus; a lower rate_hz helps); the aggregate covers \
-                         fewer samples until it catches up"
-                    ),
-                    Some(false) => {
-                        tracing::info!(sensor = %self.name, "FIFO no longer full: sampling keeps up again")
-                    }
-                    None => {}
-                }
-                for s in &mut out[start..] {
-                    for v in s.iter_mut() {
-                        *v *= STANDARD_GRAVITY;
-                    }
-                }
-                Ok(())
-            }
-            Err(e) => Err(error(&self.name, self.address, e)),
-        }
-    }
+impl AccelChip for Adxl345Chip {
+    type Driver = Fifo;
+    const BACKEND: Backend = Backend::Combined;
+    const RATES_HZ: &'static [u32] = &RATES_HZ;
+    const RATES_WHY: &'static str = "the ADXL345's output data rates";
+    const RANGES_G: &'static [u8] = &RANGES_G;
+    const DEFAULT_RATE_HZ: u32 = 400;
+    const DEFAULT_RANGE_G: u8 = 16;
+    const RATES_DOC: &'static str =
+        "output data rate: 100, 200, 400, 800 or 1600 Hz (800+ needs a 400 kHz bus)";
+    const RANGES_DOC: &'static str = "full scale ±2, 4, 8 or 16 g (3.9 mg/LSB at all)";
+    const FIFO_SAMPLES: u32 = FIFO_DEPTH;
 
-    fn poll_period(&self) -> std::time::Duration {
-        self.poll
-    }
-}
-
-fn error(name: &str, address: u8, e: Error<bus::I2cBusError>) -> SensorError {
-    match e {
-        Error::Bus(e) => SensorError::Bus {
-            sensor: name.to_owned(),
-            detail: bus::bus_detail(&e, address),
-        },
-        other => SensorError::BadData {
-            sensor: name.to_owned(),
-            detail: other.to_string(),
-        },
-    }
-}
-
-/// The `adxl345` sensor: starts its sampling thread.
-pub fn sensor(config: Adxl345Config) -> AccelSensor {
-    let location = BusLocation::from_settings(config.bus, config.device.as_deref())
-        .unwrap_or(BusLocation::Number(bus::DEFAULT_BUS));
-    let name = format!("adxl345@{}:0x{:02x}", location.label(), config.address);
-    let settings = AccelSettings {
-        rate_hz: config.rate_hz,
-        aggregate: config.aggregate,
-        gravity: config.gravity,
-        unit: config.unit,
-    };
-    // Half the time the FIFO takes to fill, at most 50 ms.
-    let poll = std::time::Duration::from_secs_f64(
-        (f64::from(FIFO_DEPTH) / f64::from(config.rate_hz.max(1)) / 2.0).min(0.05),
-    );
-    let (opener_name, address, rate, range) =
-        (name.clone(), config.address, config.rate_hz, config.range_g);
-    let opener: Opener = Box::new(move || {
-        let i2c = bus::open(&location, Backend::Combined, &opener_name)?;
-        let mut dev = Adxl345::new(i2c, address);
-        dev.init(rate, range)
-            .map_err(|e| error(&opener_name, address, e))?;
-        Ok(Box::new(Source {
-            name: opener_name.clone(),
-            address,
+    fn init(bus: I2cBus, target: &Target, rate_hz: u32, range_g: u8) -> Result<Fifo, SensorError> {
+        let mut dev = Adxl345::new(bus, target.address);
+        dev.init(rate_hz, range_g).map_err(|e| target.error(&e))?;
+        Ok(Fifo {
             dev,
-            fifo: FifoWatch::default(),
-            poll,
-        }) as Box<dyn AccelSource>)
-    });
-    AccelSensor::start(name, config.fields.acceleration, settings, opener)
+            watch: FifoWatch::default(),
+        })
+    }
+
+    fn read_fifo(
+        fifo: &mut Fifo,
+        target: &Target,
+        out: &mut Vec<[f64; 3]>,
+    ) -> Result<(), SensorError> {
+        let entries = fifo.dev.read_fifo(out).map_err(|e| target.error(&e))?;
+        match fifo.watch.update(entries) {
+            Some(true) => tracing::warn!(
+                sensor = %target.name,
+                "FIFO full: samples were lost (the sampling thread could not keep up: \
+                 CPU load or a slow bus; a lower rate_hz helps); the aggregate covers \
+                 fewer samples until it catches up"
+            ),
+            Some(false) => {
+                tracing::info!(sensor = %target.name, "FIFO no longer full: sampling keeps up again")
+            }
+            None => {}
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sensors::accel::aggregate::{Aggregate, Unit};
     use embedded_hal::i2c::{ErrorKind, NoAcknowledgeSource};
     use embedded_hal_mock::eh1::i2c::{Mock, Transaction as T};
 

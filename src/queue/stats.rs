@@ -1,0 +1,139 @@
+//! What the queue tells about itself: the counters kept in the file (dropped, uploaded,
+//! evicted), the daemon's status written for other processes, and the figures of
+//! `queue stats`, whose JSON keys are a contract.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use super::{count_pending, Queue, QueueError};
+use crate::reading::format_rfc3339_ms;
+
+/// The figures of `queue stats`. Keys are a contract: extend, do not rename.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Stats {
+    pub path: String,
+    pub pending: u64,
+    pub dead: u64,
+    pub in_flight: u64,
+    pub dropped_total: u64,
+    pub uploaded_total: u64,
+    /// Dead letters deleted to keep the file within `queue.max_bytes`.
+    pub dead_evicted_total: u64,
+    pub oldest_captured_at: Option<String>,
+    pub newest_captured_at: Option<String>,
+    /// Size of the database file plus its WAL, in bytes.
+    pub db_bytes: u64,
+    pub last_upload_at: Option<String>,
+    pub last_error: Option<String>,
+    pub uploader_state: Option<String>,
+    pub sensors: Option<serde_json::Value>,
+    /// Logins and refreshes since the daemon started.
+    pub auth: Option<serde_json::Value>,
+    /// Send outcomes since the daemon started.
+    pub uploads: Option<serde_json::Value>,
+    pub daemon_updated_at: Option<String>,
+}
+
+/// Names in the `status` table, written by the daemon, read by `queue stats`.
+pub mod status_key {
+    pub const IN_FLIGHT: &str = "in_flight";
+    pub const LAST_UPLOAD_AT: &str = "last_upload_at";
+    pub const LAST_ERROR: &str = "last_error";
+    pub const UPLOADER_STATE: &str = "uploader_state";
+    pub const SENSORS: &str = "sensors";
+    pub const UPDATED_AT: &str = "updated_at";
+    pub const AUTH: &str = "auth";
+    pub const UPLOADS: &str = "uploads";
+}
+
+pub(super) const COUNTER_DROPPED: &str = "dropped_total";
+pub(super) const COUNTER_UPLOADED: &str = "uploaded_total";
+pub(super) const COUNTER_DEAD_EVICTED: &str = "dead_evicted_total";
+
+impl Queue {
+    /// Counts readings dropped outside SQLite (in memory, while writes failed).
+    pub fn add_dropped(&self, n: u64) -> Result<(), QueueError> {
+        bump_counter(&self.conn, COUNTER_DROPPED, n)
+    }
+
+    /// Records daemon state for `queue stats` in other processes.
+    pub fn set_status(&self, key: &str, value: &str) -> Result<(), QueueError> {
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO status (name, value) VALUES (?1, ?2)")?
+            .execute(params![key, value])?;
+        Ok(())
+    }
+
+    pub fn pending(&self) -> Result<u64, QueueError> {
+        count_pending(&self.conn)
+    }
+
+    pub fn stats(&self) -> Result<Stats, QueueError> {
+        let conn = &self.conn;
+        let (pending, oldest, newest): (u64, Option<i64>, Option<i64>) = conn.query_row(
+            "SELECT count(*), min(captured_at_ms), max(captured_at_ms) FROM readings",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let dead: u64 = conn.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))?;
+        let status = |key: &str| -> Result<Option<String>, QueueError> {
+            Ok(conn
+                .query_row("SELECT value FROM status WHERE name = ?1", [key], |r| {
+                    r.get(0)
+                })
+                .optional()?)
+        };
+        let in_flight = status(status_key::IN_FLIGHT)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ok(Stats {
+            path: self.path.display().to_string(),
+            pending,
+            dead,
+            in_flight,
+            dropped_total: counter(conn, COUNTER_DROPPED)?,
+            uploaded_total: counter(conn, COUNTER_UPLOADED)?,
+            dead_evicted_total: counter(conn, COUNTER_DEAD_EVICTED)?,
+            oldest_captured_at: oldest.map(format_rfc3339_ms),
+            newest_captured_at: newest.map(format_rfc3339_ms),
+            db_bytes: file_len(&self.path) + file_len(&wal_path(&self.path)),
+            last_upload_at: status(status_key::LAST_UPLOAD_AT)?,
+            last_error: status(status_key::LAST_ERROR)?,
+            uploader_state: status(status_key::UPLOADER_STATE)?,
+            sensors: status(status_key::SENSORS)?.and_then(|s| serde_json::from_str(&s).ok()),
+            auth: status(status_key::AUTH)?.and_then(|s| serde_json::from_str(&s).ok()),
+            uploads: status(status_key::UPLOADS)?.and_then(|s| serde_json::from_str(&s).ok()),
+            daemon_updated_at: status(status_key::UPDATED_AT)?,
+        })
+    }
+}
+
+fn counter(conn: &Connection, name: &str) -> Result<u64, QueueError> {
+    Ok(conn
+        .query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .unwrap_or(0))
+}
+
+pub(super) fn bump_counter(conn: &Connection, name: &str, by: u64) -> Result<(), QueueError> {
+    conn.prepare_cached(
+        "INSERT INTO counters (name, value) VALUES (?1, ?2)
+         ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+    )?
+    .execute(params![name, by as i64])?;
+    Ok(())
+}
+
+fn wal_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push("-wal");
+    PathBuf::from(p)
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
