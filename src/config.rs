@@ -93,6 +93,19 @@ pub struct ApiConfig {
     /// Allow plain `http://` to a host other than this machine. The password and the
     /// tokens then cross the network in clear; only for a trusted link (a VPN).
     pub insecure_http: bool,
+    // ---- TLS and proxy (issue 15) ----
+    /// PEM certificates trusted besides the system store: a private CA, or the server's own
+    /// self-signed certificate (then accepted as it is, still checked for name and dates).
+    pub ca_file: Option<PathBuf>,
+    /// Whether the system's CA store is trusted too; false (with `ca_file`) skips loading it.
+    pub system_roots: bool,
+    /// PEM certificate (and chain) for servers that require client certificates.
+    pub client_cert: Option<PathBuf>,
+    /// Its PEM private key, mode 0600 like the password file.
+    pub client_key: Option<PathBuf>,
+    /// `http://host:port` or `https://host:port`, used for every request; unset, the
+    /// `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` environment variables apply.
+    pub proxy: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -106,6 +119,23 @@ impl Default for ApiConfig {
             login_backoff_base: Duration::from_secs(5),
             login_backoff_max: Duration::from_secs(300),
             insecure_http: false,
+            ca_file: None,
+            system_roots: true,
+            client_cert: None,
+            client_key: None,
+            proxy: None,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The TLS settings, for `tls::check` and the HTTP client.
+    pub fn tls_files(&self) -> crate::tls::TlsFiles<'_> {
+        crate::tls::TlsFiles {
+            ca_file: self.ca_file.as_deref(),
+            system_roots: self.system_roots,
+            client_cert: self.client_cert.as_deref(),
+            client_key: self.client_key.as_deref(),
         }
     }
 }
@@ -402,6 +432,12 @@ impl Config {
             message,
         };
         self.validate_base_url(origin)?;
+        // ---- TLS and proxy (issue 15) ----
+        crate::tls::check(&self.api.tls_files()).map_err(|e| invalid(e.key, e.message))?;
+        if let Some(proxy) = &self.api.proxy {
+            // Never quoted: it may hold credentials.
+            check_proxy(proxy).map_err(|m| invalid("api.proxy", m))?;
+        }
         if self
             .api
             .username
@@ -711,6 +747,24 @@ fn is_loopback(url: &reqwest::Url) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// An http(s) proxy URL without credentials: the configuration is printed by `config check`,
+/// the environment is not.
+fn check_proxy(proxy: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(proxy).map_err(|e| format!("is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an http://host:port or https://host:port URL".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "must not hold credentials (`config check` prints the configuration): \
+                    leave api.proxy unset and set HTTPS_PROXY=http://user:password@host:port \
+                    in the service's environment instead"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// Env values are TOML when they parse as such (`10`, `true`, `"x"`, `[1, 2]`), else plain strings,
@@ -1034,6 +1088,54 @@ type = "simulated"
         assert_eq!(c.api.base_url, "http://127.0.0.1:8000");
         assert!(matches!(c.sensors[0], SensorConfig::Simulated(_)));
         assert!(c.queue.path.ends_with("queue.db"));
+    }
+
+    #[test]
+    fn tls_and_proxy_keys_are_checked_at_load() {
+        let ok = load_text(
+            "[api]\nbase_url = \"https://gw.example\"\nproxy = \"http://proxy.lan:3128\"\n",
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(ok.api.system_roots);
+        assert_eq!(ok.api.proxy.as_deref(), Some("http://proxy.lan:3128"));
+        for (text, key, says) in [
+            (
+                "[api]\nca_file = \"/nonexistent/ca.pem\"\n",
+                "`api.ca_file`",
+                "cannot read",
+            ),
+            (
+                "[api]\nsystem_roots = false\n",
+                "`api.system_roots`",
+                "api.ca_file is not set",
+            ),
+            (
+                "[api]\nclient_key = \"/nonexistent/k\"\n",
+                "`api.client_cert`",
+                "set both",
+            ),
+            (
+                "[api]\nproxy = \"socks5://p:1080\"\n",
+                "`api.proxy`",
+                "http://host:port",
+            ),
+            (
+                "[api]\nproxy = \"http://u:secret@p:3128\"\n",
+                "`api.proxy`",
+                "HTTPS_PROXY",
+            ),
+        ] {
+            let err = load_text(text, &[])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(key) && err.contains(says), "{text}: {err}");
+            assert!(
+                !err.contains("secret"),
+                "a proxy password was quoted: {err}"
+            );
+        }
     }
 
     #[test]

@@ -76,7 +76,7 @@ impl Deps {
     pub fn from_config(config: &Config) -> Result<Deps, DaemonError> {
         let clock = Clock::from_env().map_err(DaemonError::Clock)?;
         let sensors = SensorSet::from_config(&config.sensors, config.sampling.interval)?;
-        let api = Api::new(&config.api.base_url, config.api.request_timeout)?;
+        let api = Api::from_config(&config.api, clock.clone())?;
         let passwords = config
             .api
             .username

@@ -48,8 +48,8 @@ pub(super) fn login(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let api = Api::new(&config.api.base_url, config.api.request_timeout)?;
     let clock = Clock::from_env().map_err(anyhow::Error::msg)?;
+    let api = Api::from_config(&config.api, clock.clone())?;
     let manager = TokenManager::new(
         api.clone(),
         Some(user.clone()),
@@ -75,6 +75,7 @@ pub(super) fn login(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             "password_source": source.to_string(),
             "profile": profile,
             "session": session,
+            "server_certificate": api.server_certificate(),
         });
         if json {
             println!("{out}");
@@ -84,6 +85,9 @@ pub(super) fn login(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
                 config.api.base_url
             );
             println!("profile: {profile:#}");
+            if let Some(c) = api.server_certificate() {
+                println!("server certificate: {c}");
+            }
             if let Some(s) = session {
                 println!("access token expires:  {}", s.access_expires_at);
                 println!(

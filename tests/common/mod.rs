@@ -39,6 +39,7 @@ pub mod delivery;
 pub mod gateway;
 pub mod queue_tools;
 pub mod server;
+pub mod tls;
 
 use std::path::Path;
 use std::thread;
@@ -48,6 +49,7 @@ pub use delivery::{capture_time_problem, parse_us, Edges, Run, CLOCK_SLACK_US, M
 pub use gateway::{Exit, Gateway, GatewayOptions, QueueCounts};
 pub use queue_tools::{integrity_check, refused_url, BlackHole, Tmpfs};
 pub use server::{Faults, Reading, ServerOptions, Stats, TestServer};
+pub use tls::{Ca, Issued, ServerTls};
 
 /// The user that [`GatewayOptions::default`] logs in as.
 pub const DEFAULT_USERNAME: &str = "iot_device@example.com";
