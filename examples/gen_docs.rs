@@ -1,7 +1,7 @@
 //! Writes the man page and the bash, zsh and fish completions of `profilo-gateway`, generated
 //! from its clap definitions, into a directory:
 //!
-//!     cargo run --example gen_docs -- target/release/gen-docs
+//!     cargo run --example gen_docs -- target/gen-docs
 //!
 //! An example, not part of the binary: clap_mangen and clap_complete are dev-dependencies, so
 //! the daemon on the Pi does not carry them. `scripts/cross-build.sh --deb` runs it before

@@ -130,9 +130,8 @@ for target in "${targets[@]}"; do
     line="$target: ${secs}s, $bin $size bytes ($((size / 1024)) KiB), needs ${glibc:-?}"
     if [ $deb -eq 1 ]; then
         # The man page and the completions (examples/gen_docs.rs, run on the host) go where
-        # the assets list of Cargo.toml expects them: next to this target's binary.
-        cargo run --quiet --locked --example gen_docs -- \
-            "$CARGO_TARGET_DIR/$target/release/gen-docs" >/dev/null
+        # the assets list of Cargo.toml expects them, whatever the target.
+        cargo run --quiet --locked --example gen_docs -- target/gen-docs >/dev/null
         # cargo-deb prints the path of the package it wrote.
         pkg=$(cargo deb --no-build --no-strip --target "$target" | tail -1)
         line="$line; package $pkg"
