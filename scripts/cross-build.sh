@@ -129,6 +129,9 @@ for target in "${targets[@]}"; do
         grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1 || true)
     line="$target: ${secs}s, $bin $size bytes ($((size / 1024)) KiB), needs ${glibc:-?}"
     if [ $deb -eq 1 ]; then
+        # The man page and the completions (examples/gen_docs.rs, run on the host) go where
+        # the assets list of Cargo.toml expects them, whatever the target.
+        cargo run --quiet --locked --example gen_docs -- target/gen-docs >/dev/null
         # cargo-deb prints the path of the package it wrote.
         pkg=$(cargo deb --no-build --no-strip --target "$target" | tail -1)
         line="$line; package $pkg"

@@ -15,6 +15,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+#[allow(dead_code)] // its main() is the example's; tests/gen_docs.rs checks the rest
+#[path = "../examples/gen_docs.rs"]
+mod gen_docs;
 
 const UNIT_NAME: &str = "profilo-gateway.service";
 const SHIPPED_EXEC: &str = "/usr/bin/profilo-gateway";
@@ -26,9 +31,22 @@ fn unit_path() -> PathBuf {
         .join(UNIT_NAME)
 }
 
+/// A MANPATH with the generated man page where the .deb puts it (man1/): `verify` runs
+/// `man profilo-gateway(1)` for the unit's `Documentation=man:` line and complains without it.
+fn man_path() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        gen_docs::generate(&dir.path().join("man1")).expect("generate the man page");
+        dir
+    })
+    .path()
+}
+
 fn systemd_analyze(args: &[&str]) -> Output {
     match Command::new("systemd-analyze")
         .args(args)
+        .env("MANPATH", man_path())
         // No pager, no colours, no attempt to talk to a running manager's bus.
         .env("SYSTEMD_PAGER", "cat")
         .env("SYSTEMD_COLORS", "0")
