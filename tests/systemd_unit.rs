@@ -159,16 +159,20 @@ fn verify_of_the_shipped_unit_complains_at_most_of_the_missing_binary() {
     );
 }
 
+/// The unit's lines, trimmed, without its comments.
+fn settings(unit: &str) -> Vec<&str> {
+    unit.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect()
+}
+
 /// The settings the daemon and the package rely on; a refactor of the unit
 /// must not drop them silently.
 #[test]
 fn unit_keeps_the_contract() {
     let unit = std::fs::read_to_string(unit_path()).expect("read the shipped unit");
-    let lines: Vec<&str> = unit
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with('#'))
-        .collect();
+    let lines = settings(&unit);
     for expected in [
         "Type=notify",
         "NotifyAccess=main",
@@ -208,11 +212,7 @@ fn unit_keeps_the_contract() {
 #[test]
 fn unit_limits_memory_cores_and_binding() {
     let unit = std::fs::read_to_string(unit_path()).expect("read the shipped unit");
-    let lines: Vec<&str> = unit
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with('#'))
-        .collect();
+    let lines = settings(&unit);
     for expected in ["LimitCORE=0", "SocketBindDeny=any"] {
         assert!(lines.contains(&expected), "{UNIT_NAME} lacks `{expected}`");
     }

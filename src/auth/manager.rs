@@ -719,6 +719,24 @@ mod tests {
         url
     }
 
+    /// A fake server serving access tokens of `access_lifetime_s`, its URL, and a
+    /// directory for the manager's password file.
+    struct Fixture {
+        server: Arc<FakeServer>,
+        url: String,
+        dir: tempfile::TempDir,
+    }
+
+    async fn fixture(access_lifetime_s: i64) -> Fixture {
+        let server = Arc::new(FakeServer::default());
+        server
+            .access_lifetime_s
+            .store(access_lifetime_s, Ordering::SeqCst);
+        let url = serve(server.clone()).await;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        Fixture { server, url, dir }
+    }
+
     /// `n` callers asking for a token at once: whether each got one.
     async fn concurrent_access(m: &Arc<TokenManager>, n: usize) -> Vec<bool> {
         let calls: Vec<_> = (0..n)
@@ -834,10 +852,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_callers_at_expiry_cause_one_refresh() {
-        let server = Arc::new(FakeServer::default());
-        server.access_lifetime_s.store(2, Ordering::SeqCst);
-        let url = serve(server.clone()).await;
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let Fixture { server, url, dir } = fixture(2).await;
         let m = Arc::new(manager(&url, Clock::system(), dir.path()));
         assert!(m.access_token().await.is_ok());
         // Lifetime 2 s, margin 1 s: after 1.1 s every caller finds the token due.
@@ -870,10 +885,8 @@ mod tests {
             // Usable but due on arrival: a margin longer than a life with no iat.
             (claims(now + 3, None), Some(Duration::from_secs(3600))),
         ] {
-            let server = Arc::new(FakeServer::default());
+            let Fixture { server, url, dir } = fixture(0).await;
             *lock(&server.access_claims) = Some(payload.clone());
-            let url = serve(server.clone()).await;
-            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
             let mut m = manager(&url, Clock::system(), dir.path());
             m.settings.refresh_margin = margin;
             for _ in 0..50 {
@@ -893,10 +906,7 @@ mod tests {
     async fn a_device_clock_years_off_neither_loops_nor_uses_expired_tokens() {
         let year_ms = 365 * 86_400_000;
         for skew in [year_ms, -year_ms] {
-            let server = Arc::new(FakeServer::default());
-            server.access_lifetime_s.store(60, Ordering::SeqCst);
-            let url = serve(server.clone()).await;
-            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let Fixture { server, url, dir } = fixture(60).await;
             let m = manager(&url, Clock::with_skew_ms(skew), dir.path());
             for _ in 0..100 {
                 assert!(m.access_token().await.is_ok());
@@ -927,10 +937,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_refresh_leads_to_a_fresh_login_and_a_rejected_token_is_renewed_once() {
-        let server = Arc::new(FakeServer::default());
-        server.access_lifetime_s.store(60, Ordering::SeqCst);
-        let url = serve(server.clone()).await;
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let Fixture { server, url, dir } = fixture(60).await;
         let m = manager(&url, Clock::system(), dir.path());
         let first = m.access_token().await.unwrap_or_else(|e| panic!("{e}"));
         // The server blacklists everything (logout, admin action).
@@ -951,10 +958,7 @@ mod tests {
             Fault::BadBody,
             Fault::Slow(Duration::from_secs(2)),
         ] {
-            let server = Arc::new(FakeServer::default());
-            server.access_lifetime_s.store(60, Ordering::SeqCst);
-            let url = serve(server.clone()).await;
-            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let Fixture { server, url, dir } = fixture(60).await;
             let mut m = manager(&url, Clock::system(), dir.path());
             m.api = api(&url, Duration::from_millis(500));
             logged_in_and_due(&m).await;
@@ -974,10 +978,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refresh_that_never_left_keeps_its_token_and_its_success_ends_the_failure() {
-        let server = Arc::new(FakeServer::default());
-        server.access_lifetime_s.store(60, Ordering::SeqCst);
-        let url = serve(server.clone()).await;
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let Fixture { server, url, dir } = fixture(60).await;
         let mut m = manager(&url, Clock::system(), dir.path());
         let log = Captured::default();
         let _guard = log.install();
@@ -1007,10 +1008,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn callers_queued_behind_a_failed_refresh_wait_for_the_backoff() {
-        let server = Arc::new(FakeServer::default());
-        server.access_lifetime_s.store(60, Ordering::SeqCst);
-        let url = serve(server.clone()).await;
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let Fixture { server, url, dir } = fixture(60).await;
         // A first wait of 2-4 s: every caller below arrives within it.
         let m = Arc::new(manager_with(
             &url,
@@ -1029,10 +1027,7 @@ mod tests {
 
     #[tokio::test]
     async fn renewal_failures_back_off_with_growth_and_retry_after_is_capped() {
-        let server = Arc::new(FakeServer::default());
-        server.access_lifetime_s.store(60, Ordering::SeqCst);
-        let url = serve(server.clone()).await;
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let Fixture { server, url, dir } = fixture(60).await;
         let m = manager(&url, Clock::system(), dir.path());
         logged_in_and_due(&m).await;
         // A failed refresh, then failed logins: one backoff, growing (base 100 ms, cap 1 s,
@@ -1078,10 +1073,7 @@ mod tests {
     async fn a_wall_clock_step_after_install_changes_no_deadline() {
         // Forward: NTP sets a clock that was an hour behind. The token is as fresh as it
         // was; the old wall-clock judgement saw it expired and refreshed at once.
-        let server = Arc::new(FakeServer::default());
-        server.access_lifetime_s.store(60, Ordering::SeqCst);
-        let url = serve(server.clone()).await;
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let Fixture { server, url, dir } = fixture(60).await;
         let mut m = manager(&url, Clock::system(), dir.path());
         assert!(m.access_token().await.is_ok());
         m.clock = Clock::with_skew_ms(3_600_000);
@@ -1096,9 +1088,7 @@ mod tests {
         assert!(m.renew_in().await <= Duration::from_secs(60));
 
         // Backward: the token still ages; the old judgement thought it fresh for an hour.
-        let server = Arc::new(FakeServer::default());
-        server.access_lifetime_s.store(2, Ordering::SeqCst);
-        let url = serve(server.clone()).await;
+        let Fixture { server, url, .. } = fixture(2).await;
         let mut m = manager(&url, Clock::system(), dir.path());
         assert!(m.access_token().await.is_ok());
         m.clock = Clock::with_skew_ms(-3_600_000);
