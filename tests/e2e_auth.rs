@@ -835,8 +835,11 @@ fn e_device_clock_one_year_behind_no_refresh_or_401_storm() {
         Duration::from_secs(180),
         |gw| {
             let s = server.stats();
+            // A storm is many refreshes a second; a slow drain on a loaded machine is
+            // one per token lifetime for as long as it lasts: bound by the time taken.
+            let lifetimes = logged_in.elapsed().as_secs_f64() / LIFETIME.as_secs_f64();
             check!(
-                s.data_401 <= 2 && s.refresh_ok <= 100,
+                s.data_401 <= 2 && (s.refresh_ok as f64) <= 2.0 * lifetimes + 10.0,
                 &server,
                 gw,
                 "a 401 or refresh storm with the clock a year behind"
