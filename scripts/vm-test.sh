@@ -19,7 +19,8 @@
 #                     few seconds, else TCG), kvm or tcg.
 #   VM_TEST_MIRROR    Debian mirror for debootstrap (default: the host's apt
 #                     source for bookworm main).
-#   VM_TEST_TIMEOUT   seconds the guest may run (default 600).
+#   VM_TEST_TIMEOUT   seconds the guest may run (default 1200: about 4 minutes
+#                     on a quiet 2-core machine under TCG, far more on a busy one).
 #   VM_TEST_REUSE_DEBS=1  skip the build, reuse the packages of the last run
 #                     (to iterate on the guest's checks).
 #
@@ -51,7 +52,7 @@ IMAGE_RECIPE=1
 PENDING=" ${VM_TEST_PENDING-reload} "
 LINTIAN_PENDING=" ${VM_TEST_LINTIAN_PENDING-no-manual-page} "
 ACCEL="${VM_TEST_ACCEL:-auto}"
-GUEST_TIMEOUT="${VM_TEST_TIMEOUT:-600}"
+GUEST_TIMEOUT="${VM_TEST_TIMEOUT:-1200}"
 for arg in "$@"; do
     case "$arg" in
         -h | --help)
@@ -316,8 +317,8 @@ rm -rf "$P" "$ROOTFS/var/log/vm-test-results"
 mkdir -p "$P/debs" "$P/server"
 cp "$DEB1" "$DEB2" "$P/debs/"
 printf 'V1=%q\nV2=%q\nDEB1=%q\nDEB2=%q\n' "$V1" "$V2" "$(basename "$DEB1")" "$(basename "$DEB2")" >"$P/versions"
-cp scripts/vm-guest/checks.sh scripts/vm-guest/ctl.py "$P/"
-chmod 755 "$P/checks.sh" "$P/ctl.py"
+cp scripts/vm-guest/checks.sh "$P/"
+chmod 755 "$P/checks.sh"
 cp -al "$SITE" "$P/site-packages"
 cp -r tests/server/manage.py tests/server/profilo_server tests/server/readings \
     tests/server/template.sqlite3 "$P/server/"
