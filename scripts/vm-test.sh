@@ -183,7 +183,7 @@ echo "packages: $DEB1 ($V1), $DEB2 ($V2)"
 
 phase "lintian"
 lintian_out="$(lintian --tag-display-limit 0 "$DEB1" 2>&1 || true)"
-sed 's/^/  /' <<<"$lintian_out"
+while IFS= read -r line; do echo "  $line"; done <<<"$lintian_out"
 # "E: pkg: tag ..." and "W: pkg: tag ..." lines; tags in LINTIAN_PENDING are
 # tolerated for now and said so.
 bad=()
@@ -275,17 +275,23 @@ if [ -f "$ROOTFS/.vm-test-complete" ]; then
 else
     build_rootfs
 fi
-KERNEL="$(ls "$ROOTFS"/boot/vmlinuz-* | sort -V | tail -1)"
+kernels=("$ROOTFS"/boot/vmlinuz-*)
+KERNEL="${kernels[-1]}"
 INITRD="$ROOTFS/boot/initrd.img-${KERNEL##*/vmlinuz-}"
 
 # ---- disk ---------------------------------------------------------------------------
 phase "disk image (payload + mkfs.ext4 -d)"
-VENV_SITE="$(ls -d "$ROOT"/tests/server/.venv/lib/python3*/site-packages 2>/dev/null | head -1 || true)"
+venv_site() {
+    local sites=("$ROOT"/tests/server/.venv/lib/python3*/site-packages)
+    [ -d "${sites[0]}" ] && echo "${sites[0]}"
+}
+VENV_SITE="$(venv_site || true)"
 if [ -z "$VENV_SITE" ] || [ ! -f "$ROOT/tests/server/template.sqlite3" ]; then
     bash scripts/setup-test-env.sh
-    VENV_SITE="$(ls -d "$ROOT"/tests/server/.venv/lib/python3*/site-packages | head -1)"
+    VENV_SITE="$(venv_site)"
 fi
-guest_py="$(basename "$(ls -d "$ROOTFS"/usr/lib/python3.[0-9]* | sort -V | tail -1)")"
+pythons=("$ROOTFS"/usr/lib/python3.[0-9]*)
+guest_py="$(basename "${pythons[-1]}")"
 if [ "$(basename "$(dirname "$VENV_SITE")")" != "$guest_py" ]; then
     echo "vm-test: the test venv is $(basename "$(dirname "$VENV_SITE")"), the guest has $guest_py:" \
         "its pure-Python packages may not fit (rebuild the venv with PYTHON=$guest_py)" >&2
