@@ -13,8 +13,8 @@
 #                     the daemon yet). Such a check prints PENDING and counts as
 #                     neither passed nor failed; if it passes, it prints XPASS: take
 #                     it off the list. VM_TEST_PENDING="" makes every check count.
-#   VM_TEST_LINTIAN_PENDING  lintian tags tolerated for now (default
-#                     "no-manual-page": the man page is being added).
+#   VM_TEST_LINTIAN_PENDING  lintian tags tolerated for now (default ""):
+#                     a tag whose fix has not landed yet.
 #   VM_TEST_ACCEL     auto (default: KVM when it boots the guest kernel within a
 #                     few seconds, else TCG), kvm or tcg.
 #   VM_TEST_MIRROR    Debian mirror for debootstrap (default: the host's apt
