@@ -213,7 +213,9 @@ impl Queue {
             return Ok(Enqueued::default());
         }
         self.atomically(|conn| {
-            let (to_insert, mut dropped) = self.make_room(conn, readings)?;
+            let (kept, mut dropped) = self.make_room(conn, readings)?;
+            let to_insert = &readings[kept.clone()];
+            let clocks = origin.map(|(boot, c)| (boot, c.get(kept).unwrap_or_default()));
             let mut stmt = conn.prepare_cached(
                 "INSERT INTO readings (captured_at_ms, fields, boot_id, monotonic_ms, clock_synced)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -225,7 +227,7 @@ impl Queue {
                     id: 0,
                     detail: e.to_string(),
                 })?;
-                let (boot, mono, synced) = match origin.and_then(|(b, c)| Some((b, c.get(i)?))) {
+                let (boot, mono, synced) = match clocks.and_then(|(b, c)| Some((b, c.get(i)?))) {
                     Some((boot, c)) => (Some(boot), Some(c.monotonic_ms), c.synced),
                     None => (None, None, true),
                 };
