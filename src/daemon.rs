@@ -48,6 +48,8 @@ pub enum DaemonError {
     Sensors(#[from] crate::sensors::SensorError),
     #[error("api: {0}")]
     Api(#[from] crate::api::ApiError),
+    #[error(transparent)]
+    Lock(#[from] crate::queue::lock::LockError),
     #[error("cannot start {what}: {source}")]
     Start {
         what: &'static str,
@@ -94,7 +96,8 @@ impl Deps {
     }
 }
 
-/// Runs the gateway in the foreground until SIGTERM or SIGINT.
+/// Runs the gateway in the foreground until SIGTERM or SIGINT, the only daemon on its
+/// queue (see `queue::lock`).
 pub fn run(config: &Config) -> Result<(), DaemonError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -123,6 +126,8 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
             shutdown.cancel();
         }
     });
+    // Before the sensors are opened: a second daemon must not touch the chips either.
+    let _lock = crate::queue::lock::RunLock::acquire(&config.queue.path)?;
     let deps = Deps::from_config(config)?;
     runtime.block_on(serve(deps, shutdown))
 }

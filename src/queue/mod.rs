@@ -15,6 +15,7 @@
 //! - `bounds`: `max_readings` / `max_bytes`, the overflow policy, byte accounting.
 //! - `redate`: correcting capture times taken before the clock was synchronised.
 //! - `dead`: dead letters and the quarantine of unreadable rows.
+//! - [`lock`]: one daemon per queue (`<queue>.lock`).
 //! - `stats`: counters, daemon status and the figures of `queue stats`.
 //! - `writer`: the queue thread (group commit, the handle the sampler and uploader use).
 
@@ -27,6 +28,7 @@ use crate::reading::Reading;
 
 mod bounds;
 mod dead;
+pub mod lock;
 mod redate;
 mod schema;
 mod stats;
