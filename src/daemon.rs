@@ -48,6 +48,9 @@ pub enum DaemonError {
     Sensors(#[from] crate::sensors::SensorError),
     #[error("api: {0}")]
     Api(#[from] crate::api::ApiError),
+    /// The queue thread gave up on the queue: exiting non-zero gets the service restarted.
+    #[error("stopped: {0}")]
+    QueueBroken(String),
     #[error(transparent)]
     Lock(#[from] crate::queue::lock::LockError),
     #[error("cannot start {what}: {source}")]
@@ -162,6 +165,8 @@ pub async fn serve(deps: Deps, shutdown: CancellationToken) -> Result<(), Daemon
                 source,
             })?;
 
+    let queue_heartbeat = store.heartbeat.clone();
+    let queue_broken = store.broken();
     let sampler_heartbeat = Heartbeat::new();
     let uploader_heartbeat = Heartbeat::new();
     let stop_sampler = Stop::new();
@@ -219,6 +224,7 @@ pub async fn serve(deps: Deps, shutdown: CancellationToken) -> Result<(), Daemon
         vec![
             ("sampler", sampler_heartbeat),
             ("uploader", uploader_heartbeat),
+            ("queue", queue_heartbeat),
         ],
         stall_after(config.api.request_timeout),
         cancel.child_token(),
@@ -239,7 +245,10 @@ pub async fn serve(deps: Deps, shutdown: CancellationToken) -> Result<(), Daemon
     }
     tracing::info!("ready");
 
-    shutdown.cancelled().await;
+    let broken = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        reason = queue_broken.wait() => Some(reason),
+    };
     tracing::info!("stopping: finishing in-flight uploads, closing the queue");
     let _ = notifier.stopping();
     cancel.cancel();
@@ -272,7 +281,10 @@ pub async fn serve(deps: Deps, shutdown: CancellationToken) -> Result<(), Daemon
         tracing::error!("cannot wait for the sampler and queue threads to stop");
     }
     tracing::info!("stopped");
-    Ok(())
+    match broken {
+        Some(reason) => Err(DaemonError::QueueBroken(reason)),
+        None => Ok(()),
+    }
 }
 
 /// Holds SIGTERM and SIGINT pending from the very start of the process until `run` has

@@ -102,3 +102,96 @@ fn a_second_run_on_the_same_queue_is_refused_and_the_queue_commands_still_work()
     let exit = gw.sigterm(STOP_WAIT);
     assert!(exit.status.success(), "{}", exit.status);
 }
+
+/// Waits for the daemon to end on its own after its queue broke; panics unless it exits
+/// non-zero within a generous bound.
+fn exits_with_failure(gw: &mut Gateway, what: &str) {
+    // The file is checked every 10 s; failing writes are given up after 30 s.
+    let status = gw.wait_exit(Duration::from_secs(90)).unwrap_or_else(|| {
+        panic!(
+            "the daemon still runs 90 s after {what}\n{}",
+            tail(&gw.log_text(), 30)
+        )
+    });
+    assert!(
+        !status.success(),
+        "exit 0 after {what}: systemd would not restart it"
+    );
+    let log = gw.log_text();
+    assert!(
+        log.contains("the queue cannot be used any more"),
+        "no log line saying why after {what}\n{}",
+        tail(&log, 30)
+    );
+}
+
+/// Restarts the daemon and waits for more readings on the server.
+fn recovers(gw: &mut Gateway, server: &TestServer, what: &str) {
+    let before = server.stats().data_ok;
+    gw.spawn();
+    gw.wait_for(what, Duration::from_secs(30), |_| {
+        server.stats().data_ok >= before + 5
+    });
+}
+
+#[test]
+fn a_queue_deleted_or_corrupted_under_the_daemon_ends_it_non_zero_and_a_restart_recovers() {
+    let server = TestServer::with_device(Duration::from_secs(30));
+    let mut gw = gateway(&server.base_url());
+    let queue = gw.queue_path();
+
+    // A backlog (the server out of reach) that a stop checkpoints into the file: the
+    // oldest rows then sit in pages no later write touches, as on a card that has run
+    // for a while, and damage there is real damage (a young queue lives in its WAL).
+    gw.set_base_url(&refused_url());
+    gw.set_interval("10ms");
+    gw.spawn();
+    gw.wait_for("a backlog of 300 readings", Duration::from_secs(60), |gw| {
+        gw.queue_counts().pending >= 300
+    });
+    let exit = gw.sigterm(STOP_WAIT);
+    assert!(exit.status.success(), "{}", exit.status);
+    gw.spawn();
+    gw.wait_for("the daemon back up", Duration::from_secs(30), |gw| {
+        gw.log_text()
+            .matches("INFO profilo_gateway::daemon: ready")
+            .count()
+            >= 2
+    });
+    let len = fs::metadata(&queue).expect("queue file").len() as usize;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&queue)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &vec![0x5a; len]))
+        .expect("overwrite the queue");
+    exits_with_failure(&mut gw, "the queue file was overwritten");
+    gw.set_base_url(&server.base_url());
+    gw.set_interval("100ms");
+    recovers(
+        &mut gw,
+        &server,
+        "uploads from a fresh queue after the corrupt one",
+    );
+    assert!(
+        fs::read_dir(gw.dir())
+            .expect("dir")
+            .filter_map(Result::ok)
+            .any(|e| e
+                .file_name()
+                .to_string_lossy()
+                .starts_with("queue.db.corrupt-")),
+        "the corrupt queue was not moved aside"
+    );
+
+    // Deleted (an operator's `rm`, a clean-up script).
+    fs::remove_file(&queue).expect("delete the queue");
+    exits_with_failure(&mut gw, "the queue file was deleted");
+    recovers(
+        &mut gw,
+        &server,
+        "uploads from a fresh queue after the deleted one",
+    );
+    assert_eq!(integrity_check(&queue), "ok");
+    let exit = gw.sigterm(STOP_WAIT);
+    assert!(exit.status.success(), "{}", exit.status);
+}

@@ -16,6 +16,7 @@
 //! - `redate`: correcting capture times taken before the clock was synchronised.
 //! - `dead`: dead letters and the quarantine of unreadable rows.
 //! - [`lock`]: one daemon per queue (`<queue>.lock`).
+//! - [`health`]: noticing a queue that broke while the daemon runs, and when to give up.
 //! - `stats`: counters, daemon status and the figures of `queue stats`.
 //! - `writer`: the queue thread (group commit, the handle the sampler and uploader use).
 
@@ -28,6 +29,7 @@ use crate::reading::Reading;
 
 mod bounds;
 mod dead;
+pub mod health;
 pub mod lock;
 mod redate;
 mod schema;
@@ -68,6 +70,8 @@ pub enum QueueError {
     Sql(#[from] rusqlite::Error),
     #[error("stored reading {id} is unreadable: {detail}")]
     BadRow { id: i64, detail: String },
+    #[error("queue {path} is gone from under the daemon ({detail}): nothing written since is kept; restarting starts a fresh queue there")]
+    Vanished { path: PathBuf, detail: String },
     #[error("queue {path} is corrupt ({detail}); this command left it as it is: restart the daemon (systemctl restart profilo-gateway), which moves a corrupt queue aside and starts a fresh one")]
     CorruptNotMoved { path: PathBuf, detail: String },
 }
