@@ -195,3 +195,75 @@ fn a_queue_deleted_or_corrupted_under_the_daemon_ends_it_non_zero_and_a_restart_
     let exit = gw.sigterm(STOP_WAIT);
     assert!(exit.status.success(), "{}", exit.status);
 }
+
+#[test]
+fn capture_times_out_of_range_abort_neither_the_commands_nor_the_daemon_and_become_dead_letters() {
+    let server = TestServer::with_device(Duration::from_secs(30));
+    let mut gw = gateway(&refused_url());
+    gw.spawn();
+    gw.wait_for("10 readings queued", Duration::from_secs(30), |gw| {
+        gw.queue_counts().pending >= 10
+    });
+    let exit = gw.sigterm(STOP_WAIT);
+    assert!(exit.status.success(), "{}", exit.status);
+    // Bits flipped on the SD card: one capture time past year 9999, one before 1970.
+    let conn = rusqlite::Connection::open(gw.queue_path()).expect("open the queue");
+    let ids: Vec<i64> = conn
+        .prepare("SELECT id FROM readings ORDER BY id LIMIT 2")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .expect("two ids");
+    conn.execute(
+        "UPDATE readings SET captured_at_ms = ?1 WHERE id = ?2",
+        [i64::MAX, ids[0]],
+    )
+    .expect("damage one row");
+    conn.execute(
+        "UPDATE readings SET captured_at_ms = ?1 WHERE id = ?2",
+        [-86_400_000, ids[1]],
+    )
+    .expect("damage another");
+    drop(conn);
+    let pending = gw.queue_counts().pending;
+
+    for args in [
+        &["queue", "stats"][..],
+        &["queue", "stats", "--json"],
+        &["queue", "list"],
+        &["queue", "list", "--json"],
+        &["queue", "export"],
+        &["queue", "export", "--format", "csv"],
+    ] {
+        let (status, stdout, stderr) = gw.cli(args);
+        assert!(
+            status.success(),
+            "`{}` failed ({status})\nstdout: {stdout}\nstderr: {stderr}",
+            args.join(" ")
+        );
+    }
+    assert_eq!(gw.queued_readings().len() as u64, pending - 2);
+
+    gw.set_base_url(&server.base_url());
+    gw.spawn();
+    gw.wait_for(
+        "the sound readings uploaded",
+        Duration::from_secs(30),
+        |gw| gw.queue_counts().uploaded_total >= pending - 2,
+    );
+    let dead = gw.queue_dead();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for d in &dead {
+        assert_eq!(d["status"], 0, "{d}");
+        let why = d["response"].as_str().unwrap_or_default();
+        assert!(why.contains("out of range"), "{d}");
+    }
+    for args in [
+        &["queue", "dead"][..],
+        &["queue", "export", "--dead"],
+        &["queue", "export", "--dead", "--format", "csv"],
+    ] {
+        gw.cli_ok(args);
+    }
+    gw.assert_running();
+    let exit = gw.sigterm(STOP_WAIT);
+    assert!(exit.status.success(), "{}", exit.status);
+}
