@@ -267,3 +267,74 @@ fn capture_times_out_of_range_abort_neither_the_commands_nor_the_daemon_and_beco
     let exit = gw.sigterm(STOP_WAIT);
     assert!(exit.status.success(), "{}", exit.status);
 }
+
+fn sighup(gw: &Gateway) {
+    let pid = gw.pid().expect("pid") as libc::pid_t;
+    // SAFETY: a plain syscall on our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+}
+
+#[test]
+fn sighup_never_kills_the_daemon_and_applies_a_new_log_level_and_a_corrected_password() {
+    let server = TestServer::with_device(Duration::from_secs(30));
+    let mut gw = Gateway::new(
+        &server.base_url(),
+        GatewayOptions {
+            password: "a-wrong-password".into(),
+            // No RUST_LOG: log.level rules.
+            rust_log: String::new(),
+            ..Default::default()
+        },
+    );
+    // Without a reload the next login would be ten minutes away.
+    gw.set_config_key("api", "login_backoff_base", "\"10m\"");
+    gw.set_config_key("api", "login_backoff_max", "\"10m\"");
+    gw.set_config_key("log", "level", "\"warn\"");
+    gw.spawn();
+    gw.wait_for("the login refused", Duration::from_secs(30), |gw| {
+        gw.log_text().contains("login refused")
+    });
+    assert!(
+        !gw.log_text().contains(" DEBUG "),
+        "warn level logs no debug"
+    );
+
+    gw.write_password(DEFAULT_PASSWORD);
+    gw.set_config_key("log", "level", "\"debug\"");
+    sighup(&gw);
+    gw.wait_for(
+        "readings uploaded with the corrected password",
+        Duration::from_secs(60),
+        |_| server.stats().data_ok >= 5,
+    );
+    gw.wait_for("debug lines", Duration::from_secs(30), |gw| {
+        gw.log_text().contains(" DEBUG ")
+    });
+    let log = gw.log_text();
+    for said in [
+        "reload: log level set",
+        "the password comes from the password file",
+        "reload done",
+    ] {
+        assert!(log.contains(said), "no {said:?} in\n{}", tail(&log, 30));
+    }
+    assert!(
+        !log.contains(DEFAULT_PASSWORD),
+        "the password is never logged"
+    );
+
+    // A configuration that does not load is refused; the daemon goes on as it was.
+    let good = gw.config_text();
+    gw.set_config("this is not toml [");
+    sighup(&gw);
+    gw.wait_for("the refused reload said", Duration::from_secs(30), |gw| {
+        gw.log_text().contains("cannot reload")
+    });
+    gw.set_config(&good);
+    let before = server.stats().data_ok;
+    gw.wait_for("uploads going on", Duration::from_secs(30), |_| {
+        server.stats().data_ok >= before + 5
+    });
+    let exit = gw.sigterm(STOP_WAIT);
+    assert!(exit.status.success(), "{}", exit.status);
+}
