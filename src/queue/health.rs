@@ -152,22 +152,16 @@ mod tests {
 
     #[test]
     fn a_full_disk_is_waited_out_corruption_ends_at_once_other_errors_after_a_while() {
-        assert_eq!(
-            Fault::of(&sql_error(rusqlite::ffi::SQLITE_FULL)),
-            Fault::DiskFull
-        );
-        assert_eq!(
-            Fault::of(&sql_error(rusqlite::ffi::SQLITE_CORRUPT)),
-            Fault::Broken
-        );
-        assert_eq!(
-            Fault::of(&sql_error(rusqlite::ffi::SQLITE_NOTADB)),
-            Fault::Broken
-        );
-        assert_eq!(
-            Fault::of(&sql_error(rusqlite::ffi::SQLITE_IOERR)),
-            Fault::Other
-        );
+        use rusqlite::ffi;
+        for (code, fault) in [
+            (ffi::SQLITE_FULL, Fault::DiskFull),
+            (ffi::SQLITE_CORRUPT, Fault::Broken),
+            (ffi::SQLITE_NOTADB, Fault::Broken),
+            (ffi::SQLITE_IOERR, Fault::Other),
+            (ffi::SQLITE_BUSY, Fault::Other),
+        ] {
+            assert_eq!(Fault::of(&sql_error(code)), fault, "code {code}");
+        }
         let t0 = Instant::now();
         let mut f = Failures::default();
         assert!(f.feeds_watchdog());

@@ -648,6 +648,28 @@ mod tests {
         Ok((dir, config, store, thread))
     }
 
+    /// Like `started`, committing every 20 ms, whose writes give up waiting for another
+    /// writer's lock after 100 ms: a test's blocker makes every commit fail quickly.
+    fn started_contended() -> Result<Started, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let config = QueueConfig {
+            path: dir.path().join("q.db"),
+            ..QueueConfig::default()
+        };
+        let queue = Queue::open(&config).map_err(|e| e.to_string())?;
+        queue
+            .set_busy_timeout(Duration::from_millis(100))
+            .map_err(|e| e.to_string())?;
+        let (store, thread) = spawn(
+            queue,
+            Duration::from_millis(20),
+            "boot".into(),
+            Clock::system(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok((dir, config, store, thread))
+    }
+
     #[tokio::test]
     async fn readings_are_committed_in_groups_and_settled() -> Result<(), String> {
         let (_dir, config, store, thread) = started(Duration::from_millis(20))?;
@@ -683,22 +705,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_ack_commit_blocks_new_drains_until_it_is_on_disk() -> Result<(), String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let config = QueueConfig {
-            path: dir.path().join("q.db"),
-            ..QueueConfig::default()
-        };
-        let queue = Queue::open(&config).map_err(|e| e.to_string())?;
-        queue
-            .set_busy_timeout(Duration::from_millis(100))
-            .map_err(|e| e.to_string())?;
-        let (store, thread) = spawn(
-            queue,
-            Duration::from_millis(20),
-            "boot".into(),
-            Clock::system(),
-        )
-        .map_err(|e| e.to_string())?;
+        let (_dir, config, store, thread) = started_contended()?;
         for ms in 0..10 {
             store.enqueue(captured(ms)).map_err(|e| e.to_string())?;
         }
@@ -741,23 +748,7 @@ mod tests {
     #[tokio::test]
     async fn the_heartbeat_stops_while_commits_fail_and_beats_again_once_they_work(
     ) -> Result<(), String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let path = dir.path().join("q.db");
-        let queue = Queue::open(&QueueConfig {
-            path: path.clone(),
-            ..QueueConfig::default()
-        })
-        .map_err(|e| e.to_string())?;
-        queue
-            .set_busy_timeout(Duration::from_millis(100))
-            .map_err(|e| e.to_string())?;
-        let (store, thread) = spawn(
-            queue,
-            Duration::from_millis(20),
-            "boot".into(),
-            Clock::system(),
-        )
-        .map_err(|e| e.to_string())?;
+        let (_dir, config, store, thread) = started_contended()?;
         let silence = || store.heartbeat.since_last_beat(tokio::time::Instant::now());
         let poll = |want: &'static str, ok: &dyn Fn() -> bool| {
             let t0 = Instant::now();
@@ -770,7 +761,7 @@ mod tests {
             silence() < Duration::from_millis(1500)
         });
         // Another writer holds the lock: every commit fails (not a full disk).
-        let blocker = rusqlite::Connection::open(&path).map_err(|e| e.to_string())?;
+        let blocker = rusqlite::Connection::open(&config.path).map_err(|e| e.to_string())?;
         blocker
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(|e| e.to_string())?;
