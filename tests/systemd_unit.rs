@@ -177,6 +177,8 @@ fn unit_keeps_the_contract() {
         "Type=notify",
         "NotifyAccess=main",
         "ExecStart=/usr/bin/profilo-gateway --config /etc/profilo-gateway/config.toml run",
+        // `systemctl reload` re-reads the log level and the password sources.
+        "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
         // A year unattended: a failing start is retried for ever, never left `failed`.
         "StartLimitIntervalSec=0",

@@ -75,7 +75,8 @@ struct State {
 pub struct TokenManager {
     api: Api,
     username: Option<String>,
-    passwords: Option<PasswordSources>,
+    /// Replaced on SIGHUP (`set_passwords`); read at every login.
+    passwords: std::sync::Mutex<Option<PasswordSources>>,
     clock: Clock,
     settings: AuthSettings,
     state: Mutex<State>,
@@ -122,7 +123,7 @@ impl TokenManager {
         TokenManager {
             api,
             username,
-            passwords,
+            passwords: std::sync::Mutex::new(passwords),
             clock,
             settings,
             state: Mutex::new(State {
@@ -154,6 +155,21 @@ impl TokenManager {
                 Ok(access.token.secret.clone())
             }
             _ => renewed,
+        }
+    }
+
+    /// New password sources (SIGHUP). After failed renewals the next one starts at once,
+    /// not at the end of the backoff the old password earned: a corrected password is
+    /// used at the next login.
+    pub async fn set_passwords(&self, passwords: Option<PasswordSources>) {
+        *self
+            .passwords
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = passwords;
+        let mut st = self.state.lock().await;
+        if st.last_failure.is_some() {
+            st.backoff.reset();
+            st.next_attempt_at = None;
         }
     }
 
@@ -370,7 +386,12 @@ impl TokenManager {
     }
 
     async fn login(&self, st: &mut State, username: &str) -> Result<SecretString, AuthError> {
-        let password = match self.passwords.as_ref().map(|p| p.read()) {
+        let sources = self
+            .passwords
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let password = match sources.as_ref().map(|p| p.read()) {
             Some(Ok((password, _source))) => password,
             Some(Err(e)) => return Err(self.fail(st, e.to_string(), None, None)),
             None => return Err(self.fail(st, PasswordError::None.to_string(), None, None)),

@@ -51,7 +51,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway in the foreground (what the systemd service runs). Stops cleanly on
-    /// SIGTERM or SIGINT, leaving unsent readings queued.
+    /// SIGTERM or SIGINT, leaving unsent readings queued; on SIGHUP re-reads the log level
+    /// and the password sources.
     Run,
     /// Inspect and manage the reading queue. Works while the daemon runs.
     #[command(subcommand)]
@@ -125,7 +126,10 @@ pub fn error_report(e: &anyhow::Error) -> String {
 pub fn dispatch(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run => {
-            crate::daemon::run(&config)?;
+            let path = cli.config.clone();
+            crate::daemon::run(&config, move || {
+                load_config(path.clone()).map_err(|e| e.to_string())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue(q) => queue::run(q, &config),
