@@ -355,10 +355,18 @@ impl Uploader {
                         status: Some(401),
                     });
                 }
+                SendOutcome::Misdirected { status, detail } => {
+                    result.transient.get_or_insert(Failure {
+                        detail,
+                        retry_after: None,
+                        status: Some(status),
+                    });
+                }
                 SendOutcome::Transient {
                     status,
                     retry_after,
                     detail,
+                    ..
                 } => {
                     self.counters.transient.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(reading_id = id, status, "transient failure: {detail}");
@@ -449,6 +457,7 @@ impl Uploader {
                         status: None,
                         retry_after: None,
                         detail: e.to_string(),
+                        back_pressure: false,
                     },
                 );
             }
@@ -465,6 +474,7 @@ impl Uploader {
                     status: Some(401),
                     retry_after: None,
                     detail: e.to_string(),
+                    back_pressure: false,
                 },
             };
             if outcome == SendOutcome::Unauthorized {
@@ -473,10 +483,14 @@ impl Uploader {
                     status: Some(401),
                     retry_after: None,
                     detail: "server refused a freshly renewed token (401)".into(),
+                    back_pressure: false,
                 };
             }
         }
-        if matches!(outcome, SendOutcome::Transient { .. }) {
+        if matches!(
+            outcome,
+            SendOutcome::Transient { .. } | SendOutcome::Misdirected { .. }
+        ) {
             halt.store(true, Ordering::Relaxed);
         }
         Item::Done(stored.id, outcome)
