@@ -176,12 +176,7 @@ async fn serve(
         auth: auth.clone(),
         store: store.clone(),
         clock,
-        settings: UploadSettings {
-            concurrency: config.upload.concurrency,
-            batch_size: config.upload.batch_size,
-            backoff_base: config.upload.backoff_base,
-            backoff_max: config.upload.backoff_max,
-        },
+        settings: UploadSettings::from_config(&config.upload),
         heartbeat: uploader_hb.1.clone(),
         counters: upload_counters.clone(),
     };
