@@ -205,7 +205,7 @@ impl Uploader {
                             let answer = self.account(outcome, &mut failures, &mut published, now).await;
                             let got_through = matches!(answer, Answer::Accepted | Answer::Refused { .. });
                             if got_through {
-                                if let Some(line) = failures.succeeded(now) {
+                                for line in failures.succeeded(now) {
                                     self.say(line, None);
                                 }
                             }
@@ -233,9 +233,6 @@ impl Uploader {
                     let now = Instant::now();
                     match done {
                         Ok(()) => {
-                            if let Some(line) = failures.succeeded(now) {
-                                self.say(line, None);
-                            }
                             drain.committed(true, now);
                         }
                         Err(e) => {
@@ -258,7 +255,7 @@ impl Uploader {
                         // Readings may have come without a wake-up (another process).
                         drain.more_queued();
                     }
-                    if let Some(line) = failures.tick(Instant::now()) {
+                    for line in failures.tick(Instant::now()) {
                         self.say(line, None);
                     }
                 }

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use gateway::{Exit, Gateway, GatewayOptions, QueueCounts};
 pub use queue_tools::{integrity_check, refused_url, BlackHole, Tmpfs};
-pub use server::{Faults, Reading, ServerOptions, Stats, TestServer};
+pub use server::{Faults, Misbehave, Reading, ServerOptions, Stats, TestServer};
 
 /// The user that [`GatewayOptions::default`] logs in as.
 pub const DEFAULT_USERNAME: &str = "iot_device@example.com";
