@@ -1,28 +1,22 @@
-//! How many requests may be in flight: found, not configured. An AIMD controller in the
-//! manner of Vector's Adaptive Request Concurrency: one more request per window (about one
-//! round trip) that saw no back-pressure and used the whole limit, a multiplicative cut when
-//! the server pushes back (429, 503, no answer in time) or when the round trip grows well
-//! above its floor (the server queues our requests). The floor is the round trip of a
-//! request sent alone; when none was seen for a while the limit drops to one for a few
-//! answers to measure it again (Envoy's adaptive concurrency filter), so that a slower link
-//! is learnt and a slower server is noticed.
+//! How many requests may be in flight: found, not configured. An AIMD controller after
+//! Vector's Adaptive Request Concurrency: per window (about one round trip), one more
+//! request when the whole limit was in use, nothing pushed back and the round trip did not
+//! grow; a multiplicative cut when the server pushed back (429, 503, no answer in time) or
+//! when the window's round trip is well above the running mean of the past ones (mean +
+//! 2.5 standard deviations: the server started queueing our requests). Comparing with the
+//! recent past rather than an all-time floor means a link or a machine that is slower for
+//! a while is learnt within a few windows instead of pinning the limit at one.
 
 use std::time::{Duration, Instant};
 
 /// The cut on back-pressure or a long round trip (Vector's default `decrease_ratio`).
 const DECREASE: f64 = 0.9;
-/// A round trip is "well above its floor" past `floor * RTT_FACTOR + RTT_SLACK`: the slack
-/// keeps a loopback server's millisecond floor from forbidding any queueing at all.
-const RTT_FACTOR: f64 = 3.0;
-const RTT_SLACK: Duration = Duration::from_millis(20);
-/// The shortest window, so that a sub-millisecond floor does not make the limit jump.
-const MIN_WINDOW: Duration = Duration::from_millis(10);
-/// Weight of the newest window's mean round trip in the running mean.
+/// A window's round trip is "well above" the past ones beyond this many deviations.
+const RTT_DEVIATIONS: f64 = 2.5;
+/// Weight of the newest window in the running mean and variance (Vector's `ewma_alpha`).
 const EWMA_ALPHA: f64 = 0.4;
-/// The floor is measured again when no request went out alone for this long.
-const FLOOR_MAX_AGE: Duration = Duration::from_secs(60);
-/// Answers to requests sent alone that make a new floor.
-const FLOOR_SAMPLES: u32 = 5;
+/// The shortest window, so that a sub-millisecond round trip does not make the limit jump.
+const MIN_WINDOW: Duration = Duration::from_millis(10);
 
 /// `upload.concurrency`: adaptive up to a maximum, or pinned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,12 +29,8 @@ pub enum Mode {
 pub struct Concurrency {
     mode: Mode,
     limit: f64,
-    /// Round trip of a request sent alone, the lowest seen since it was last measured.
-    floor: Option<Duration>,
-    floor_at: Option<Instant>,
-    /// While re-measuring the floor: the limit to come back to, and samples still wanted.
-    measuring: Option<(f64, u32, Option<Duration>)>,
-    mean: Option<Duration>,
+    /// Running mean and variance of the windows' mean round trips, in seconds.
+    past: Option<(f64, f64)>,
     window: Window,
 }
 
@@ -76,25 +66,20 @@ impl Concurrency {
         Concurrency {
             mode,
             limit,
-            floor: None,
-            floor_at: None,
-            measuring: None,
-            mean: None,
+            past: None,
             window: Window::new(now),
         }
     }
 
     /// Requests that may be in flight now.
     pub fn limit(&self) -> usize {
-        if self.measuring.is_some() {
-            return 1;
-        }
         self.limit as usize
     }
 
-    /// The round trip below which the server is not queueing, when known.
-    pub fn floor(&self) -> Option<Duration> {
-        self.floor
+    /// The running mean round trip, when known.
+    pub fn mean_rtt(&self) -> Option<Duration> {
+        self.past
+            .map(|(mean, _)| Duration::from_secs_f64(mean.max(0.0)))
     }
 
     fn max(&self) -> f64 {
@@ -111,30 +96,17 @@ impl Concurrency {
         }
     }
 
-    /// An answer (or a failure) came after `rtt`. `alone`: no other request of ours was in
-    /// flight while it was (its round trip is the link's and the server's, not a queue's).
-    pub fn on_answer(&mut self, rtt: Duration, back_pressure: bool, alone: bool, now: Instant) {
+    /// An answer (or a failure) came after `rtt`.
+    pub fn on_answer(&mut self, rtt: Duration, back_pressure: bool, now: Instant) {
         if let Mode::Fixed(_) = self.mode {
             return;
-        }
-        if alone {
-            self.sample_floor(rtt, back_pressure, now);
-        } else if !back_pressure && self.floor.is_some_and(|f| rtt < f) {
-            self.floor = Some(rtt);
         }
         self.window.rtt_sum += rtt;
         self.window.answers += 1;
         self.window.back_pressure |= back_pressure;
-        let length = self.mean.unwrap_or(rtt).max(MIN_WINDOW);
+        let length = self.mean_rtt().unwrap_or(rtt).max(MIN_WINDOW);
         if now.saturating_duration_since(self.window.start) >= length {
             self.end_window(now);
-        }
-        if self.measuring.is_none()
-            && self
-                .floor_at
-                .is_some_and(|at| now.saturating_duration_since(at) >= FLOOR_MAX_AGE)
-        {
-            self.measuring = Some((self.limit, FLOOR_SAMPLES, None));
         }
     }
 
@@ -143,58 +115,29 @@ impl Concurrency {
     pub fn restart(&mut self, now: Instant) {
         if let Mode::Auto { .. } = self.mode {
             self.limit = 1.0;
-            self.measuring = None;
+            self.past = None;
             self.window = Window::new(now);
-        }
-    }
-
-    /// An answer to a request sent alone. One pushed back says nothing of the floor, but
-    /// counts towards the end of a measurement, which must end even against a server that
-    /// answers nothing but 503.
-    fn sample_floor(&mut self, rtt: Duration, back_pressure: bool, now: Instant) {
-        match self.measuring.as_mut() {
-            Some((back_to, left, lowest)) => {
-                if !back_pressure {
-                    *lowest = Some(lowest.map_or(rtt, |l| l.min(rtt)));
-                }
-                *left -= 1;
-                if *left == 0 {
-                    self.limit = *back_to;
-                    if lowest.is_some() {
-                        self.floor = *lowest;
-                    }
-                    self.floor_at = Some(now);
-                    self.measuring = None;
-                }
-            }
-            None if back_pressure => {}
-            None => {
-                if self.floor.is_none_or(|f| rtt <= f) {
-                    self.floor = Some(rtt);
-                }
-                self.floor_at = Some(now);
-            }
         }
     }
 
     fn end_window(&mut self, now: Instant) {
         let w = std::mem::replace(&mut self.window, Window::new(now));
-        if w.answers == 0 || self.measuring.is_some() {
+        if w.answers == 0 {
             return;
         }
-        let rtt = w.rtt_sum / w.answers;
-        self.mean = Some(match self.mean {
-            None => rtt,
-            Some(m) => m.mul_f64(1.0 - EWMA_ALPHA) + rtt.mul_f64(EWMA_ALPHA),
-        });
-        let queued = self
-            .floor
-            .is_some_and(|f| rtt > f.mul_f64(RTT_FACTOR) + RTT_SLACK);
+        let rtt = (w.rtt_sum / w.answers).as_secs_f64();
+        let (mean, var) = self.past.unwrap_or((rtt, 0.0));
+        let queued = rtt > mean + RTT_DEVIATIONS * var.sqrt();
         if w.back_pressure || queued {
             self.limit = (self.limit * DECREASE).floor().max(1.0);
-        } else if w.full {
+        } else if w.full && rtt <= mean {
             self.limit = (self.limit + 1.0).min(self.max());
         }
+        let diff = rtt - mean;
+        self.past = Some((
+            mean + EWMA_ALPHA * diff,
+            (1.0 - EWMA_ALPHA) * (var + EWMA_ALPHA * diff * diff),
+        ));
     }
 }
 
@@ -218,7 +161,7 @@ mod tests {
             }
             *t += rtt;
             for _ in 0..n {
-                c.on_answer(rtt, false, n == 1, *t);
+                c.on_answer(rtt, false, *t);
             }
         }
     }
@@ -254,35 +197,39 @@ mod tests {
         run(&mut c, &mut t, 40, 1000, Duration::from_millis(5));
         let before = c.limit();
         t += Duration::from_millis(20);
-        c.on_answer(Duration::from_millis(5), true, false, t);
+        c.on_answer(Duration::from_millis(5), true, t);
         assert_eq!(c.limit(), (before as f64 * DECREASE) as usize);
 
         let mut pinned = Concurrency::new(Mode::Fixed(6), t);
         for _ in 0..100 {
             t += Duration::from_millis(20);
-            pinned.on_answer(Duration::from_secs(5), true, false, t);
+            pinned.on_answer(Duration::from_secs(5), true, t);
         }
         assert_eq!(pinned.limit(), 6);
     }
 
     #[test]
-    fn a_slower_server_lowers_the_limit_then_its_floor_is_learnt_again() {
+    fn a_slower_server_lowers_the_limit_then_the_new_round_trip_is_learnt() {
         let mut t = Instant::now();
         let mut c = Concurrency::new(Mode::Auto { max: 64 }, t);
         run(&mut c, &mut t, 300, 8, Duration::from_millis(20));
         let before = c.limit();
         // Every request now takes twice as long.
-        run(&mut c, &mut t, 30, 8, Duration::from_millis(40));
+        run(&mut c, &mut t, 3, 8, Duration::from_millis(40));
         let after = c.limit();
         assert!(after < before, "{before} -> {after}");
-        // A minute on, the floor is measured again (one request at a time) and the
-        // limit no longer treats the new round trip as a queue.
-        run(&mut c, &mut t, 3000, 8, Duration::from_millis(40));
-        assert!(
-            c.floor().is_some_and(|f| f >= Duration::from_millis(39)),
-            "{:?}",
-            c.floor()
-        );
+        // Later the new round trip is the norm: the limit finds the 8 slots again.
+        run(&mut c, &mut t, 300, 8, Duration::from_millis(40));
         assert!(c.limit() >= 8, "{}", c.limit());
+    }
+
+    #[test]
+    fn a_machine_slow_at_any_concurrency_does_not_pin_the_limit_at_one() {
+        let mut t = Instant::now();
+        let mut c = Concurrency::new(Mode::Auto { max: 32 }, t);
+        run(&mut c, &mut t, 50, 1000, Duration::from_millis(5));
+        // Everything 40 times slower, whatever the concurrency (a loaded machine).
+        run(&mut c, &mut t, 200, 1000, Duration::from_millis(200));
+        assert!(c.limit() >= 16, "{}", c.limit());
     }
 }

@@ -95,8 +95,6 @@ pub struct Pause {
 #[derive(Debug)]
 struct InFlight {
     started: Instant,
-    /// Nothing else of ours was in flight when it left.
-    alone: bool,
 }
 
 #[derive(Debug)]
@@ -173,9 +171,9 @@ impl<T> Drain<T> {
         self.concurrency.limit()
     }
 
-    /// The round trip of a request sent alone, when measured.
-    pub fn rtt_floor(&self) -> Option<Duration> {
-        self.concurrency.floor()
+    /// The running mean round trip, when measured.
+    pub fn mean_rtt(&self) -> Option<Duration> {
+        self.concurrency.mean_rtt()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -272,13 +270,7 @@ impl<T> Drain<T> {
         if let Some(outage) = self.outage.as_mut() {
             outage.probe = Some(id);
         }
-        self.in_flight.insert(
-            id,
-            InFlight {
-                started: now,
-                alone: in_flight == 0,
-            },
-        );
+        self.in_flight.insert(id, InFlight { started: now });
         self.concurrency.on_send(in_flight + 1);
         Some((id, item))
     }
@@ -311,7 +303,7 @@ impl<T> Drain<T> {
         }
         match answer {
             Answer::Accepted | Answer::Refused { .. } => {
-                self.concurrency.on_answer(rtt, false, flight.alone, now);
+                self.concurrency.on_answer(rtt, false, now);
                 match answer {
                     Answer::Refused { status, body } => self.answered.dead.push((id, status, body)),
                     _ => self.answered.acked.push(id),
@@ -323,8 +315,7 @@ impl<T> Drain<T> {
                 retry_after,
                 back_pressure,
             } => {
-                self.concurrency
-                    .on_answer(rtt, back_pressure, flight.alone, now);
+                self.concurrency.on_answer(rtt, back_pressure, now);
                 let delay = match retry_after {
                     Some(ra) => ra.min(self.settings.backoff_max),
                     None => {

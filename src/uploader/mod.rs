@@ -464,7 +464,9 @@ impl Uploader {
             if log_due {
                 tracing::info!(
                     upload_concurrency = concurrency,
-                    rtt_floor_ms = drain.rtt_floor().map(|f| f.as_secs_f64() * 1000.0),
+                    rtt_ms = drain
+                        .mean_rtt()
+                        .map(|f| (f.as_secs_f64() * 10_000.0).round() / 10.0),
                     "upload concurrency now {concurrency}"
                 );
                 published.concurrency_logged = Some((concurrency, now));
