@@ -264,19 +264,6 @@ def report(R):
     return "\n".join(L) + "\n"
 
 
-def write_md(path, body):
-    text = open(path).read() if os.path.exists(path) else ""
-    block = f"{MARK_BEGIN}\n{body}{MARK_END}"
-    if MARK_BEGIN in text and MARK_END in text:
-        a = text.index(MARK_BEGIN)
-        b = text.index(MARK_END) + len(MARK_END)
-        text = text[:a] + block + text[b:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    with open(path, "w") as f:
-        f.write(text)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", required=True)
@@ -295,13 +282,7 @@ def main():
     ap.add_argument("--steps", default="A,B,C,D,E")
     ap.add_argument("--no-md", action="store_true")
     args = ap.parse_args()
-    args.binary = os.path.join(args.root, "target/release/profilo-gateway")
-    args.password = "bench-password-0123"
-    os.makedirs(args.work, exist_ok=True)
-    pw = os.path.join(args.work, "password")
-    with open(pw, "w") as f:
-        f.write(args.password + "\n")
-    os.chmod(pw, 0o600)
+    rb.setup(args)
     steps = set(args.steps.split(","))
     R = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     try:
@@ -334,7 +315,7 @@ def main():
     body = report(R)
     print(body)
     if not args.no_md:
-        write_md(os.path.join(args.root, "BENCHMARKS.md"), body)
+        rb.write_md(os.path.join(args.root, "BENCHMARKS.md"), body, MARK_BEGIN, MARK_END)
 
 
 if __name__ == "__main__":
