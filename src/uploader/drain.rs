@@ -216,8 +216,8 @@ impl<T> Drain<T> {
         if self.stopping || self.fetching || self.exhausted {
             return None;
         }
-        // Enough in hand to keep every request slot busy until the next fetch.
-        if self.ready.len() > self.concurrency.limit() {
+        // Enough in hand to fill every request slot: no more in memory than that.
+        if !self.ready.is_empty() && self.ready.len() >= self.concurrency.limit() {
             return None;
         }
         if self.holds_nothing() {
@@ -880,6 +880,19 @@ mod tests {
         d.answered(1, (), Answer::Accepted, later);
         assert_eq!(d.state(later), State::Uploading);
         assert!(d.next_send(later).is_some(), "one success ends it");
+    }
+
+    #[test]
+    fn readings_in_memory_stay_within_what_the_slots_need() {
+        let t = Instant::now();
+        let mut d: Drain<()> = Drain::new(settings(64, Mode::Fixed(64)), t);
+        assert_eq!(d.wants_fetch(), Some((0, 64)));
+        d.fetched((1..=64).map(|i| (i, ())).collect(), 64);
+        assert_eq!(d.wants_fetch(), None, "64 in hand for 64 slots");
+        for _ in 0..10 {
+            let _ = d.next_send(t);
+        }
+        assert_eq!(d.wants_fetch(), Some((64, 64)));
     }
 
     #[test]
