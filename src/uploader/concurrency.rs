@@ -3,9 +3,11 @@
 //! request when the whole limit was in use, nothing pushed back and the round trip did not
 //! grow; a multiplicative cut when the server pushed back (429, 503, no answer in time) or
 //! when the window's round trip is well above the running mean of the past ones (mean +
-//! 2.5 standard deviations: the server started queueing our requests). Comparing with the
-//! recent past rather than an all-time floor means a link or a machine that is slower for
-//! a while is learnt within a few windows instead of pinning the limit at one.
+//! 2.5 standard deviations: a sudden queue) or above three times its floor plus 20 ms (a
+//! queue that grew slowly). The floor is the lowest of the last round trips of requests
+//! sent alone, so at a low limit it follows a link or a machine that became slower within
+//! a few requests; when none went out alone for a minute, the limit drops to one for five
+//! answers to measure it again (Envoy's adaptive concurrency filter).
 
 use std::time::{Duration, Instant};
 
@@ -15,8 +17,21 @@ const DECREASE: f64 = 0.9;
 const RTT_DEVIATIONS: f64 = 2.5;
 /// Weight of the newest window in the running mean and variance (Vector's `ewma_alpha`).
 const EWMA_ALPHA: f64 = 0.4;
+/// A window's round trip "did not grow" within this factor of the running mean (which,
+/// after a step, only approaches the new round trip from below).
+const NOT_LONGER: f64 = 1.05;
 /// The shortest window, so that a sub-millisecond round trip does not make the limit jump.
 const MIN_WINDOW: Duration = Duration::from_millis(10);
+/// Past `floor * RTT_FACTOR + RTT_SLACK` the server is queueing our requests; the slack
+/// keeps a loopback server's millisecond floor from forbidding any queueing at all.
+const RTT_FACTOR: f64 = 3.0;
+const RTT_SLACK: Duration = Duration::from_millis(20);
+/// Round trips of requests sent alone that make the floor (their lowest).
+const ALONE_KEPT: usize = 8;
+/// The floor is measured again when no request went out alone for this long.
+const FLOOR_MAX_AGE: Duration = Duration::from_secs(60);
+/// Answers that make a new floor when it is measured again.
+const FLOOR_SAMPLES: u32 = 5;
 
 /// `upload.concurrency`: adaptive up to a maximum, or pinned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +46,11 @@ pub struct Concurrency {
     limit: f64,
     /// Running mean and variance of the windows' mean round trips, in seconds.
     past: Option<(f64, f64)>,
+    /// The last round trips of requests sent alone (not pushed back), and when.
+    alone: std::collections::VecDeque<Duration>,
+    alone_at: Option<Instant>,
+    /// While the floor is measured again: the limit to come back to, answers still wanted.
+    measuring: Option<(f64, u32)>,
     window: Window,
 }
 
@@ -67,13 +87,24 @@ impl Concurrency {
             mode,
             limit,
             past: None,
+            alone: std::collections::VecDeque::new(),
+            alone_at: None,
+            measuring: None,
             window: Window::new(now),
         }
     }
 
     /// Requests that may be in flight now.
     pub fn limit(&self) -> usize {
+        if self.measuring.is_some() {
+            return 1;
+        }
         self.limit as usize
+    }
+
+    /// The round trip of a request sent alone (the lowest of the last few), when known.
+    pub fn floor(&self) -> Option<Duration> {
+        self.alone.iter().min().copied()
     }
 
     /// The running mean round trip, when known.
@@ -96,10 +127,14 @@ impl Concurrency {
         }
     }
 
-    /// An answer (or a failure) came after `rtt`.
-    pub fn on_answer(&mut self, rtt: Duration, back_pressure: bool, now: Instant) {
+    /// An answer (or a failure) came after `rtt`. `alone`: no other request of ours was in
+    /// flight when it left.
+    pub fn on_answer(&mut self, rtt: Duration, back_pressure: bool, alone: bool, now: Instant) {
         if let Mode::Fixed(_) = self.mode {
             return;
+        }
+        if alone {
+            self.sample_floor(rtt, back_pressure, now);
         }
         self.window.rtt_sum += rtt;
         self.window.answers += 1;
@@ -107,6 +142,32 @@ impl Concurrency {
         let length = self.mean_rtt().unwrap_or(rtt).max(MIN_WINDOW);
         if now.saturating_duration_since(self.window.start) >= length {
             self.end_window(now);
+        }
+        let stale = self
+            .alone_at
+            .is_some_and(|at| now.saturating_duration_since(at) >= FLOOR_MAX_AGE);
+        if stale && self.measuring.is_none() {
+            self.measuring = Some((self.limit, FLOOR_SAMPLES));
+            self.alone.clear();
+        }
+    }
+
+    /// A pushed-back answer says nothing of the floor, but counts towards the end of a
+    /// measurement, which must end even against a server answering nothing but 503.
+    fn sample_floor(&mut self, rtt: Duration, back_pressure: bool, now: Instant) {
+        self.alone_at = Some(now);
+        if !back_pressure {
+            if self.alone.len() >= ALONE_KEPT {
+                self.alone.pop_front();
+            }
+            self.alone.push_back(rtt);
+        }
+        if let Some((back_to, left)) = self.measuring.as_mut() {
+            *left -= 1;
+            if *left == 0 {
+                self.limit = *back_to;
+                self.measuring = None;
+            }
         }
     }
 
@@ -116,21 +177,26 @@ impl Concurrency {
         if let Mode::Auto { .. } = self.mode {
             self.limit = 1.0;
             self.past = None;
+            self.measuring = None;
             self.window = Window::new(now);
         }
     }
 
     fn end_window(&mut self, now: Instant) {
         let w = std::mem::replace(&mut self.window, Window::new(now));
-        if w.answers == 0 {
+        if w.answers == 0 || self.measuring.is_some() {
             return;
         }
-        let rtt = (w.rtt_sum / w.answers).as_secs_f64();
+        let window_rtt = w.rtt_sum / w.answers;
+        let rtt = window_rtt.as_secs_f64();
         let (mean, var) = self.past.unwrap_or((rtt, 0.0));
-        let queued = rtt > mean + RTT_DEVIATIONS * var.sqrt();
+        let queued = rtt > mean + RTT_DEVIATIONS * var.sqrt()
+            || self
+                .floor()
+                .is_some_and(|f| window_rtt > f.mul_f64(RTT_FACTOR) + RTT_SLACK);
         if w.back_pressure || queued {
             self.limit = (self.limit * DECREASE).floor().max(1.0);
-        } else if w.full && rtt <= mean {
+        } else if w.full && rtt <= mean * NOT_LONGER {
             self.limit = (self.limit + 1.0).min(self.max());
         }
         let diff = rtt - mean;
@@ -161,7 +227,7 @@ mod tests {
             }
             *t += rtt;
             for _ in 0..n {
-                c.on_answer(rtt, false, *t);
+                c.on_answer(rtt, false, n == 1, *t);
             }
         }
     }
@@ -197,13 +263,13 @@ mod tests {
         run(&mut c, &mut t, 40, 1000, Duration::from_millis(5));
         let before = c.limit();
         t += Duration::from_millis(20);
-        c.on_answer(Duration::from_millis(5), true, t);
+        c.on_answer(Duration::from_millis(5), true, false, t);
         assert_eq!(c.limit(), (before as f64 * DECREASE) as usize);
 
         let mut pinned = Concurrency::new(Mode::Fixed(6), t);
         for _ in 0..100 {
             t += Duration::from_millis(20);
-            pinned.on_answer(Duration::from_secs(5), true, t);
+            pinned.on_answer(Duration::from_secs(5), true, false, t);
         }
         assert_eq!(pinned.limit(), 6);
     }
@@ -218,8 +284,14 @@ mod tests {
         run(&mut c, &mut t, 3, 8, Duration::from_millis(40));
         let after = c.limit();
         assert!(after < before, "{before} -> {after}");
-        // Later the new round trip is the norm: the limit finds the 8 slots again.
-        run(&mut c, &mut t, 300, 8, Duration::from_millis(40));
+        // A minute on, the floor is measured again (one request at a time): the new round
+        // trip is the norm and the limit finds the 8 slots again.
+        run(&mut c, &mut t, 3000, 8, Duration::from_millis(40));
+        assert!(
+            c.floor().is_some_and(|f| f >= Duration::from_millis(39)),
+            "{:?}",
+            c.floor()
+        );
         assert!(c.limit() >= 8, "{}", c.limit());
     }
 

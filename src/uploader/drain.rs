@@ -95,6 +95,8 @@ pub struct Pause {
 #[derive(Debug)]
 struct InFlight {
     started: Instant,
+    /// Nothing else of ours was in flight when it left.
+    alone: bool,
 }
 
 #[derive(Debug)]
@@ -212,8 +214,13 @@ impl<T> Drain<T> {
 
     /// Readings to ask the queue for, oldest first, with ids above the first number; the
     /// answer goes to [`fetched`](Self::fetched) or [`fetch_failed`](Self::fetch_failed).
-    pub fn wants_fetch(&mut self) -> Option<(i64, usize)> {
+    pub fn wants_fetch(&mut self, now: Instant) -> Option<(i64, usize)> {
         if self.stopping || self.fetching || self.exhausted {
+            return None;
+        }
+        // Paused: nothing is read before the next probe (a queue that cannot be read is
+        // asked again then, not in a loop).
+        if self.outage.as_ref().is_some_and(|o| now < o.next_probe) {
             return None;
         }
         // Enough in hand to fill every request slot: no more in memory than that.
@@ -270,7 +277,13 @@ impl<T> Drain<T> {
         if let Some(outage) = self.outage.as_mut() {
             outage.probe = Some(id);
         }
-        self.in_flight.insert(id, InFlight { started: now });
+        self.in_flight.insert(
+            id,
+            InFlight {
+                started: now,
+                alone: in_flight == 0,
+            },
+        );
         self.concurrency.on_send(in_flight + 1);
         Some((id, item))
     }
@@ -303,7 +316,7 @@ impl<T> Drain<T> {
         }
         match answer {
             Answer::Accepted | Answer::Refused { .. } => {
-                self.concurrency.on_answer(rtt, false, now);
+                self.concurrency.on_answer(rtt, false, flight.alone, now);
                 match answer {
                     Answer::Refused { status, body } => self.answered.dead.push((id, status, body)),
                     _ => self.answered.acked.push(id),
@@ -315,7 +328,8 @@ impl<T> Drain<T> {
                 retry_after,
                 back_pressure,
             } => {
-                self.concurrency.on_answer(rtt, back_pressure, now);
+                self.concurrency
+                    .on_answer(rtt, back_pressure, flight.alone, now);
                 let delay = match retry_after {
                     Some(ra) => ra.min(self.settings.backoff_max),
                     None => {
@@ -564,7 +578,7 @@ mod tests {
         /// One step: fetch, send what may go, commit, then advance to the next event.
         /// False when nothing is left to happen.
         fn step(&mut self) -> bool {
-            if let Some((after, limit)) = self.drain.wants_fetch() {
+            if let Some((after, limit)) = self.drain.wants_fetch(self.t) {
                 let batch: Vec<(i64, ())> = self
                     .queue
                     .range(after + 1..)
@@ -833,7 +847,7 @@ mod tests {
         // Commits that never finish: sends stop at the bound.
         let t = Instant::now();
         let mut d: Drain<()> = Drain::new(settings(10, Mode::Fixed(4)), t);
-        let _ = d.wants_fetch();
+        let _ = d.wants_fetch(t);
         d.fetched((1..=100).map(|i| (i, ())).collect(), 10);
         let mut sent = 0;
         for round in 0..10 {
@@ -846,7 +860,7 @@ mod tests {
                 assert!(!s.acked.is_empty());
                 // Never committed.
             }
-            let _ = d.wants_fetch().map(|_| d.fetched(Vec::new(), 10));
+            let _ = d.wants_fetch(t).map(|_| d.fetched(Vec::new(), 10));
         }
         assert_eq!(sent, 10, "the 11th send waits for a commit");
         // A failed commit keeps them counted as unsettled.
@@ -858,7 +872,7 @@ mod tests {
     fn an_endpoint_refusal_pauses_everything_and_keeps_the_readings() {
         let t = Instant::now();
         let mut d: Drain<()> = Drain::new(settings(64, Mode::Fixed(4)), t);
-        let _ = d.wants_fetch();
+        let _ = d.wants_fetch(t);
         d.fetched((1..=10).map(|i| (i, ())).collect(), 64);
         let out: Vec<i64> = std::iter::from_fn(|| d.next_send(t))
             .map(|(id, _)| id)
@@ -886,20 +900,20 @@ mod tests {
     fn readings_in_memory_stay_within_what_the_slots_need() {
         let t = Instant::now();
         let mut d: Drain<()> = Drain::new(settings(64, Mode::Fixed(64)), t);
-        assert_eq!(d.wants_fetch(), Some((0, 64)));
+        assert_eq!(d.wants_fetch(t), Some((0, 64)));
         d.fetched((1..=64).map(|i| (i, ())).collect(), 64);
-        assert_eq!(d.wants_fetch(), None, "64 in hand for 64 slots");
+        assert_eq!(d.wants_fetch(t), None, "64 in hand for 64 slots");
         for _ in 0..10 {
             let _ = d.next_send(t);
         }
-        assert_eq!(d.wants_fetch(), Some((64, 64)));
+        assert_eq!(d.wants_fetch(t), Some((64, 64)));
     }
 
     #[test]
     fn a_success_ends_a_streak_of_failures() {
         let t = Instant::now();
         let mut d: Drain<()> = Drain::new(settings(64, Mode::Fixed(1)), t);
-        let _ = d.wants_fetch();
+        let _ = d.wants_fetch(t);
         d.fetched((1..=100).map(|i| (i, ())).collect(), 64);
         let fail = Answer::Failed {
             retry_after: None,
@@ -926,7 +940,7 @@ mod tests {
     fn shutdown_keeps_what_is_unsettled_queued() {
         let t = Instant::now();
         let mut d: Drain<()> = Drain::new(settings(64, Mode::Fixed(4)), t);
-        let _ = d.wants_fetch();
+        let _ = d.wants_fetch(t);
         d.fetched((1..=6).map(|i| (i, ())).collect(), 64);
         let out: Vec<i64> = std::iter::from_fn(|| d.next_send(t))
             .map(|(id, _)| id)
@@ -944,7 +958,7 @@ mod tests {
         );
         d.stop();
         assert_eq!(d.next_send(t + Duration::from_secs(10)), None);
-        assert_eq!(d.wants_fetch(), None);
+        assert_eq!(d.wants_fetch(t), None);
         // What was answered is committed at once, in flight or not.
         let s = d.take_settlement(t);
         assert_eq!(s.map(|s| s.acked), Some(vec![2]));
@@ -957,7 +971,7 @@ mod tests {
     fn no_session_pauses_sends_until_then_without_an_outage() {
         let t = Instant::now();
         let mut d: Drain<()> = Drain::new(settings(64, Mode::Fixed(2)), t);
-        let _ = d.wants_fetch();
+        let _ = d.wants_fetch(t);
         d.fetched((1..=3).map(|i| (i, ())).collect(), 64);
         let until = t + Duration::from_secs(5);
         let (id, ()) = d.next_send(t).unwrap_or_else(|| panic!("send"));

@@ -162,7 +162,7 @@ impl Uploader {
         loop {
             self.heartbeat.beat();
             let now = Instant::now();
-            if let Some((after_id, limit)) = drain.wants_fetch() {
+            if let Some((after_id, limit)) = drain.wants_fetch(now) {
                 match self.store.peek(after_id, limit).await {
                     Ok(batch) => {
                         drain.fetched(batch.into_iter().map(|s| (s.id, s)).collect(), limit)
