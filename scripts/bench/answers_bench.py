@@ -14,6 +14,7 @@ between its markers. Standard library only.
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -265,17 +266,19 @@ def report(R):
 
 
 def main():
+    # SIGTERM ends the run through the `finally` below, which stops what it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", required=True)
     ap.add_argument("--work", required=True)
-    ap.add_argument("--backlog", type=int, default=12000)
-    ap.add_argument("--readings", type=int, default=6000)
+    ap.add_argument("--backlog", type=int, default=15000)
+    ap.add_argument("--readings", type=int, default=3000)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--wrk-threads", type=int, default=2)
-    ap.add_argument("--wrk-seconds", type=int, default=8)
+    ap.add_argument("--wrk-seconds", type=int, default=6)
     ap.add_argument("--drain-timeout", type=float, default=300)
-    ap.add_argument("--link-readings", type=int, default=3000)
-    ap.add_argument("--link-naive-readings", type=int, default=200)
+    ap.add_argument("--link-readings", type=int, default=2000)
+    ap.add_argument("--link-naive-readings", type=int, default=100)
     ap.add_argument("--latency-phase-s", type=float, default=20)
     ap.add_argument("--fleet", type=int, default=50)
     ap.add_argument("--outage-s", type=float, default=30)
