@@ -182,7 +182,11 @@ def step_fleet(args, R):
         base_ok = before.get("data_ok", 0)
         deadline = restarted + 600
         while time.monotonic() < deadline:
-            ok = s.stats().get("data_ok", 0)
+            try:
+                ok = s.stats().get("data_ok", 0)
+            except OSError:
+                # The control endpoint queues behind the fleet's requests: ask again.
+                continue
             if first_ok is None and ok > base_ok:
                 first_ok = time.monotonic() - restarted
             # The DB is kept: the server's count includes what was stored before the
@@ -193,7 +197,7 @@ def step_fleet(args, R):
             for g in gws:
                 g.drain_notify()
             time.sleep(0.2)
-        st = s.stats()
+        st = rb.wait_until(lambda: safe_stats(s), 120)
     finally:
         for g in gws:
             g.stop()
@@ -208,6 +212,13 @@ def step_fleet(args, R):
                   "server_non_2xx": st.get("data_other", 0) + st.get("data_503", 0)
                   - before.get("data_other", 0) - before.get("data_503", 0)}
     log(f"    {R['fleet']}")
+
+
+def safe_stats(s):
+    try:
+        return s.stats()
+    except OSError:
+        return None
 
 
 def restart_same(args, s, port):
@@ -284,10 +295,17 @@ def main():
     ap.add_argument("--outage-s", type=float, default=30)
     ap.add_argument("--steps", default="A,B,C,D,E")
     ap.add_argument("--no-md", action="store_true")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the figures of the last run (answers-bench.json) for steps not run now")
     args = ap.parse_args()
     rb.setup(args)
     steps = set(args.steps.split(","))
-    R = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    R = {}
+    saved = os.path.join(args.work, "answers-bench.json")
+    if args.merge and os.path.exists(saved):
+        with open(saved) as f:
+            R = json.load(f)
+    R["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     try:
         backlog = os.path.join(args.work, "backlog12", "queue.db")
         if not os.path.exists(backlog):
