@@ -10,6 +10,10 @@
 #   (2L)/(3L) (2) and (3) again over an emulated WAN link (scripts/bench/delay_proxy.py, a
 #       user-space delay proxy on 127.0.0.1, RTT 40 ms; --link-rtt-ms 0 skips it): the
 #       gateway at upload.concurrency 32 and 4, the naive client on its first 300 readings
+# Then issue 12's figures with the defaults (upload.concurrency = "auto"), by
+# scripts/bench/answers_bench.py: drain vs wrk on gunicorn 1x4, 2x4, 4x8; the 40 ms link vs
+# the naive client; 30 % HTML 503 + Retry-After vs healthy (duplicates counted); the
+# concurrency when the server's latency doubles; 50 gateways through a 30 s outage.
 # Prints every figure, the ratios and the budgets, and writes BENCHMARKS.md.
 #
 # Usage: bash scripts/bench.sh [run_bench.py options, e.g. --concurrency 4 --idle-seconds 30
@@ -53,4 +57,5 @@ case "$fs" in
     tmpfs|overlayfs|ramfs) say "warning: $WORK is on $fs: write_bytes will not count disk writes; set BENCH_DIR" ;;
 esac
 
-exec python3 "$ROOT/scripts/bench/run_bench.py" --root "$ROOT" --work "$WORK" --command "$COMMAND" "$@"
+python3 "$ROOT/scripts/bench/run_bench.py" --root "$ROOT" --work "$WORK" --command "$COMMAND" "$@"
+exec python3 "$ROOT/scripts/bench/answers_bench.py" --root "$ROOT" --work "$WORK"

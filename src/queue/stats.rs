@@ -34,6 +34,8 @@ pub struct Stats {
     /// Send outcomes since the daemon started.
     pub uploads: Option<serde_json::Value>,
     pub daemon_updated_at: Option<String>,
+    /// Requests the uploader lets be in flight now (adaptive with `upload.concurrency = "auto"`).
+    pub upload_concurrency: Option<u64>,
 }
 
 /// Names in the `status` table, written by the daemon, read by `queue stats`.
@@ -46,6 +48,7 @@ pub mod status_key {
     pub const UPDATED_AT: &str = "updated_at";
     pub const AUTH: &str = "auth";
     pub const UPLOADS: &str = "uploads";
+    pub const UPLOAD_CONCURRENCY: &str = "upload_concurrency";
 }
 
 pub(super) const COUNTER_DROPPED: &str = "dropped_total";
@@ -108,6 +111,8 @@ impl Queue {
             auth: status(status_key::AUTH)?.and_then(|s| serde_json::from_str(&s).ok()),
             uploads: status(status_key::UPLOADS)?.and_then(|s| serde_json::from_str(&s).ok()),
             daemon_updated_at: status(status_key::UPDATED_AT)?,
+            upload_concurrency: status(status_key::UPLOAD_CONCURRENCY)?
+                .and_then(|s| s.parse().ok()),
         })
     }
 }

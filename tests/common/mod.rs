@@ -48,7 +48,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use delivery::{capture_time_problem, parse_us, Edges, Run, CLOCK_SLACK_US, MAX_GAP_US};
 pub use gateway::{Exit, Gateway, GatewayOptions, QueueCounts};
 pub use queue_tools::{integrity_check, refused_url, BlackHole, Tmpfs};
-pub use server::{Faults, Reading, ServerOptions, Stats, TestServer};
+pub use server::{Faults, Misbehave, Reading, ServerOptions, Stats, TestServer};
 pub use tls::{Ca, Issued, ServerTls};
 
 /// The user that [`GatewayOptions::default`] logs in as.
