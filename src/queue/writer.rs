@@ -3,6 +3,18 @@
 //! sampler and the uploader through a channel ([`StoreHandle`]). Readings handed over within `commit_interval` are committed together: at
 //! 1 kHz that is one transaction (and one fsync) per ~50 readings instead of per reading.
 //!
+//! What is written is what a restart needs, as little as the promises allow (SD cards
+//! wear out with small writes):
+//! - readings: within `commit_interval`, one fsync per group;
+//! - acknowledgements: at once while the uploader works through a backlog (it stops
+//!   sending at `upload.batch_size` uncommitted), but lazily once it has caught up
+//!   (its last read reached the end of the queue): they then ride along with the next
+//!   readings' commit, or wait at most `ACK_WINDOW`. The uploader's duplicates bound is
+//!   unchanged: `settle` still resolves only once the acks are on disk;
+//! - the daemon's status: in memory and in the runtime file (`runtime`, tmpfs) as it
+//!   changes; in the queue file only every `STATUS_SAVE_EVERY`, along with a data commit
+//!   when there is one, and at shutdown.
+//!
 //! When a commit fails (disk full, I/O error) the transaction is rolled back, nothing on
 //! disk changes, and the readings wait in memory (bounded; overflow counted as drops) until
 //! a later commit succeeds. So do the acknowledgements of uploaded readings: until they
@@ -16,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
 
+use super::runtime::RuntimeFile;
 use super::{CaptureClock, Queue, QueueError, Stats, Stored};
 use crate::clock::Clock;
 use crate::reading::Reading;
@@ -25,8 +38,13 @@ use crate::reading::Reading;
 const MAX_BUFFERED: usize = 10_000;
 /// Most readings in one commit while writes work: bounds the transaction and its memory.
 const MAX_GROUP: usize = 2_000;
-/// Status updates alone wait this long for a data commit to join.
-const STATUS_WINDOW: Duration = Duration::from_secs(5);
+/// The daemon's status is saved in the queue file this often (and at shutdown): what
+/// `queue stats` shows after a kill -9 is at most this old.
+const STATUS_SAVE_EVERY: Duration = Duration::from_secs(300);
+/// Acks of an uploader that has caught up wait at most this long for readings to commit
+/// with. Longer than the default sampling interval (5 s), so that each commit carries one
+/// reading and the acks of the one before.
+const ACK_WINDOW: Duration = Duration::from_secs(10);
 /// Between two attempts to write after a failure.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// A failing write is logged at most this often.
@@ -145,6 +163,7 @@ pub fn spawn(
     }
     // Readings of this boot may wait for a correction from an earlier run of the daemon.
     let maybe_unsynced = queue.has_unsynced().unwrap_or(true);
+    let queue_path = queue.path().to_path_buf();
     let (tx, rx) = mpsc::channel();
     let new_readings = Arc::new(Notify::new());
     let notify = new_readings.clone();
@@ -162,7 +181,14 @@ pub fn spawn(
                 last_error: None,
                 drops: DropLog::default(),
                 evictions: DropLog::default(),
+                runtime: RuntimeFile::for_daemon(queue_path.as_path()),
                 status: BTreeMap::new(),
+                status_unsaved: false,
+                status_saved_at: Instant::now(),
+                file_due: None,
+                file_written_at: None,
+                caught_up: false,
+                closing: false,
                 dropped_in_memory: 0,
                 failing_since: None,
                 last_failure_log: None,
@@ -190,7 +216,20 @@ struct Writer {
     drops: DropLog,
     /// Dead letters evicted to respect `max_bytes`, logged at most once a minute.
     evictions: DropLog,
+    /// Where the status goes while the daemon runs.
+    runtime: RuntimeFile,
+    /// The daemon's whole status, as last set.
     status: BTreeMap<&'static str, String>,
+    /// The status changed since it was last saved in the queue file.
+    status_unsaved: bool,
+    status_saved_at: Instant,
+    /// The status changed: the runtime file is rewritten then.
+    file_due: Option<Instant>,
+    file_written_at: Option<Instant>,
+    /// The uploader's last read reached the end of the queue: its acks may wait.
+    caught_up: bool,
+    /// The last flush, before the thread ends: everything is written.
+    closing: bool,
     /// Drops that happened in memory (writes failing); added to the stored counter later.
     dropped_in_memory: u64,
     failing_since: Option<Instant>,
@@ -200,9 +239,11 @@ struct Writer {
 
 impl Writer {
     fn serve(&mut self, rx: mpsc::Receiver<Command>, commit_interval: Duration) {
+        // When the next commit is due (`None`: nothing waits).
         let mut deadline: Option<Instant> = None;
         loop {
-            let received = match deadline {
+            let wake = deadline.into_iter().chain(self.file_due).min();
+            let received = match wake {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
             };
@@ -213,12 +254,11 @@ impl Writer {
                         deadline = None;
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.flush();
-                    deadline = None;
-                }
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
+                    self.closing = true;
                     self.flush();
+                    self.runtime.remove();
                     if self.has_writes() {
                         tracing::error!(
                             readings = self.readings.len(),
@@ -236,18 +276,20 @@ impl Writer {
                 self.flush();
                 deadline = None;
             }
+            self.write_runtime_file(now);
             if !self.has_writes() {
                 deadline = None;
                 continue;
             }
             let wait = if self.failing_since.is_some() {
                 RETRY_AFTER_FAILURE
-            } else if self.readings.is_empty() && self.settlements.is_empty() {
-                // Status alone rides along with the next data commit, sparing the SD card
-                // an fsync of its own.
-                STATUS_WINDOW
-            } else {
+            } else if !self.readings.is_empty() {
                 commit_interval
+            } else if !self.settlements.is_empty() {
+                ACK_WINDOW
+            } else {
+                // Status alone: saved when due.
+                STATUS_SAVE_EVERY.saturating_sub(self.status_saved_at.elapsed())
             };
             // Only ever brought forward: at a steady high rate the first write of a group
             // fixes its commit time.
@@ -260,7 +302,25 @@ impl Writer {
         !self.readings.is_empty()
             || !self.settlements.is_empty()
             || !self.unsaved.is_empty()
-            || !self.status.is_empty()
+            || self.status_unsaved
+    }
+
+    /// The status goes into the queue file with this write.
+    fn status_due(&self) -> bool {
+        self.status_unsaved && (self.closing || self.status_saved_at.elapsed() >= STATUS_SAVE_EVERY)
+    }
+
+    /// Rewrites the runtime file if the status changed and the last write is old enough.
+    fn write_runtime_file(&mut self, now: Instant) {
+        if self.file_due.is_none_or(|d| d > now) {
+            return;
+        }
+        self.file_due = None;
+        self.file_written_at = Some(now);
+        if let Err(e) = self.runtime.write(self.queue.path(), &self.status) {
+            // `queue stats` then shows the status last saved in the queue file.
+            tracing::debug!(file = %self.runtime.path().display(), "cannot write the status file: {e}");
+        }
     }
 
     /// Takes a command; returns true when it must be served with everything written first.
@@ -276,12 +336,21 @@ impl Writer {
                 false
             }
             Command::Status(key, value) => {
-                self.status.insert(key, value);
+                if self.status.get(key) != Some(&value) {
+                    self.status.insert(key, value);
+                    self.status_unsaved = true;
+                    let earliest = self
+                        .file_written_at
+                        .map_or_else(Instant::now, |t| t + self.runtime.every);
+                    self.file_due.get_or_insert(earliest);
+                }
                 false
             }
             Command::Settle { settlement, reply } => {
                 self.settlements.push((settlement, reply));
-                true
+                // Caught up, the uploader waits for new readings anyway: the acks commit
+                // with them. Working through a backlog, it waits for these.
+                !self.caught_up
             }
             Command::Peek {
                 after_id,
@@ -305,18 +374,28 @@ impl Writer {
                         return false;
                     }
                 }
-                let _ = reply.send(self.queue.peek(after_id, limit).map_err(|e| e.to_string()));
+                let peeked = self.queue.peek(after_id, limit);
+                self.caught_up = peeked.as_ref().is_ok_and(|rows| rows.len() < limit);
+                let _ = reply.send(peeked.map_err(|e| e.to_string()));
                 false
             }
             Command::Stats(reply) => {
-                let _ = reply.send(self.queue.stats().map_err(|e| e.to_string()));
+                let stats = self.queue.stats().map(|mut stats| {
+                    for (key, value) in &self.status {
+                        stats.set_status(key, value);
+                    }
+                    stats
+                });
+                let _ = reply.send(stats.map_err(|e| e.to_string()));
                 false
             }
         }
     }
 
     fn flush(&mut self) {
-        if !self.has_writes() {
+        let data =
+            !self.readings.is_empty() || !self.settlements.is_empty() || !self.unsaved.is_empty();
+        if !data && !self.status_due() {
             return;
         }
         match self.write_all() {
@@ -324,6 +403,7 @@ impl Writer {
                 inserted,
                 dropped,
                 dead_evicted,
+                status_saved,
             }) => {
                 self.last_error = None;
                 self.unsaved.clear();
@@ -336,7 +416,10 @@ impl Writer {
                     );
                 }
                 self.readings.clear();
-                self.status.clear();
+                if status_saved {
+                    self.status_unsaved = false;
+                    self.status_saved_at = Instant::now();
+                }
                 self.dropped_in_memory = 0;
                 for (_, reply) in self.settlements.drain(..) {
                     let _ = reply.send(Ok(()));
@@ -455,8 +538,11 @@ impl Writer {
                 self.queue.dead_letter(*id, *status, body)?;
             }
         }
-        for (key, value) in &self.status {
-            self.queue.set_status(key, value)?;
+        let status_saved = self.status_due();
+        if status_saved {
+            for (key, value) in &self.status {
+                self.queue.set_status(key, value)?;
+            }
         }
         let corrected = self.fix_timestamps()?;
         self.queue.commit()?;
@@ -472,6 +558,7 @@ impl Writer {
             inserted,
             dropped,
             dead_evicted,
+            status_saved,
         })
     }
 }
@@ -481,6 +568,8 @@ struct Written {
     inserted: u64,
     dropped: u64,
     dead_evicted: u64,
+    /// The status went into the queue file.
+    status_saved: bool,
 }
 
 /// Sums losses between two log lines: at a high sampling rate a full queue drops at every
