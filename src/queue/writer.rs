@@ -42,8 +42,9 @@ const MAX_GROUP: usize = 2_000;
 /// `queue stats` shows after a kill -9 is at most this old.
 const STATUS_SAVE_EVERY: Duration = Duration::from_secs(300);
 /// Acks of an uploader that has caught up wait at most this long for readings to commit
-/// with. Longer than the default sampling interval (5 s), so that each commit carries one
-/// reading and the acks of the one before.
+/// with (and only while readings come at least this often). Longer than the default
+/// sampling interval (5 s), so that each commit carries one reading and the acks of the
+/// one before.
 const ACK_WINDOW: Duration = Duration::from_secs(10);
 /// Between two attempts to write after a failure.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
@@ -188,6 +189,9 @@ pub fn spawn(
                 file_due: None,
                 file_written_at: None,
                 caught_up: false,
+                last_enqueue: None,
+                reading_gap: None,
+                commit_interval,
                 closing: false,
                 dropped_in_memory: 0,
                 failing_since: None,
@@ -228,6 +232,10 @@ struct Writer {
     file_written_at: Option<Instant>,
     /// The uploader's last read reached the end of the queue: its acks may wait.
     caught_up: bool,
+    /// When the last reading came, and the time since the one before.
+    last_enqueue: Option<Instant>,
+    reading_gap: Option<Duration>,
+    commit_interval: Duration,
     /// The last flush, before the thread ends: everything is written.
     closing: bool,
     /// Drops that happened in memory (writes failing); added to the stored counter later.
@@ -286,7 +294,7 @@ impl Writer {
             } else if !self.readings.is_empty() {
                 commit_interval
             } else if !self.settlements.is_empty() {
-                ACK_WINDOW
+                self.ack_wait().unwrap_or(Duration::ZERO)
             } else {
                 // Status alone: saved when due.
                 STATUS_SAVE_EVERY.saturating_sub(self.status_saved_at.elapsed())
@@ -296,6 +304,16 @@ impl Writer {
             let wanted = now + wait;
             deadline = Some(deadline.map_or(wanted, |d| d.min(wanted)));
         }
+    }
+
+    /// How long the acks may wait for the next readings' commit, if they may: the
+    /// uploader has caught up and readings come at least every `ACK_WINDOW`. One and a
+    /// half sampling gaps, so that the next reading is in time despite jitter.
+    fn ack_wait(&self) -> Option<Duration> {
+        let gap = self.reading_gap?;
+        let recent = self.last_enqueue.is_some_and(|t| t.elapsed() <= ACK_WINDOW);
+        (self.caught_up && recent && gap <= ACK_WINDOW)
+            .then(|| (gap + gap / 2 + self.commit_interval).min(ACK_WINDOW))
     }
 
     fn has_writes(&self) -> bool {
@@ -327,6 +345,10 @@ impl Writer {
     fn accept(&mut self, command: Command) -> bool {
         match command {
             Command::Enqueue(c) => {
+                let now = Instant::now();
+                if let Some(last) = self.last_enqueue.replace(now) {
+                    self.reading_gap = Some(now.duration_since(last));
+                }
                 if self.failing_since.is_some() && self.readings.len() >= MAX_BUFFERED {
                     // Writes fail (disk full): keep the newest in memory, count the loss.
                     self.readings.pop_front();
@@ -337,20 +359,24 @@ impl Writer {
             }
             Command::Status(key, value) => {
                 if self.status.get(key) != Some(&value) {
-                    self.status.insert(key, value);
+                    // A key's first value is shown at once (a daemon just started says what
+                    // it does); changes are paced, the file may be on the card.
+                    let first = self.status.insert(key, value).is_none();
                     self.status_unsaved = true;
-                    let earliest = self
-                        .file_written_at
-                        .map_or_else(Instant::now, |t| t + self.runtime.every);
-                    self.file_due.get_or_insert(earliest);
+                    let earliest = match self.file_written_at {
+                        Some(t) if !first => t + self.runtime.every,
+                        _ => Instant::now(),
+                    };
+                    self.file_due = Some(self.file_due.map_or(earliest, |d| d.min(earliest)));
                 }
                 false
             }
             Command::Settle { settlement, reply } => {
                 self.settlements.push((settlement, reply));
                 // Caught up, the uploader waits for new readings anyway: the acks commit
-                // with them. Working through a backlog, it waits for these.
-                !self.caught_up
+                // with them, if readings come often enough. Working through a backlog, or
+                // with nothing to commit with soon, it waits for these.
+                self.ack_wait().is_none()
             }
             Command::Peek {
                 after_id,
@@ -659,6 +685,46 @@ mod tests {
             q.stats().map_err(|e| e.to_string())?.last_error.as_deref(),
             Some("x")
         );
+        Ok(())
+    }
+
+    /// Frames in the WAL (1 KiB pages): `(len - header) / (page + frame header)`.
+    fn wal_frames(config: &QueueConfig) -> u64 {
+        let mut wal = config.path.as_os_str().to_owned();
+        wal.push("-wal");
+        let len = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+        len.saturating_sub(32) / (1024 + 24)
+    }
+
+    #[tokio::test]
+    async fn a_caught_up_uploaders_acks_commit_with_the_next_reading() -> Result<(), String> {
+        let (_dir, config, store, thread) = started(Duration::from_millis(20))?;
+        store.enqueue(captured(0)).map_err(|e| e.to_string())?;
+        store.new_readings.notified().await;
+        let mut frames = Vec::new();
+        for ms in 1..=2 {
+            // The uploader reads to the end of the queue: it has caught up.
+            let batch = store.peek(0, 64).await?;
+            assert_eq!(batch.len(), 1);
+            let before = wal_frames(&config);
+            let settled = store.settle(Settlement {
+                acked: vec![batch[0].id],
+                dead: vec![],
+            });
+            store.enqueue(captured(ms)).map_err(|e| e.to_string())?;
+            settled.await?;
+            frames.push(wal_frames(&config) - before);
+        }
+        // The second time (the first creates the counter's row and its index entry): one
+        // commit, the table's page (one reading in, one out) and the uploaded count.
+        // Committed on their own, the acks would have taken two frames and the reading one.
+        assert_eq!(frames[1], 2, "{frames:?}");
+        let stats = store.stats().await?;
+        assert_eq!((stats.pending, stats.uploaded_total), (1, 2));
+        drop(store);
+        thread
+            .join()
+            .map_err(|_| "queue thread panicked".to_string())?;
         Ok(())
     }
 
