@@ -12,11 +12,14 @@ use crate::config::{OverflowPolicy, QueueConfig, UnfixableTime};
 use crate::reading::unix_ms;
 
 pub(super) const SCHEMA_VERSION: i64 = 2;
-/// Page size of a new queue. A commit of one reading changes one page, written to the WAL
-/// as one frame (page + 24 bytes): 1,048 bytes touch one or two 4 KiB blocks of the card
-/// (5 KiB on average), where a 4 KiB page always touched two (8 KiB). Existing files keep
-/// the page size they were made with (changing it needs a VACUUM of the whole file).
-const PAGE_SIZE: i64 = 1024;
+/// Page size of a new queue (SQLite's default). 1 KiB pages were measured to write less
+/// (a one-page commit's WAL frame, 1,048 bytes, touches one or two 4 KiB blocks, 5 KiB on
+/// average, where a 4 KiB frame always touches two: 5 s sampling offline 7.5 KiB per
+/// reading with 1 KiB pages), but with them a queue on a full filesystem goes on draining
+/// through checkpoints that free just enough WAL room for small commits, which the
+/// full-disk contract (uploads pause until space returns) and its e2e test do not allow.
+/// Kept at 4 KiB until that contract is revisited; the migration keeps a file's page size.
+const PAGE_SIZE: i64 = 4096;
 /// The WAL is checkpointed once it holds this many bytes (see `open_checked`).
 const WAL_CHECKPOINT_BYTES: i64 = 1024 * 1024;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -447,7 +450,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_queue_has_small_pages_and_ids_are_never_reused() -> Result<(), QueueError> {
+    fn a_new_queue_has_its_page_size_and_ids_are_never_reused() -> Result<(), QueueError> {
         let dir = tempdir()?;
         let q = open(dir.path(), 100, OverflowPolicy::DropOldest);
         let page: i64 = q.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;

@@ -688,12 +688,12 @@ mod tests {
         Ok(())
     }
 
-    /// Frames in the WAL (1 KiB pages): `(len - header) / (page + frame header)`.
+    /// Frames in the WAL: `(len - header) / (page + frame header)`.
     fn wal_frames(config: &QueueConfig) -> u64 {
         let mut wal = config.path.as_os_str().to_owned();
         wal.push("-wal");
         let len = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
-        len.saturating_sub(32) / (1024 + 24)
+        len.saturating_sub(32) / (4096 + 24)
     }
 
     #[tokio::test]
