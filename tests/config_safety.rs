@@ -220,11 +220,16 @@ fn a_capture_time_past_9999_is_listed_and_exported_without_panicking() {
     let stats = gw.queue_stats();
     assert!(stats["pending"].as_u64().unwrap_or(0) >= 3, "{stats}");
     gw.cli_ok(&["queue", "stats"]);
+    // A capture time past 9999 is a damaged row (RFC 3339 has four-digit years): the
+    // commands leave it out, the daemon moves it to the dead letters (tests/e2e_daemon.rs);
+    // the readings behind it are listed and exported as usual.
     let list = gw.cli_ok(&["queue", "list", "--json"]);
-    assert!(list.contains("+10000-01-01T00:00:00.000Z"), "{list}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&list).expect("queue list --json");
+    assert!(rows.len() >= 2, "{list}");
+    assert!(!list.contains("+10000-"), "{list}");
     gw.cli_ok(&["queue", "list"]);
     for format in ["jsonl", "csv"] {
         let out = gw.cli_ok(&["queue", "export", "--format", format]);
-        assert!(out.contains("+10000-"), "{format}: {out}");
+        assert!(!out.contains("+10000-"), "{format}: {out}");
     }
 }

@@ -85,7 +85,13 @@ fn a_second_run_on_the_same_queue_is_refused_and_the_queue_commands_still_work()
     gw.assert_running();
 
     // The queue commands do not need the daemon's lock.
-    assert!(gw.queue_counts().uploaded_total >= 5);
+    // Acknowledgements are committed lazily (SD card wear): wait for them, reading the
+    // queue while the daemon holds its lock.
+    gw.wait_for(
+        "5 uploads recorded in the queue",
+        Duration::from_secs(60),
+        |gw| gw.queue_counts().uploaded_total >= 5,
+    );
     gw.queue_list(Some(5));
     gw.cli_ok(&["queue", "export", "--format", "csv"]);
     gw.cli_ok(&["queue", "dead"]);

@@ -80,6 +80,9 @@ pub struct TokenManager {
     clock: Clock,
     settings: AuthSettings,
     state: Mutex<State>,
+    /// Woken when a login may now succeed sooner than its backoff said (new passwords),
+    /// so callers told to wait can ask again.
+    retry_now: tokio::sync::Notify,
     pub counters: AuthCounters,
 }
 
@@ -135,6 +138,7 @@ impl TokenManager {
                 last_failure: None,
                 told_due_on_arrival: false,
             }),
+            retry_now: tokio::sync::Notify::new(),
             counters: AuthCounters::default(),
         }
     }
@@ -170,7 +174,14 @@ impl TokenManager {
         if st.last_failure.is_some() {
             st.backoff.reset();
             st.next_attempt_at = None;
+            self.retry_now.notify_waiters();
         }
+    }
+
+    /// Completes when a wait this manager asked for ([`AuthError::Waiting`]) is over
+    /// early: the password sources were replaced after a failed login.
+    pub async fn retry_now(&self) {
+        self.retry_now.notified().await;
     }
 
     /// A protected call answered 401 with `used`: that token is dead. Only the token that

@@ -492,6 +492,20 @@ impl<T> Drain<T> {
         self.retry.iter().map(|r| r.due).filter(future).min()
     }
 
+    /// The wait for a session is over early (new passwords after a failed login): the
+    /// readings held by [`Answer::NotYet`] are due now.
+    pub fn session_back(&mut self, now: Instant) {
+        if let Some(until) = self.not_before.take() {
+            for r in self
+                .retry
+                .iter_mut()
+                .filter(|r| r.due > now && r.due <= until)
+            {
+                r.due = now;
+            }
+        }
+    }
+
     /// Shutdown: no more sends or fetches; what is answered is committed at once.
     pub fn stop(&mut self) {
         self.stopping = true;
@@ -980,5 +994,21 @@ mod tests {
         assert!(d.next_send(t + Duration::from_secs(1)).is_none());
         assert_eq!(d.next_wake(t), Some(until));
         assert_eq!(d.next_send(until).map(|(id, _)| id), Some(1));
+    }
+
+    #[test]
+    fn a_session_back_early_ends_the_wait_for_login() {
+        let t = Instant::now();
+        let mut d: Drain<()> = Drain::new(settings(64, Mode::Fixed(2)), t);
+        let _ = d.wants_fetch(t);
+        d.fetched((1..=3).map(|i| (i, ())).collect(), 64);
+        let until = t + Duration::from_secs(600);
+        let (id, ()) = d.next_send(t).unwrap_or_else(|| panic!("send"));
+        assert_eq!(d.answered(id, (), Answer::NotYet { until }, t), None);
+        let later = t + Duration::from_secs(2);
+        assert!(d.next_send(later).is_none());
+        d.session_back(later);
+        assert_ne!(d.state(later), State::WaitingForLogin);
+        assert_eq!(d.next_send(later).map(|(id, _)| id), Some(1));
     }
 }

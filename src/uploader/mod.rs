@@ -198,6 +198,7 @@ impl Uploader {
                 .map_or(IDLE_WAKE, |t| t.saturating_duration_since(now))
                 .min(IDLE_WAKE);
             tokio::select! {
+                _ = self.auth.retry_now() => drain.session_back(Instant::now()),
                 Some((id, stored, sent)) = sends.next(), if !sends.is_empty() => {
                     let now = Instant::now();
                     let (answer, pause) = match sent {
