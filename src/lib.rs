@@ -13,6 +13,7 @@
 //! - [`uploader`]: drains the queue through api + auth with the retry policy.
 //! - [`backoff`]: exponential backoff with full jitter.
 //! - [`daemon`]: wires the tasks together, shutdown, systemd notification.
+//! - [`metrics`]: the state in Prometheus text, the `/metrics` + `/health` listener, progress rates.
 //! - [`cli`]: the command line: one file per command group (arguments, handler, output).
 
 pub mod api;
@@ -23,6 +24,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod logging;
+pub mod metrics;
 pub mod queue;
 pub mod reading;
 pub mod sampler;

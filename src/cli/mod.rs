@@ -4,7 +4,9 @@
 //! This is the application layer, so handlers return `anyhow` errors with context.
 
 mod config;
+mod doctor;
 mod login;
+mod metrics;
 mod queue;
 mod sensors;
 
@@ -17,6 +19,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, ConfigSource};
 
 pub use self::config::ConfigCommand;
+pub use self::doctor::DoctorArgs;
 pub use self::login::LoginArgs;
 pub use self::queue::{ExportFormat, QueueCommand};
 pub use self::sensors::SensorsCommand;
@@ -70,6 +73,13 @@ pub enum Command {
     /// Sensor commands: supported types, I2C scan, one test reading.
     #[command(subcommand)]
     Sensors(SensorsCommand),
+    /// Is this gateway healthy? Checks the configuration, the password source, the server
+    /// (DNS, TCP, TLS, login), each sensor, the I2C buses, the clock, the disk, the queue
+    /// and the service, each with its fix. Exits 1 when a check fails.
+    Doctor(DoctorArgs),
+    /// Print the state in the Prometheus text format (for node_exporter's textfile
+    /// collector or Telegraf's inputs.exec). The daemon serves the same on `[metrics] listen`.
+    Metrics,
 }
 
 impl Command {
@@ -134,6 +144,17 @@ pub fn dispatch(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::SetPassword => login::set_password(&config),
         Command::DeletePassword => login::delete_password(&config),
         Command::Sensors(s) => sensors::run(s, &config),
+        Command::Doctor(args) => doctor::doctor(&config, args.json),
+        Command::Metrics => metrics::print(&config),
+    }
+}
+
+/// A command that reports a configuration that does not load as its own result (`doctor`)
+/// does so here and gives its exit code; `None` for the others (the caller exits 78).
+pub fn report_config_failure(command: &Command, error: &ConfigFailure) -> Option<ExitCode> {
+    match command {
+        Command::Doctor(args) => Some(doctor::config_failure(&error.to_string(), args.json)),
+        _ => None,
     }
 }
 

@@ -2,7 +2,7 @@
 //! and export.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -94,14 +94,7 @@ pub(super) fn run(command: QueueCommand, config: &Config) -> anyhow::Result<Exit
     let path = &config.queue.path;
     match command {
         QueueCommand::Stats { json } => {
-            let stats = match Queue::open_read_only(path) {
-                Ok(q) => q.stats()?,
-                Err(QueueError::Missing(_)) => Stats {
-                    path: path.display().to_string(),
-                    ..Default::default()
-                },
-                Err(e) => return Err(e.into()),
-            };
+            let stats = current_stats(path)?;
             print_json_or(json, &stats, || stats_text(&stats))
         }
         QueueCommand::List { limit, json } => {
@@ -171,6 +164,19 @@ pub(super) fn run(command: QueueCommand, config: &Config) -> anyhow::Result<Exit
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The queue's figures as `queue stats` shows them (zeros while the queue does not
+/// exist): the one place the commands (`queue stats`, `doctor`, `metrics`) read them.
+pub(super) fn current_stats(path: &Path) -> anyhow::Result<Stats> {
+    match Queue::open_read_only(path) {
+        Ok(q) => Ok(q.stats()?),
+        Err(QueueError::Missing(_)) => Ok(Stats {
+            path: path.display().to_string(),
+            ..Default::default()
+        }),
+        Err(e) => Err(e.into()),
     }
 }
 
