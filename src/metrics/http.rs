@@ -161,6 +161,19 @@ impl Probe {
     }
 }
 
+/// Binds the listener, saying where it serves (a test asks for port 0 and reads it here).
+pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, String> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        format!(
+            "metrics: cannot listen on {addr}: {e} (is the port taken? under systemd, the unit needs the drop-in of systemd/metrics.conf: SocketBindAllow=tcp:{}); going on without /metrics",
+            addr.port()
+        )
+    })?;
+    let local = listener.local_addr().map_err(|e| format!("metrics: {e}"))?;
+    tracing::info!(%local, "metrics: serving /metrics and /health on http://{local}");
+    Ok(listener)
+}
+
 /// Answers on `listener` until `cancel` fires.
 pub async fn serve(listener: TcpListener, probe: Probe, cancel: CancellationToken) {
     let tracker = TaskTracker::new();

@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod rate;
+pub mod summary;
 
 use std::fmt::Write;
 
