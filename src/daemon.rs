@@ -152,7 +152,7 @@ pub async fn serve(deps: Deps, shutdown: CancellationToken) -> Result<(), Daemon
     );
     if config.api.username.is_none() {
         tracing::warn!(
-            "uploads are off: api.username is not set, so readings are only queued; set `username = \"...\"` under [api] in {}, store the password (`profilo-gateway set-password`, api.password_file or a systemd credential) and restart",
+            "uploads are off: api.username is not set, so readings are only queued; set `username = \"...\"` under [api] in the configuration file (default {}), store the password (`profilo-gateway set-password`, api.password_file or a systemd credential) and restart",
             crate::config::DEFAULT_CONFIG_PATH
         );
     }
