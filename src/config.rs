@@ -214,8 +214,9 @@ impl Default for LogConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Serve `/metrics` (Prometheus text) and `/health` on this address, e.g.
-    /// `"127.0.0.1:9464"`. The shipped unit denies binding sockets: see
-    /// `systemd/metrics.conf` for the drop-in that opens this port only.
+    /// `"127.0.0.1:9464"`. The shipped unit denies binding sockets: the drop-in
+    /// `systemd/metrics.conf` (installed under /usr/share/doc/profilo-gateway/examples/)
+    /// opens this port only.
     pub listen: Option<std::net::SocketAddr>,
 }
 

@@ -165,7 +165,7 @@ impl Probe {
 pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, String> {
     let listener = TcpListener::bind(addr).await.map_err(|e| {
         format!(
-            "metrics: cannot listen on {addr}: {e} (is the port taken? under systemd, the unit needs the drop-in of systemd/metrics.conf: SocketBindAllow=tcp:{}); going on without /metrics",
+            "metrics: cannot listen on {addr}: {e} (is the port taken? under systemd, the unit needs the drop-in /usr/share/doc/profilo-gateway/examples/metrics.conf: SocketBindAllow=tcp:{}); going on without /metrics",
             addr.port()
         )
     })?;
