@@ -14,6 +14,17 @@ fn gateway(server: &TestServer) -> Gateway {
     Gateway::new(&server.base_url(), GatewayOptions::default())
 }
 
+/// A gateway whose daemon serves `/metrics` and `/health` on a free loopback port.
+fn gateway_with_listener(server: &TestServer) -> Gateway {
+    Gateway::new(
+        &server.base_url(),
+        GatewayOptions {
+            extra_toml: "[metrics]\nlisten = \"127.0.0.1:0\"\n".into(),
+            ..GatewayOptions::default()
+        },
+    )
+}
+
 #[test]
 fn doctor_passes_on_a_healthy_gateway_and_names_the_password_source() {
     let server = TestServer::with_device(Duration::from_secs(300));
@@ -141,14 +152,7 @@ fn doctor_fails_a_sensor_on_a_path_that_is_not_an_i2c_device() {
 fn doctor_fails_the_disk_check_when_the_queue_filesystem_is_full() {
     let server = TestServer::with_device(Duration::from_secs(300));
     let gw = gateway(&server);
-    let fs = Tmpfs::mount(&gw.dir().join("small"), "2m")
-        .unwrap_or_else(|e| panic!("cannot mount a 2 MiB tmpfs (this test needs root): {e}"));
-    let queue = fs.dir().join("queue.db");
-    gw.set_config_key(
-        "queue",
-        "path",
-        &format!("{:?}", queue.display().to_string()),
-    );
+    let fs = queue_on_tmpfs(&gw, "2m");
     let free = fs.free_bytes();
     std::fs::write(fs.dir().join("filler"), vec![0u8; free as usize]).ok();
     let (code, report) = doctor(&gw);
@@ -239,13 +243,7 @@ fn assert_metrics_match_stats(families: &[serde_json::Value], stats: &serde_json
 #[test]
 fn metrics_parse_as_prometheus_text_and_agree_with_queue_stats() {
     let server = TestServer::with_device(Duration::from_secs(300));
-    let mut gw = Gateway::new(
-        &server.base_url(),
-        GatewayOptions {
-            extra_toml: "[metrics]\nlisten = \"127.0.0.1:0\"\n".into(),
-            ..GatewayOptions::default()
-        },
-    );
+    let mut gw = gateway_with_listener(&server);
     gw.spawn();
     gw.wait_until(
         "readings uploaded and a status written",
@@ -309,13 +307,7 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
 #[test]
 fn the_daemon_serves_metrics_and_health_when_listen_is_set() {
     let server = TestServer::with_device(Duration::from_secs(300));
-    let mut gw = Gateway::new(
-        &server.base_url(),
-        GatewayOptions {
-            extra_toml: "[metrics]\nlisten = \"127.0.0.1:0\"\n".into(),
-            ..GatewayOptions::default()
-        },
-    );
+    let mut gw = gateway_with_listener(&server);
     gw.spawn();
     let mut addr = String::new();
     gw.wait_until(

@@ -89,6 +89,38 @@ fn families(s: &Stats, ctx: Context) -> Vec<Family> {
     use Kind::{Counter, Gauge};
     let uploads = |key: &str| json_u64(s.uploads.as_ref(), key);
     let auth = |key: &str| json_u64(s.auth.as_ref(), key);
+    let count = |v: u64| Some(v as f64);
+    let seconds = |t: &Option<String>| parse_ms(t.as_deref()).map(|ms| ms as f64 / 1000.0);
+    let oldest_age = match (s.pending, parse_ms(s.oldest_captured_at.as_deref())) {
+        (0, _) | (_, None) => 0.0,
+        (_, Some(oldest)) => (ctx.now_ms.saturating_sub(oldest)).max(0) as f64 / 1000.0,
+    };
+    // Families of one sample, `None` when its source is unknown.
+    let single: [(&'static str, Kind, &'static str, Option<f64>); 13] = [
+        ("profilo_gateway_queue_pending", Gauge, "Readings queued and not yet accepted by the server.", count(s.pending)),
+        ("profilo_gateway_queue_dead", Gauge, "Dead letters: readings the server refused for good (see `queue dead`).", count(s.dead)),
+        ("profilo_gateway_queue_in_flight", Gauge, "Upload requests in flight.", count(s.in_flight)),
+        ("profilo_gateway_queue_bytes", Gauge, "Size of the queue's database file and its write-ahead log.", count(s.db_bytes)),
+        ("profilo_gateway_oldest_pending_age_seconds", Gauge, "Age of the oldest pending reading's capture time; 0 when the queue is empty.", Some(oldest_age)),
+        ("profilo_gateway_uploaded_total", Counter, "Readings accepted by the server, ever (kept in the queue file).", count(s.uploaded_total)),
+        ("profilo_gateway_dropped_total", Counter, "Readings dropped, ever: queue full, or not writable.", count(s.dropped_total)),
+        ("profilo_gateway_dead_evicted_total", Counter, "Dead letters deleted to keep the queue within queue.max_bytes, ever.", count(s.dead_evicted_total)),
+        ("profilo_gateway_logins_total", Counter, "Successful logins (username and password) since the daemon started.", auth("logins").and_then(count)),
+        ("profilo_gateway_login_failures_total", Counter, "Failed logins since the daemon started.", auth("login_failures").and_then(count)),
+        ("profilo_gateway_clock_synchronized", Gauge, "1 when the wall clock is past this build's date and synchronised by NTP (or no NTP client is known), else 0.", Some(if ctx.clock_synchronized { 1.0 } else { 0.0 })),
+        ("profilo_gateway_status_updated_timestamp_seconds", Gauge, "When the daemon last wrote its status (Unix time); stale when the daemon is down.", seconds(&s.daemon_updated_at)),
+        ("profilo_gateway_last_upload_timestamp_seconds", Gauge, "When readings were last accepted by the server (Unix time).", seconds(&s.last_upload_at)),
+    ];
+    let mut out: Vec<Family> = single
+        .into_iter()
+        .map(|(name, kind, help, v)| {
+            let f = Family::new(name, kind, help);
+            match v {
+                Some(v) => f.value(v),
+                None => f,
+            }
+        })
+        .collect();
     let mut failures = Family::new(
         "profilo_gateway_upload_failures_total",
         Counter,
@@ -113,10 +145,6 @@ fn families(s: &Stats, ctx: Context) -> Vec<Family> {
             refreshes = refreshes.labelled("result", result, v as f64);
         }
     }
-    let optional = |f: Family, v: Option<u64>| match v {
-        Some(v) => f.value(v as f64),
-        None => f,
-    };
     let mut sensor_up = Family::new(
         "profilo_gateway_sensor_up",
         Gauge,
@@ -125,103 +153,8 @@ fn families(s: &Stats, ctx: Context) -> Vec<Family> {
     for (name, up) in sensor_states(s) {
         sensor_up = sensor_up.labelled("sensor", name, if up { 1.0 } else { 0.0 });
     }
-    let oldest_age = match (s.pending, parse_ms(s.oldest_captured_at.as_deref())) {
-        (0, _) | (_, None) => 0.0,
-        (_, Some(oldest)) => (ctx.now_ms.saturating_sub(oldest)).max(0) as f64 / 1000.0,
-    };
-    let mut updated = Family::new(
-        "profilo_gateway_status_updated_timestamp_seconds",
-        Gauge,
-        "When the daemon last wrote its status (Unix time); stale when the daemon is down.",
-    );
-    if let Some(ms) = parse_ms(s.daemon_updated_at.as_deref()) {
-        updated = updated.value(ms as f64 / 1000.0);
-    }
-    let mut last_upload = Family::new(
-        "profilo_gateway_last_upload_timestamp_seconds",
-        Gauge,
-        "When readings were last accepted by the server (Unix time).",
-    );
-    if let Some(ms) = parse_ms(s.last_upload_at.as_deref()) {
-        last_upload = last_upload.value(ms as f64 / 1000.0);
-    }
-    vec![
-        Family::new(
-            "profilo_gateway_queue_pending",
-            Gauge,
-            "Readings queued and not yet accepted by the server.",
-        )
-        .value(s.pending as f64),
-        Family::new(
-            "profilo_gateway_queue_dead",
-            Gauge,
-            "Dead letters: readings the server refused for good (see `queue dead`).",
-        )
-        .value(s.dead as f64),
-        Family::new(
-            "profilo_gateway_queue_in_flight",
-            Gauge,
-            "Upload requests in flight.",
-        )
-        .value(s.in_flight as f64),
-        Family::new(
-            "profilo_gateway_queue_bytes",
-            Gauge,
-            "Size of the queue's database file and its write-ahead log.",
-        )
-        .value(s.db_bytes as f64),
-        Family::new(
-            "profilo_gateway_oldest_pending_age_seconds",
-            Gauge,
-            "Age of the oldest pending reading's capture time; 0 when the queue is empty.",
-        )
-        .value(oldest_age),
-        Family::new(
-            "profilo_gateway_uploaded_total",
-            Counter,
-            "Readings accepted by the server, ever (kept in the queue file).",
-        )
-        .value(s.uploaded_total as f64),
-        Family::new(
-            "profilo_gateway_dropped_total",
-            Counter,
-            "Readings dropped, ever: queue full, or not writable.",
-        )
-        .value(s.dropped_total as f64),
-        Family::new(
-            "profilo_gateway_dead_evicted_total",
-            Counter,
-            "Dead letters deleted to keep the queue within queue.max_bytes, ever.",
-        )
-        .value(s.dead_evicted_total as f64),
-        failures,
-        optional(
-            Family::new(
-                "profilo_gateway_logins_total",
-                Counter,
-                "Successful logins (username and password) since the daemon started.",
-            ),
-            auth("logins"),
-        ),
-        optional(
-            Family::new(
-                "profilo_gateway_login_failures_total",
-                Counter,
-                "Failed logins since the daemon started.",
-            ),
-            auth("login_failures"),
-        ),
-        refreshes,
-        sensor_up,
-        Family::new(
-            "profilo_gateway_clock_synchronized",
-            Gauge,
-            "1 when the wall clock is past this build's date and synchronised by NTP (or no NTP client is known), else 0.",
-        )
-        .value(if ctx.clock_synchronized { 1.0 } else { 0.0 }),
-        updated,
-        last_upload,
-    ]
+    out.extend([failures, refreshes, sensor_up]);
+    out
 }
 
 /// Each sensor's name and whether it reads, from the daemon's health report.

@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 
 use super::gateway::Gateway;
+use super::queue_tools::Tmpfs;
 
 /// `doctor --json`: its exit code and the report.
 pub fn doctor(gw: &Gateway) -> (i32, Value) {
@@ -85,4 +86,18 @@ pub fn sample(families: &[Value], name: &str, labels: &[(&str, &str)]) -> Option
                     .all(|(k, v)| s["labels"][*k].as_str() == Some(*v))
         })
         .and_then(|s| s["value"].as_f64())
+}
+
+/// Moves `gw`'s queue onto a new tmpfs of `size` (mount's syntax: `2m`) under its
+/// directory; panics when mounting is impossible here (the test needs root).
+pub fn queue_on_tmpfs(gw: &Gateway, size: &str) -> Tmpfs {
+    let fs = Tmpfs::mount(&gw.dir().join("small"), size)
+        .unwrap_or_else(|e| panic!("cannot mount a {size} tmpfs (this test needs root): {e}"));
+    let queue = fs.dir().join("queue.db");
+    gw.set_config_key(
+        "queue",
+        "path",
+        &format!("{:?}", queue.display().to_string()),
+    );
+    fs
 }
