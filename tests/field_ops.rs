@@ -357,3 +357,54 @@ fn the_daemon_serves_metrics_and_health_when_listen_is_set() {
     assert_eq!(http_get(&addr, "/nothing").0, 404);
     assert!(gw.sigterm(Duration::from_secs(20)).status.success());
 }
+
+#[test]
+fn a_terminal_sees_why_uploads_are_off_and_the_queue_redrawn_with_its_rate() {
+    let server = TestServer::with_device(Duration::from_secs(300));
+    let mut gw = gateway(&server);
+    let without_user: String = gw
+        .default_config()
+        .lines()
+        .filter(|l| !l.starts_with("username"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    gw.set_config(&without_user);
+    gw.spawn();
+    gw.wait_until("the start-up warning", Duration::from_secs(60), || {
+        gw.log_text()
+            .contains("uploads are off: api.username is not set")
+    });
+    assert!(
+        gw.log_text().contains("set-password"),
+        "no way to fix it said"
+    );
+    // `queue stats --watch` redraws until stopped; two frames at least, each with its rate.
+    let mut watch = gw
+        .command()
+        .args(["queue", "stats", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("queue stats --watch");
+    let mut out = watch.stdout.take().expect("stdout");
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    let t0 = std::time::Instant::now();
+    while text.matches("progress:").count() < 2 && t0.elapsed() < Duration::from_secs(30) {
+        match out.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(
+        text.matches("\x1b[H\x1b[2J").count() >= 2,
+        "not redrawn: {text:?}"
+    );
+    assert!(
+        text.contains("progress:       upload 0.0/s, queue growing by"),
+        "{text:?}"
+    );
+    assert!(text.contains("pending:"), "{text:?}");
+    assert!(gw.sigterm(Duration::from_secs(20)).status.success());
+}

@@ -96,7 +96,8 @@ impl Command {
             Command::Run => config.log.level.clone(),
             // The token manager's warnings speak of the next attempt; a one-shot login
             // has none, and its error is printed on its own.
-            Command::Login(_) => "error".to_owned(),
+            // `doctor` reports every failure as a check of its own.
+            Command::Login(_) | Command::Doctor(_) => "error".to_owned(),
             _ => "warn".to_owned(),
         }
     }
