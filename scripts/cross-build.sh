@@ -22,6 +22,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/cross}"
+. scripts/lib/cross-env.sh
 
 deb=0
 targets=()
@@ -42,38 +43,11 @@ for arg in "$@"; do
     esac
 done
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
+    targets=("${CROSS_DEFAULT_TARGETS[@]}")
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-
-apt_updated=0
-apt_install() {
-    if [ $apt_updated -eq 0 ]; then
-        $SUDO apt-get update -qq
-        apt_updated=1
-    fi
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
-
-# target -> gcc prefix, Debian packages, cargo-deb architecture
-gcc_prefix() {
-    case "$1" in
-        aarch64-unknown-linux-gnu) echo aarch64-linux-gnu ;;
-        armv7-unknown-linux-gnueabihf) echo arm-linux-gnueabihf ;;
-        *) return 1 ;;
-    esac
-}
-debian_packages() {
-    case "$1" in
-        aarch64-unknown-linux-gnu) echo gcc-aarch64-linux-gnu libc6-dev-arm64-cross ;;
-        armv7-unknown-linux-gnueabihf) echo gcc-arm-linux-gnueabihf libc6-dev-armhf-cross ;;
-    esac
-}
-
 ensure_target() {
-    local target="$1" prefix
+    local target="$1"
     case "$target" in
         arm-unknown-linux-gnueabihf)
             echo "armv6 ($target) cannot be built without Docker: use" >&2
@@ -81,34 +55,13 @@ ensure_target() {
             exit 2
             ;;
     esac
-    if ! prefix="$(gcc_prefix "$target")"; then
-        echo "unsupported target $target (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf)" >&2
-        exit 2
-    fi
-    local missing=()
-    command -v "$prefix-gcc" >/dev/null || missing+=($(debian_packages "$target"))
-    [ -d "/usr/$prefix/include" ] || missing+=($(debian_packages "$target"))
-    command -v "qemu-$(qemu_arch "$target")-static" >/dev/null || missing+=(qemu-user-static)
-    if [ ${#missing[@]} -gt 0 ]; then
-        echo "==> installing ${missing[*]}"
-        apt_install "${missing[@]}"
-    fi
+    require_supported_target "$target"
+    install_cross_packages "$target"
     if ! rustup target list --installed | grep -qx "$target"; then
         echo "==> rustup target add $target"
         rustup target add "$target"
     fi
-    local var
-    var="$(echo "$target" | tr 'a-z-' 'A-Z_')"
-    export "CARGO_TARGET_${var}_LINKER=$prefix-gcc"
-    export "CC_$(echo "$target" | tr '-' '_')=$prefix-gcc"
-    export "AR_$(echo "$target" | tr '-' '_')=$prefix-ar"
-}
-
-qemu_arch() {
-    case "$1" in
-        aarch64-*) echo aarch64 ;;
-        arm*) echo arm ;;
-    esac
+    export_cross_toolchain "$target"
 }
 
 if [ $deb -eq 1 ] && ! command -v cargo-deb >/dev/null; then
@@ -129,6 +82,9 @@ for target in "${targets[@]}"; do
         grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1 || true)
     line="$target: ${secs}s, $bin $size bytes ($((size / 1024)) KiB), needs ${glibc:-?}"
     if [ $deb -eq 1 ]; then
+        # The man page and the completions (examples/gen_docs.rs, run on the host) go where
+        # the assets list of Cargo.toml expects them, whatever the target.
+        cargo run --quiet --locked --example gen_docs -- target/gen-docs >/dev/null
         # cargo-deb prints the path of the package it wrote.
         pkg=$(cargo deb --no-build --no-strip --target "$target" | tail -1)
         line="$line; package $pkg"

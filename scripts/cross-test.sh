@@ -26,6 +26,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/cross}"
+. scripts/lib/cross-env.sh
 
 targets=()
 for arg in "$@"; do
@@ -40,44 +41,15 @@ for arg in "$@"; do
     esac
 done
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
+    targets=("${CROSS_DEFAULT_TARGETS[@]}")
 fi
-
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-apt_updated=0
-apt_install() {
-    if [ $apt_updated -eq 0 ]; then
-        $SUDO apt-get update -qq
-        apt_updated=1
-    fi
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
 
 read -r -a extra <<<"${CROSS_TEST_ARGS:---test sensors_set}"
 summary=()
 for target in "${targets[@]}"; do
-    case "$target" in
-        aarch64-unknown-linux-gnu)
-            prefix=aarch64-linux-gnu qemu=qemu-aarch64-static
-            pkgs="gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
-            ;;
-        armv7-unknown-linux-gnueabihf)
-            prefix=arm-linux-gnueabihf qemu=qemu-arm-static
-            pkgs="gcc-arm-linux-gnueabihf libc6-dev-armhf-cross"
-            ;;
-        *)
-            echo "unsupported target $target (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf)" >&2
-            exit 2
-            ;;
-    esac
-    missing=()
-    command -v "$prefix-gcc" >/dev/null && [ -d "/usr/$prefix/include" ] || missing+=($pkgs)
-    command -v "$qemu" >/dev/null || missing+=(qemu-user-static)
-    if [ ${#missing[@]} -gt 0 ]; then
-        echo "==> installing ${missing[*]}"
-        apt_install "${missing[@]}"
-    fi
+    require_supported_target "$target"
+    prefix="$(gcc_prefix "$target")" qemu="$(qemu_static "$target")"
+    install_cross_packages "$target"
     if ! rustup target list --installed | grep -qx "$target"; then
         if ! rustup target add "$target"; then
             # rustup's download server may be out of reach (CI machines reach
@@ -89,12 +61,8 @@ for target in "${targets[@]}"; do
         fi
     fi
 
-    var="$(echo "$target" | tr 'a-z-' 'A-Z_')"
-    lower="$(echo "$target" | tr '-' '_')"
-    export "CARGO_TARGET_${var}_LINKER=$prefix-gcc"
-    export "CARGO_TARGET_${var}_RUNNER=$qemu -L /usr/$prefix"
-    export "CC_${lower}=$prefix-gcc"
-    export "AR_${lower}=$prefix-ar"
+    export_cross_toolchain "$target"
+    export "CARGO_TARGET_$(echo "$target" | tr 'a-z-' 'A-Z_')_RUNNER=$qemu -L /usr/$prefix"
 
     echo "==> cargo test --no-run --target $target --lib ${extra[*]}"
     start=$(date +%s)

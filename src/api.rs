@@ -104,10 +104,51 @@ struct RefreshBody<'a> {
 pub struct Api {
     client: reqwest::Client,
     base: Url,
+    server_certificate: crate::tls::SeenCertificate,
+}
+
+/// How the client reaches the server besides its URL: TLS settings, proxy, clock.
+struct Transport<'a> {
+    tls: crate::tls::TlsFiles<'a>,
+    proxy: Option<&'a str>,
+    clock: crate::clock::Clock,
 }
 
 impl Api {
+    /// A client with the system store and the proxy of the environment (tests, tools).
     pub fn new(base_url: &str, timeout: Duration) -> Result<Api, ApiError> {
+        let tls = crate::tls::TlsFiles {
+            ca_file: None,
+            system_roots: true,
+            client_cert: None,
+            client_key: None,
+        };
+        let clock = crate::clock::Clock::system();
+        Api::build(
+            base_url,
+            timeout,
+            Transport {
+                tls,
+                proxy: None,
+                clock,
+            },
+        )
+    }
+
+    /// The client the configuration describes (`[api]`: URL, timeout, TLS, proxy).
+    pub fn from_config(
+        config: &crate::config::ApiConfig,
+        clock: crate::clock::Clock,
+    ) -> Result<Api, ApiError> {
+        let transport = Transport {
+            tls: config.tls_files(),
+            proxy: config.proxy.as_deref(),
+            clock,
+        };
+        Api::build(&config.base_url, config.request_timeout, transport)
+    }
+
+    fn build(base_url: &str, timeout: Duration, transport: Transport<'_>) -> Result<Api, ApiError> {
         let mut base = Url::parse(base_url)
             .map_err(|e| ApiError::BadBaseUrl(base_url.into(), e.to_string()))?;
         // Endpoints are joined relative to the base, which keeps a path prefix like /profilo/.
@@ -115,19 +156,46 @@ impl Api {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        // Reading the system's CA certificates costs ~300 KiB of heap for good: skip it when
-        // the server is plain http (a LAN or a test bench).
-        let https = base.scheme() == "https";
-        let client = reqwest::Client::builder()
-            .tls_built_in_root_certs(https)
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_keepalive(Duration::from_secs(30))
-            .user_agent(concat!("profilo-gateway/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("profilo-gateway/", env!("CARGO_PKG_VERSION")));
+        // Reading the system's CA certificates costs ~300 KiB of heap for good: no TLS
+        // set-up at all when neither the server nor the proxy is https (a LAN, a test bench).
+        let https =
+            base.scheme() == "https" || transport.proxy.is_some_and(|p| p.starts_with("https:"));
+        let mut server_certificate = crate::tls::SeenCertificate::default();
+        if https {
+            let (tls, seen) =
+                crate::tls::client_config(&transport.tls, std::sync::Arc::new(transport.clock))
+                    .map_err(|e| ApiError::Client(e.to_string()))?;
+            builder = builder.use_preconfigured_tls(tls);
+            server_certificate = seen;
+        } else {
+            builder = builder.tls_built_in_root_certs(false);
+        }
+        if let Some(proxy) = transport.proxy {
+            // Set, it replaces the environment's proxy settings (NO_PROXY included: there is
+            // one server).
+            let proxy = reqwest::Proxy::all(proxy)
+                .map_err(|e| ApiError::Client(format!("api.proxy: {e}")))?;
+            builder = builder.proxy(proxy);
+        }
+        let client = builder
             .build()
             .map_err(|e| ApiError::Client(e.to_string()))?;
-        Ok(Api { client, base })
+        Ok(Api {
+            client,
+            base,
+            server_certificate,
+        })
+    }
+
+    /// The certificate of the last TLS handshake with the server, once there was one.
+    pub fn server_certificate(&self) -> Option<crate::tls::CertSummary> {
+        self.server_certificate.summary()
     }
 
     fn url(&self, path: &str) -> Url {
@@ -366,6 +434,20 @@ impl std::io::Write for SizeOnly {
 }
 
 fn network_error(e: reqwest::Error) -> CallError {
+    if let Some(tls) = crate::tls::explain(&e) {
+        // A failed handshake: the server never read the request, even when (TLS 1.3, a
+        // refused client certificate) its alert comes after the request was written.
+        if e.is_connect() || tls.in_handshake {
+            return CallError::NotSent {
+                detail: format!("cannot connect to {}: {}", origin(&e), tls.message),
+            };
+        }
+        return CallError::Transient {
+            status: None,
+            retry_after: None,
+            detail: format!("request to {} failed: {}", origin(&e), tls.message),
+        };
+    }
     // reqwest's Display names the URL, never the headers or body, so no secret leaks here.
     if e.is_connect() {
         // No connection was made (refused, DNS, connect timeout, TLS handshake): hyper
@@ -384,6 +466,13 @@ fn network_error(e: reqwest::Error) -> CallError {
         retry_after: None,
         detail: format!("{what}: {}", error_chain(&e)),
     }
+}
+
+/// `https://host:port` of the request that failed.
+fn origin(e: &reqwest::Error) -> String {
+    e.url()
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_else(|| "the server".into())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -162,6 +162,31 @@ impl Clock {
     pub fn now_ms(&self) -> i64 {
         crate::reading::unix_ms(self.now())
     }
+
+    /// Whether the machine's NTP client synchronised the clock since boot; `None` when no
+    /// NTP client is known (and for the library's default clock). Said with certificate
+    /// date errors: an unsynchronised clock is the likelier culprit.
+    pub fn synchronised(&self) -> Option<bool> {
+        match self.sync {
+            SyncSource::FloorOnly => None,
+            SyncSource::Forced { unsynced } => Some(!unsynced),
+            SyncSource::Ntp => {
+                let exists = |p: &str| std::path::Path::new(p).exists();
+                let client =
+                    exists(TIMESYNCD_DIR) || OTHER_NTP_CLIENT_MARKS.iter().any(|p| exists(p));
+                client.then(|| !ntp_unsynced(self.now_ms()))
+            }
+        }
+    }
+}
+
+impl crate::tls::TimeSource for Clock {
+    fn now(&self) -> SystemTime {
+        Clock::now(self)
+    }
+    fn synchronised(&self) -> Option<bool> {
+        Clock::synchronised(self)
+    }
 }
 
 /// Below this wall-clock time the clock cannot be right: the binary was built after it.

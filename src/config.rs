@@ -1,6 +1,7 @@
 //! Typed settings: loaded from a TOML file, overridden by `PROFILO_GATEWAY__SECTION__KEY`
 //! environment variables, validated. Every key is optional with a default that runs on a laptop.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,8 +23,15 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path}: {message}")]
-    Parse { path: String, message: String },
+    /// Never quotes the offending line: it may hold a password typed in the wrong place.
+    #[error("config file {path}{}: {message}", position(.line, .column, .key.as_deref()))]
+    Parse {
+        path: String,
+        message: String,
+        key: Option<String>,
+        line: Option<usize>,
+        column: Option<usize>,
+    },
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
     #[error("config {origin}: `{key}` {message}")]
@@ -32,6 +40,21 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+}
+
+/// ` line 3, column 1, key `api.password``, or nothing when the error has no position.
+fn position(line: &Option<usize>, column: &Option<usize>, key: Option<&str>) -> String {
+    let mut out = String::new();
+    if let (Some(line), Some(column)) = (line, column) {
+        out.push_str(&format!(" line {line}, column {column}"));
+    }
+    if let Some(key) = key {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(&format!(" key `{key}`"));
+    }
+    out
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -68,6 +91,22 @@ pub struct ApiConfig {
     pub login_backoff_base: Duration,
     #[serde(with = "humantime_serde")]
     pub login_backoff_max: Duration,
+    /// Allow plain `http://` to a host other than this machine. The password and the
+    /// tokens then cross the network in clear; only for a trusted link (a VPN).
+    pub insecure_http: bool,
+    // ---- TLS and proxy (issue 15) ----
+    /// PEM certificates trusted besides the system store: a private CA, or the server's own
+    /// self-signed certificate (then accepted as it is, still checked for name and dates).
+    pub ca_file: Option<PathBuf>,
+    /// Whether the system's CA store is trusted too; false (with `ca_file`) skips loading it.
+    pub system_roots: bool,
+    /// PEM certificate (and chain) for servers that require client certificates.
+    pub client_cert: Option<PathBuf>,
+    /// Its PEM private key, mode 0600 like the password file.
+    pub client_key: Option<PathBuf>,
+    /// `http://host:port` or `https://host:port`, used for every request; unset, the
+    /// `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` environment variables apply.
+    pub proxy: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -80,6 +119,24 @@ impl Default for ApiConfig {
             refresh_margin: None,
             login_backoff_base: Duration::from_secs(5),
             login_backoff_max: Duration::from_secs(300),
+            insecure_http: false,
+            ca_file: None,
+            system_roots: true,
+            client_cert: None,
+            client_key: None,
+            proxy: None,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The TLS settings, for `tls::check` and the HTTP client.
+    pub fn tls_files(&self) -> crate::tls::TlsFiles<'_> {
+        crate::tls::TlsFiles {
+            ca_file: self.ca_file.as_deref(),
+            system_roots: self.system_roots,
+            client_cert: self.client_cert.as_deref(),
+            client_key: self.client_key.as_deref(),
         }
     }
 }
@@ -290,9 +347,12 @@ impl ConfigSource {
 
 impl Config {
     /// Loads the file (if any), applies `PROFILO_GATEWAY__*` overrides from `env`, validates.
+    ///
+    /// `env` is the raw environment (`std::env::vars_os()`): a variable that is not valid
+    /// UTF-8 is ignored unless it is one of ours, which is then an error naming it.
     pub fn load(
         source: &ConfigSource,
-        env: impl IntoIterator<Item = (String, String)>,
+        env: impl IntoIterator<Item = (OsString, OsString)>,
     ) -> Result<Config, ConfigError> {
         let origin = source.origin();
         let mut table = match &source.path {
@@ -312,19 +372,27 @@ impl Config {
                 // Deserializing the text itself first gives errors with line and column,
                 // except in a [[sensors]] entry (a tagged enum loses the position): name
                 // the entry instead.
-                toml::from_str::<Config>(&text).map_err(|e| ConfigError::Parse {
-                    path: origin.clone(),
-                    message: crate::sensors::entry_error(&text).unwrap_or_else(|| e.to_string()),
+                toml::from_str::<Config>(&text).map_err(|e| {
+                    match crate::sensors::entry_error(&text) {
+                        Some(message) => ConfigError::Parse {
+                            path: origin.clone(),
+                            message,
+                            key: None,
+                            line: None,
+                            column: None,
+                        },
+                        None => parse_error(&origin, &text, &e),
+                    }
                 })?;
-                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::Parse {
-                    path: origin.clone(),
-                    message: e.to_string(),
-                })?
+                toml::from_str::<toml::Table>(&text).map_err(|e| parse_error(&origin, &text, &e))?
             }
             None => toml::Table::new(),
         };
         let mut overridden = Vec::new();
         for (var, raw) in env {
+            let Some((var, raw)) = our_variable(var, raw)? else {
+                continue;
+            };
             let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
@@ -349,6 +417,9 @@ impl Config {
                 ConfigError::Parse {
                     path: origin.clone(),
                     message,
+                    key: None,
+                    line: None,
+                    column: None,
                 }
             } else {
                 ConfigError::Env {
@@ -372,20 +443,12 @@ impl Config {
             key: key.to_owned(),
             message,
         };
-        match reqwest::Url::parse(&self.api.base_url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-            Ok(_) => {
-                return Err(invalid(
-                    "api.base_url",
-                    format!("{:?} must be an http:// or https:// URL", self.api.base_url),
-                ))
-            }
-            Err(e) => {
-                return Err(invalid(
-                    "api.base_url",
-                    format!("{:?} is not a URL: {e}", self.api.base_url),
-                ))
-            }
+        self.validate_base_url(origin)?;
+        // ---- TLS and proxy (issue 15) ----
+        crate::tls::check(&self.api.tls_files()).map_err(|e| invalid(e.key, e.message))?;
+        if let Some(proxy) = &self.api.proxy {
+            // Never quoted: it may hold credentials.
+            check_proxy(proxy).map_err(|m| invalid("api.proxy", m))?;
         }
         if self
             .api
@@ -395,15 +458,22 @@ impl Config {
         {
             return Err(invalid("api.username", "is empty".into()));
         }
-        let positive = [
-            ("api.request_timeout", self.api.request_timeout),
-            ("api.login_backoff_base", self.api.login_backoff_base),
-            ("sampling.interval", self.sampling.interval),
-            ("upload.backoff_base", self.upload.backoff_base),
-        ];
-        for (key, d) in positive {
-            if d < Duration::from_millis(1) {
-                return Err(invalid(key, "must be at least 1ms".into()));
+        for (key, d, min, max) in self.durations() {
+            if d < min {
+                return Err(invalid(
+                    key,
+                    format!("must be at least {}", humantime::format_duration(min)),
+                ));
+            }
+            if d > max.limit {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "must be at most {} ({})",
+                        humantime::format_duration(max.limit),
+                        max.why
+                    ),
+                ));
             }
         }
         if self.api.login_backoff_max < self.api.login_backoff_base {
@@ -439,12 +509,6 @@ impl Config {
         if self.queue.max_readings == 0 {
             return Err(invalid("queue.max_readings", "must be at least 1".into()));
         }
-        if self.queue.commit_interval > Duration::from_secs(10) {
-            return Err(invalid(
-                "queue.commit_interval",
-                "must be at most 10s (a crash loses up to this window)".into(),
-            ));
-        }
         if self.queue.path.as_os_str().is_empty() {
             return Err(invalid("queue.path", "is empty".into()));
         }
@@ -452,11 +516,267 @@ impl Config {
         Ok(())
     }
 
+    /// Every duration key with its bounds. The upper bounds keep deadline arithmetic far
+    /// from overflow (`sampling.interval = "300000000000y"` would panic at the first tick)
+    /// and the watchdog meaningful (its stall limit follows `api.request_timeout`).
+    fn durations(&self) -> [(&'static str, Duration, Duration, Max); 8] {
+        const MS: Duration = Duration::from_millis(1);
+        const HOUR: Duration = Duration::from_secs(3600);
+        let backoff = Max {
+            limit: HOUR,
+            why: "a fixed fault is noticed within the hour",
+        };
+        [
+            (
+                "api.request_timeout",
+                self.api.request_timeout,
+                MS,
+                Max {
+                    limit: Duration::from_secs(120),
+                    why: "the watchdog's stall limit follows it",
+                },
+            ),
+            (
+                "api.refresh_margin",
+                self.api.refresh_margin.unwrap_or_default(),
+                Duration::ZERO,
+                Max {
+                    limit: HOUR,
+                    why: "it is capped at half the token's lifetime anyway",
+                },
+            ),
+            (
+                "api.login_backoff_base",
+                self.api.login_backoff_base,
+                MS,
+                backoff,
+            ),
+            (
+                "api.login_backoff_max",
+                self.api.login_backoff_max,
+                MS,
+                backoff,
+            ),
+            (
+                "sampling.interval",
+                self.sampling.interval,
+                MS,
+                Max {
+                    limit: Duration::from_secs(86_400),
+                    why: "at least one reading a day",
+                },
+            ),
+            ("upload.backoff_base", self.upload.backoff_base, MS, backoff),
+            ("upload.backoff_max", self.upload.backoff_max, MS, backoff),
+            (
+                "queue.commit_interval",
+                self.queue.commit_interval,
+                Duration::ZERO,
+                Max {
+                    limit: Duration::from_secs(10),
+                    why: "a crash loses up to this window",
+                },
+            ),
+        ]
+    }
+
+    /// An http(s) URL with a host, no credentials in it, and TLS unless the server is this
+    /// machine or `api.insecure_http` says otherwise. The URL is not quoted when it may
+    /// hold a `user:password@`.
+    fn validate_base_url(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key: "api.base_url".to_owned(),
+            message,
+        };
+        let raw = &self.api.base_url;
+        let shown = if raw.contains('@') {
+            "the URL".to_owned()
+        } else {
+            format!("{raw:?}")
+        };
+        let url =
+            reqwest::Url::parse(raw).map_err(|e| invalid(format!("{shown} is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(invalid(format!(
+                "{shown} must be an http:// or https:// URL"
+            )));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(invalid(
+                "must not hold a user name or password (`user:password@`): remove it; the \
+                 gateway logs in with api.username and the password file"
+                    .into(),
+            ));
+        }
+        if url.scheme() == "http" && !is_loopback(&url) && !self.api.insecure_http {
+            return Err(invalid(format!(
+                "{shown} is plain http to another machine: the password and the tokens would \
+                 cross the network in clear; use https://, or set api.insecure_http = true"
+            )));
+        }
+        Ok(())
+    }
+
+    /// What `run` logs and `config check` prints as warnings: settings that work but
+    /// weaken the gateway.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Ok(url) = reqwest::Url::parse(&self.api.base_url) {
+            if url.scheme() == "http" && !is_loopback(&url) {
+                out.push(format!(
+                    "api.base_url {:?} is plain http (api.insecure_http = true): the password \
+                     and the tokens cross the network in clear; use https:// unless the link is \
+                     trusted",
+                    self.api.base_url
+                ));
+            }
+        }
+        out
+    }
+
     /// The effective configuration as TOML, for `config check`. Holds no secret: the password
     /// itself is never part of the configuration, only where it comes from.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// A TOML error as message, line, column and key. toml's own `Display` quotes the source
+/// line, which may be a `password = "..."` typed under `[api]`: it would land on stderr and
+/// in the journal.
+fn parse_error(origin: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let (line, column, key) = match e.span() {
+        Some(span) => {
+            let (line, column) = line_column(text, span.start);
+            (Some(line), Some(column), key_at(text, line))
+        }
+        None => (None, None, None),
+    };
+    ConfigError::Parse {
+        path: origin.to_owned(),
+        message,
+        key,
+        line,
+        column,
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
+    (line, column)
+}
+
+/// The dotted key defined on 1-based `line` (`api.password`, `sensors[1].address`), or the
+/// table its header names: read from the text, as toml does not expose the key it knows.
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    let mut arrays: Vec<(String, usize)> = Vec::new();
+    for (number, raw) in text.lines().enumerate() {
+        let l = raw.trim();
+        let is_here = number + 1 == line;
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split_once("]]")) {
+            let name = name.0.trim().to_owned();
+            let index = match arrays.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, i)) => {
+                    *i += 1;
+                    *i
+                }
+                None => {
+                    arrays.push((name.clone(), 0));
+                    0
+                }
+            };
+            table = format!("{name}[{index}]");
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split_once(']')) {
+            table = name.0.trim().to_owned();
+        } else if is_here {
+            let key = l.split_once('=')?.0.trim().trim_matches(['"', '\'']);
+            return Some(if table.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{table}.{key}")
+            });
+        }
+        if is_here {
+            return (!table.is_empty()).then_some(table);
+        }
+    }
+    None
+}
+
+/// `(name, value)` as strings when the variable is ours (`PROFILO_GATEWAY__*`), `None` for
+/// any other. `std::env::vars()` would panic on a variable that is not UTF-8, anyone's.
+fn our_variable(var: OsString, raw: OsString) -> Result<Option<(String, String)>, ConfigError> {
+    use std::os::unix::ffi::OsStrExt;
+    if !var.as_bytes().starts_with(ENV_PREFIX.as_bytes()) {
+        return Ok(None);
+    }
+    match (var.into_string(), raw.into_string()) {
+        (Ok(var), Ok(raw)) => Ok(Some((var, raw))),
+        (Ok(var), Err(_)) => Err(ConfigError::Env {
+            var,
+            message: "its value is not valid UTF-8; set it to UTF-8 text or unset it".into(),
+        }),
+        (Err(var), _) => Err(ConfigError::Env {
+            var: var.to_string_lossy().into_owned(),
+            message: "its name is not valid UTF-8; unset it".into(),
+        }),
+    }
+}
+
+/// An upper bound of a duration key and why it is there.
+#[derive(Clone, Copy)]
+struct Max {
+    limit: Duration,
+    why: &'static str,
+}
+
+/// This machine: `localhost`, 127.0.0.0/8 or `::1`. Plain http there never leaves it.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// An http(s) proxy URL without credentials: the configuration is printed by `config check`,
+/// the environment is not.
+fn check_proxy(proxy: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(proxy).map_err(|e| format!("is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an http://host:port or https://host:port URL".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "must not hold credentials (`config check` prints the configuration): \
+                    leave api.proxy unset and set HTTPS_PROXY=http://user:password@host:port \
+                    in the service's environment instead"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// Env values are TOML when they parse as such (`10`, `true`, `"x"`, `[1, 2]`), else plain strings,
@@ -497,7 +817,8 @@ mod tests {
         let source = ConfigSource::resolve(Some(f.path().to_path_buf()));
         Config::load(
             &source,
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            env.iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v))),
         )
     }
 
@@ -571,7 +892,7 @@ type = "simulated"
         let c = load_text(
             "[api]\nbase_url = \"http://a:1\"\n",
             &[
-                ("PROFILO_GATEWAY__API__BASE_URL", "http://b:2"),
+                ("PROFILO_GATEWAY__API__BASE_URL", "https://b:2"),
                 ("PROFILO_GATEWAY__QUEUE__MAX_READINGS", "10"),
                 ("PROFILO_GATEWAY__SAMPLING__INTERVAL", "1ms"),
                 ("PROFILO_GATEWAY_CONFIG", "/ignored"),
@@ -581,7 +902,7 @@ type = "simulated"
             Ok(c) => c,
             Err(e) => panic!("{e}"),
         };
-        assert_eq!(c.api.base_url, "http://b:2");
+        assert_eq!(c.api.base_url, "https://b:2");
         assert_eq!(c.queue.max_readings, 10);
         assert_eq!(c.sampling.interval, Duration::from_millis(1));
     }
@@ -613,6 +934,159 @@ type = "simulated"
         }
     }
 
+    fn load_err(text: &str) -> String {
+        load_text(text, &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_misplaced_password_is_never_quoted_in_the_error() {
+        for (text, key, line) in [
+            ("[api]\npassword = \"hunter2\"\n", "api.password", 2),
+            ("[log]\nlevel = \"info\"\n[api]\n\npassword = \"hunter2\n", "api.password", 5),
+            ("[api]\nusername = hunter2\n", "api.username", 2),
+            ("[api]\nrequest_timeout = 5\n", "api.request_timeout", 2),
+            ("[[sensors]]\ntype = \"simulated\"\n[[sensors]]\ntype = \"simulated\"\nseed = \"x\"\n", "sensors", 5),
+        ] {
+            let err = load_err(text);
+            assert!(!err.contains("hunter2"), "the line was quoted: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+            assert!(err.starts_with("config file /"), "{err}");
+            assert!(err.contains(key), "no key {key}: {err}");
+            if !key.starts_with("sensors") {
+                assert!(err.contains(&format!("line {line}, column ")), "{err}");
+            }
+        }
+        // The key of a later [[sensors]] entry is indexed.
+        assert_eq!(
+            key_at("[[sensors]]\n[[sensors]]\nbus = x\n", 3).as_deref(),
+            Some("sensors[1].bus")
+        );
+        assert_eq!(key_at("a = 1\n", 1).as_deref(), Some("a"));
+        assert_eq!(line_column("ab\ncΩd", 6), (2, 3));
+    }
+
+    #[test]
+    fn credentials_in_base_url_are_refused_without_echo() {
+        for url in [
+            "https://dev:s3cret@example.com",
+            "https://dev@example.com",
+            "http://:s3cret@127.0.0.1:8000",
+            "https://dev:s3cret@exa mple.com",
+        ] {
+            let err = load_err(&format!("[api]\nbase_url = \"{url}\"\n"));
+            assert!(err.contains("api.base_url"), "{url}: {err}");
+            assert!(!err.contains("s3cret") && !err.contains("dev"), "{err}");
+        }
+    }
+
+    #[test]
+    fn plain_http_to_another_host_is_refused_unless_insecure_http() {
+        for local in [
+            "http://127.0.0.1:8000",
+            "http://127.3.2.1",
+            "http://localhost:8000",
+            "http://[::1]:8000",
+            "https://example.com",
+        ] {
+            let c = load_text(&format!("[api]\nbase_url = \"{local}\"\n"), &[]);
+            assert!(
+                c.as_ref().is_ok_and(|c| c.warnings().is_empty()),
+                "{local}: {:?}",
+                c.err()
+            );
+        }
+        for remote in [
+            "http://example.com",
+            "http://192.168.1.10:8000",
+            "http://[fd00::1]",
+        ] {
+            let err = load_err(&format!("[api]\nbase_url = \"{remote}\"\n"));
+            assert!(
+                err.contains("api.base_url")
+                    && err.contains("use https://, or set api.insecure_http = true"),
+                "{remote}: {err}"
+            );
+            let c = load_text(
+                &format!("[api]\nbase_url = \"{remote}\"\ninsecure_http = true\n"),
+                &[],
+            );
+            let warnings = c.map(|c| c.warnings()).unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                warnings.len() == 1 && warnings[0].contains("in clear"),
+                "{warnings:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_duration_key_has_an_upper_bound() {
+        let config = Config::default();
+        for (key, _, _, max) in config.durations() {
+            let (section, name) = key.split_once('.').unwrap_or_default();
+            let too_long = humantime::format_duration(max.limit + Duration::from_millis(1));
+            let err = load_err(&format!("[{section}]\n{name} = \"{too_long}\"\n"));
+            assert!(
+                err.contains(key) && err.contains("must be at most"),
+                "{key}: {err}"
+            );
+            let ok = humantime::format_duration(max.limit);
+            let text = match key {
+                // Each maximum must not fall below its base.
+                "api.login_backoff_base" => {
+                    format!("[api]\n{name} = \"{ok}\"\nlogin_backoff_max = \"{ok}\"\n")
+                }
+                "upload.backoff_base" => {
+                    format!("[upload]\n{name} = \"{ok}\"\nbackoff_max = \"{ok}\"\n")
+                }
+                _ => format!("[{section}]\n{name} = \"{ok}\"\n"),
+            };
+            assert!(load_text(&text, &[]).is_ok(), "{key} = {ok} refused");
+        }
+        let err = load_err("[sampling]\ninterval = \"300000000000y\"\n");
+        assert!(err.contains("sampling.interval"), "{err}");
+    }
+
+    #[test]
+    fn clock_unsynced_is_reserved_like_timestamp() {
+        for name in ["timestamp", "clock_unsynced"] {
+            let err = load_err(&format!(
+                "[[sensors]]\ntype = \"simulated\"\nfields = {{ temperature = \"{name}\" }}\n"
+            ));
+            assert!(err.contains(&format!("\"{name}\" is reserved")), "{err}");
+        }
+    }
+
+    #[test]
+    fn non_utf8_environment_is_ignored_unless_ours() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(b"caf\xe9".to_vec());
+        let file = ConfigSource {
+            path: None,
+            explicit: false,
+        };
+        let others = vec![(OsString::from("LANG_JUNK"), bad()), (bad(), bad())];
+        assert!(Config::load(&file, others).is_ok());
+        let ours = vec![(OsString::from("PROFILO_GATEWAY__API__USERNAME"), bad())];
+        let err = Config::load(&file, ours)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("PROFILO_GATEWAY__API__USERNAME") && err.contains("UTF-8"),
+            "{err}"
+        );
+        let mut name = b"PROFILO_GATEWAY__API__USER".to_vec();
+        name.push(0xff);
+        let err = Config::load(&file, vec![(OsString::from_vec(name), OsString::from("x"))])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("name is not valid UTF-8"), "{err}");
+    }
+
     #[test]
     fn defaults_without_file_run_on_a_laptop() {
         let source = ConfigSource {
@@ -626,6 +1100,54 @@ type = "simulated"
         assert_eq!(c.api.base_url, "http://127.0.0.1:8000");
         assert!(matches!(c.sensors[0], SensorConfig::Simulated(_)));
         assert!(c.queue.path.ends_with("queue.db"));
+    }
+
+    #[test]
+    fn tls_and_proxy_keys_are_checked_at_load() {
+        let ok = load_text(
+            "[api]\nbase_url = \"https://gw.example\"\nproxy = \"http://proxy.lan:3128\"\n",
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(ok.api.system_roots);
+        assert_eq!(ok.api.proxy.as_deref(), Some("http://proxy.lan:3128"));
+        for (text, key, says) in [
+            (
+                "[api]\nca_file = \"/nonexistent/ca.pem\"\n",
+                "`api.ca_file`",
+                "cannot read",
+            ),
+            (
+                "[api]\nsystem_roots = false\n",
+                "`api.system_roots`",
+                "api.ca_file is not set",
+            ),
+            (
+                "[api]\nclient_key = \"/nonexistent/k\"\n",
+                "`api.client_cert`",
+                "set both",
+            ),
+            (
+                "[api]\nproxy = \"socks5://p:1080\"\n",
+                "`api.proxy`",
+                "http://host:port",
+            ),
+            (
+                "[api]\nproxy = \"http://u:secret@p:3128\"\n",
+                "`api.proxy`",
+                "HTTPS_PROXY",
+            ),
+        ] {
+            let err = load_text(text, &[])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(key) && err.contains(says), "{text}: {err}");
+            assert!(
+                !err.contains("secret"),
+                "a proxy password was quoted: {err}"
+            );
+        }
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! tokio runtime the uploader, the token keeper, the watchdog and the status line. Shutdown
 //! is one cancellation token; every wait is bounded so the process exits well inside
 //! systemd's `TimeoutStopSec`.
+//!
+//! SIGHUP (`systemctl reload`, a closed terminal) never kills it: the configuration is read
+//! again and what can change without a restart is applied, the log level and the password
+//! sources; the rest waits for the next start, and the log says so.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +52,11 @@ pub enum DaemonError {
     Sensors(#[from] crate::sensors::SensorError),
     #[error("api: {0}")]
     Api(#[from] crate::api::ApiError),
+    /// The queue thread gave up on the queue: exiting non-zero gets the service restarted.
+    #[error("stopped: {0}")]
+    QueueBroken(String),
+    #[error(transparent)]
+    Lock(#[from] crate::queue::lock::LockError),
     #[error("cannot start {what}: {source}")]
     Start {
         what: &'static str,
@@ -68,6 +77,8 @@ pub struct Deps {
     /// Where the password comes from; `None` without `api.username` (uploads off).
     pub passwords: Option<PasswordSources>,
     pub notifier: Notifier,
+    /// Configurations read again on SIGHUP, to apply while running; `None`: no reloads.
+    pub reloads: Option<tokio::sync::mpsc::UnboundedReceiver<Config>>,
 }
 
 impl Deps {
@@ -76,7 +87,7 @@ impl Deps {
     pub fn from_config(config: &Config) -> Result<Deps, DaemonError> {
         let clock = Clock::from_env().map_err(DaemonError::Clock)?;
         let sensors = SensorSet::from_config(&config.sensors, config.sampling.interval)?;
-        let api = Api::new(&config.api.base_url, config.api.request_timeout)?;
+        let api = Api::from_config(&config.api, clock.clone())?;
         let passwords = config
             .api
             .username
@@ -90,12 +101,17 @@ impl Deps {
             api,
             passwords,
             notifier: Notifier::from_env(),
+            reloads: None,
         })
     }
 }
 
-/// Runs the gateway in the foreground until SIGTERM or SIGINT.
-pub fn run(config: &Config) -> Result<(), DaemonError> {
+/// Runs the gateway in the foreground until SIGTERM or SIGINT, the only daemon on its
+/// queue (see `queue::lock`). On SIGHUP it applies what `reload` reads (see the module).
+pub fn run(
+    config: &Config,
+    reload: impl Fn() -> Result<Config, String> + Send + 'static,
+) -> Result<(), DaemonError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -107,7 +123,7 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
     // opening its queue) must mean a clean stop, not death by the default action.
     let mut signals = {
         let _context = runtime.enter();
-        let signals = StopSignals::install().map_err(|source| DaemonError::Start {
+        let signals = Signals::install().map_err(|source| DaemonError::Start {
             what: "signal handling",
             source,
         })?;
@@ -116,14 +132,28 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
         signals
     };
     let shutdown = CancellationToken::new();
+    let (reloads, reloaded) = tokio::sync::mpsc::unbounded_channel();
     runtime.spawn({
         let shutdown = shutdown.clone();
         async move {
-            signals.recv().await;
+            while let Signal::Reload = signals.recv().await {
+                tracing::info!("SIGHUP: reading the configuration again");
+                match reload() {
+                    Ok(config) => {
+                        let _ = reloads.send(config);
+                    }
+                    Err(e) => tracing::error!(
+                        "cannot reload: {e}; the running configuration stays in force"
+                    ),
+                }
+            }
             shutdown.cancel();
         }
     });
-    let deps = Deps::from_config(config)?;
+    // Before the sensors are opened: a second daemon must not touch the chips either.
+    let _lock = crate::queue::lock::RunLock::acquire(&config.queue.path)?;
+    let mut deps = Deps::from_config(config)?;
+    deps.reloads = Some(reloaded);
     runtime.block_on(serve(deps, shutdown))
 }
 
@@ -140,6 +170,7 @@ pub async fn serve(deps: Deps, shutdown: CancellationToken) -> Result<(), Daemon
         api,
         passwords,
         notifier,
+        reloads,
     } = deps;
     let queue = Queue::open(&config.queue)?;
     let pending = queue.pending()?;
@@ -163,6 +194,8 @@ pub async fn serve(deps: Deps, shutdown: CancellationToken) -> Result<(), Daemon
                 source,
             })?;
 
+    let queue_heartbeat = store.heartbeat.clone();
+    let queue_broken = store.broken();
     let sampler_heartbeat = Heartbeat::new();
     let uploader_heartbeat = Heartbeat::new();
     let stop_sampler = Stop::new();
@@ -218,6 +251,7 @@ pub async fn serve(deps: Deps, shutdown: CancellationToken) -> Result<(), Daemon
     let heartbeats = vec![
         ("sampler", sampler_heartbeat),
         ("uploader", uploader_heartbeat),
+        ("queue", queue_heartbeat),
     ];
     if let Some(addr) = config.metrics.listen {
         let probe = crate::metrics::http::Probe {
@@ -247,6 +281,14 @@ pub async fn serve(deps: Deps, shutdown: CancellationToken) -> Result<(), Daemon
         stall_after(config.api.request_timeout),
         cancel.child_token(),
     )));
+    if let Some(reloads) = reloads {
+        tasks.push(tracker.spawn(reload_loop(
+            reloads,
+            auth.clone(),
+            config.clone(),
+            cancel.child_token(),
+        )));
+    }
     tasks.push(tracker.spawn(status_loop(
         store.clone(),
         notifier.clone(),
@@ -263,7 +305,10 @@ pub async fn serve(deps: Deps, shutdown: CancellationToken) -> Result<(), Daemon
     }
     tracing::info!("ready");
 
-    shutdown.cancelled().await;
+    let broken = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        reason = queue_broken.wait() => Some(reason),
+    };
     tracing::info!("stopping: finishing in-flight uploads, closing the queue");
     let _ = notifier.stopping();
     cancel.cancel();
@@ -296,11 +341,69 @@ pub async fn serve(deps: Deps, shutdown: CancellationToken) -> Result<(), Daemon
         tracing::error!("cannot wait for the sampler and queue threads to stop");
     }
     tracing::info!("stopped");
-    Ok(())
+    match broken {
+        Some(reason) => Err(DaemonError::QueueBroken(reason)),
+        None => Ok(()),
+    }
 }
 
-/// Holds SIGTERM and SIGINT pending from the very start of the process until `run` has
-/// its handlers, so a stop request during start-up is never fatal. Call before any thread.
+/// Applies the configurations read on SIGHUP until `cancel`.
+async fn reload_loop(
+    mut reloads: tokio::sync::mpsc::UnboundedReceiver<Config>,
+    auth: Arc<TokenManager>,
+    running: Config,
+    cancel: CancellationToken,
+) {
+    loop {
+        let new = tokio::select! {
+            _ = cancel.cancelled() => return,
+            new = reloads.recv() => match new {
+                Some(new) => new,
+                None => return,
+            },
+        };
+        apply_reload(&auth, &running, &new).await;
+    }
+}
+
+/// Applies what can change while running (the log level, the password sources) and says
+/// what it did; the rest takes effect at the next start.
+async fn apply_reload(auth: &TokenManager, running: &Config, new: &Config) {
+    match crate::logging::set_level(&new.log.level) {
+        Ok(crate::logging::LevelChange::Set(filter)) => {
+            tracing::info!(filter = %filter, "reload: log level set")
+        }
+        Ok(crate::logging::LevelChange::RustLogWins(value)) => tracing::info!(
+            "reload: log level unchanged, RUST_LOG={value:?} is set and wins over log.level"
+        ),
+        Err(e) => tracing::error!("reload: log level unchanged: {e}"),
+    }
+    // The username names the session: changing it needs a restart.
+    let sources = running
+        .api
+        .username
+        .as_deref()
+        .map(|u| PasswordSources::new(u, new.api.password_file.clone()));
+    match sources.as_ref().map(PasswordSources::read) {
+        Some(Ok((_, source))) => {
+            tracing::info!("reload: password sources read again, the password comes from the {source}; the next login uses it")
+        }
+        Some(Err(e)) => tracing::error!("reload: password sources read again: {e}"),
+        None => {}
+    }
+    auth.set_passwords(sources).await;
+    if new.api.username != running.api.username {
+        tracing::warn!(
+            "reload: api.username changed; it takes effect at the next restart (systemctl restart profilo-gateway)"
+        );
+    }
+    tracing::info!(
+        "reload done: other settings take effect at the next restart (systemctl restart profilo-gateway)"
+    );
+}
+
+/// Holds SIGTERM, SIGINT and SIGHUP pending from the very start of the process until `run`
+/// has its handlers, so a signal during start-up is never fatal. Call before any thread.
 pub fn hold_stop_signals() {
     set_stop_signals_blocked(true);
 }
@@ -313,6 +416,7 @@ fn set_stop_signals_blocked(blocked: bool) {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         let how = if blocked {
             libc::SIG_BLOCK
         } else {
@@ -322,25 +426,34 @@ fn set_stop_signals_blocked(blocked: bool) {
     }
 }
 
-/// SIGTERM and SIGINT, registered once at start.
-struct StopSignals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
+/// What a signal asks for.
+enum Signal {
+    Stop,
+    Reload,
 }
 
-impl StopSignals {
-    fn install() -> std::io::Result<StopSignals> {
+/// SIGTERM, SIGINT and SIGHUP, registered once at start.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
-        Ok(StopSignals {
+        Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
-    async fn recv(&mut self) {
+    async fn recv(&mut self) -> Signal {
         tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
         }
     }
 }
@@ -409,6 +522,7 @@ mod tests {
             sensors: Box::new(sensors),
             passwords: None,
             notifier: Notifier::disabled(),
+            reloads: None,
         }
     }
 

@@ -30,5 +30,6 @@ pub mod reading;
 pub mod sampler;
 pub mod sensors;
 pub mod systemd;
+pub mod tls;
 pub mod uploader;
 pub mod watchdog;

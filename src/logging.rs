@@ -16,24 +16,52 @@
 //! argument (from the config), both as tracing target directives: `info`,
 //! `debug`, `warn,profilo_gateway=debug`, ...
 //!
+//! The dependencies' `log` records (reqwest, keyring) are bridged into the same
+//! subscriber (tracing-subscriber's `tracing-log` feature: `try_init` installs the
+//! `LogTracer`), so `RUST_LOG` governs them too and nothing they say escapes the
+//! secrets check of the end-to-end tests. hyper-util logs through tracing already;
+//! hyper itself is built without its (unstable) tracing.
+//!
+//! [`set_level`] changes the configured level of the running process (SIGHUP), through
+//! tracing-subscriber's reload layer around the filter.
+//!
 //! Never log a token or a password: they are `secrecy::SecretString` in the
-//! code, and nothing here could redact them afterwards.
+//! code, and nothing here could redact them afterwards. The one dependency target
+//! that would print them, reqwest's `connection_verbose` byte dump (every header and
+//! body, at trace level), is off in api.rs and filtered out here whatever the filter
+//! says: see [`NEVER_LOGGED`].
 
 use std::fs::File;
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
+use std::sync::OnceLock;
 
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::Layer;
+use tracing_subscriber::{reload, Layer, Registry};
 
 /// The name journald files our lines under (`SYSLOG_IDENTIFIER=`, `journalctl -t`).
 pub const SYSLOG_IDENTIFIER: &str = "profilo-gateway";
 
 /// The environment variable that overrides the configured level.
 pub const RUST_LOG: &str = "RUST_LOG";
+
+/// Targets dropped whatever `RUST_LOG` or the config say. `reqwest::connect::verbose`
+/// dumps every byte of a connection at trace level (the `Authorization: Bearer` header,
+/// the login body with the password) once `ClientBuilder::connection_verbose(true)` is
+/// set: api.rs never sets it, and this keeps a later change from leaking through
+/// `RUST_LOG=trace`. No other target of our dependencies logs a header or a body
+/// (reqwest logs URLs, which hold no secret: `api.base_url` may not carry credentials).
+pub const NEVER_LOGGED: &[&str] = &["reqwest::connect::verbose"];
+
+/// `filter` with [`NEVER_LOGGED`] switched off (the most specific target wins).
+fn mask(filter: Targets) -> Targets {
+    NEVER_LOGGED.iter().fold(filter, |f, target| {
+        f.with_target(*target, tracing_subscriber::filter::LevelFilter::OFF)
+    })
+}
 
 /// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +94,9 @@ pub enum LoggingError {
     AlreadyInitialised(String),
 }
 
+/// The running filter, for [`set_level`]; set by [`init`].
+static FILTER: OnceLock<reload::Handle<Targets, Registry>> = OnceLock::new();
+
 /// Where the log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
@@ -85,20 +116,22 @@ pub fn init(level: &str) -> Result<(), LoggingError> {
     let rust_log = std::env::var(RUST_LOG).ok();
     let output = detect_output();
     let mut journald_failed = None;
+    let (filter, handle) = reload::Layer::new(mask(build_filter(level, rust_log.as_deref())?));
 
     let result = match output {
         Output::Journald => match journald_layer() {
             Ok(layer) => tracing_subscriber::registry()
-                .with(layer.with_filter(build_filter(level, rust_log.as_deref())?))
+                .with(layer.with_filter(filter))
                 .try_init(),
             Err(e) => {
                 journald_failed = Some(e);
-                stderr_registry(level, rust_log.as_deref(), false)?.try_init()
+                stderr_registry(filter, false).try_init()
             }
         },
-        Output::Stderr { ansi } => stderr_registry(level, rust_log.as_deref(), ansi)?.try_init(),
+        Output::Stderr { ansi } => stderr_registry(filter, ansi).try_init(),
     };
     result.map_err(|e| LoggingError::AlreadyInitialised(e.to_string()))?;
+    let _ = FILTER.set(handle);
 
     if let Some(e) = journald_failed {
         tracing::warn!(
@@ -189,13 +222,36 @@ fn journald_layer() -> std::io::Result<tracing_journald::Layer> {
         .with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned()))
 }
 
-fn stderr_registry(
-    level: &str,
-    rust_log: Option<&str>,
-    ansi: bool,
-) -> Result<impl SubscriberInitExt, LoggingError> {
-    let filter = build_filter(level, rust_log)?;
-    Ok(tracing_subscriber::registry().with(fmt_layer(std::io::stderr, ansi).with_filter(filter)))
+fn stderr_registry(filter: reload::Layer<Targets, Registry>, ansi: bool) -> impl SubscriberInitExt {
+    tracing_subscriber::registry().with(fmt_layer(std::io::stderr, ansi).with_filter(filter))
+}
+
+/// What [`set_level`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LevelChange {
+    /// The filter is now this.
+    Set(String),
+    /// `RUST_LOG` is set: it still wins over the configured level.
+    RustLogWins(String),
+}
+
+/// Replaces the configured level of the running process; `RUST_LOG`, when set, still
+/// wins (as at start). Fails, changing nothing, on an invalid level.
+pub fn set_level(level: &str) -> Result<LevelChange, LoggingError> {
+    let rust_log = std::env::var(RUST_LOG)
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    if let Some(value) = rust_log {
+        return Ok(LevelChange::RustLogWins(value));
+    }
+    let filter = build_filter(level, None)?;
+    let text = filter.to_string();
+    if let Some(handle) = FILTER.get() {
+        handle
+            .reload(mask(filter))
+            .map_err(|e| LoggingError::AlreadyInitialised(e.to_string()))?;
+    }
+    Ok(LevelChange::Set(text))
 }
 
 /// The human-readable layer, generic over its writer so tests can capture it.
@@ -296,6 +352,23 @@ mod tests {
             !out.contains('\u{1b}'),
             "no ANSI escapes off a terminal: {out:?}"
         );
+    }
+
+    #[test]
+    fn a_reloaded_filter_takes_effect_at_once() {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let (filter, handle) = reload::Layer::new(build_filter("warn", None).unwrap());
+        let subscriber = tracing_subscriber::registry()
+            .with(fmt_layer(move || writer.clone(), false).with_filter(filter));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("before the reload");
+            handle.reload(build_filter("debug", None).unwrap()).unwrap();
+            tracing::debug!("after the reload");
+        });
+        let out = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        assert!(!out.contains("before the reload"), "{out}");
+        assert!(out.contains("after the reload"), "{out}");
     }
 
     #[test]

@@ -31,6 +31,11 @@ fn main() -> ExitCode {
         eprintln!("profilo-gateway: {e}");
         return ExitCode::from(cli::EXIT_CONFIG);
     }
+    if daemon {
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
+    }
     // Said once: the daemon's logs (terminal or journal) carry its fatal error; a command
     // prints it on stderr like any Unix tool.
     match cli::dispatch(cli, config) {

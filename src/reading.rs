@@ -10,6 +10,18 @@ pub mod field {
     pub const HUMIDITY: &str = "humidite";
     pub const ACCELERATION: &str = "accelerometre";
     pub const TIMESTAMP: &str = "timestamp";
+    /// Set by the uploader on a reading whose capture time could not be corrected.
+    pub const CLOCK_UNSYNCED: &str = "clock_unsynced";
+
+    /// What a payload field name is reserved for, when a sensor may not send it: the
+    /// gateway adds these fields itself, and a sensor's value would be overwritten.
+    pub fn reserved(name: &str) -> Option<&'static str> {
+        match name {
+            TIMESTAMP => Some("the capture time"),
+            CLOCK_UNSYNCED => Some("flagging readings whose capture time is uncertain"),
+            _ => None,
+        }
+    }
 }
 
 /// One reading: capture time plus the payload fields measured at that tick.
@@ -83,9 +95,44 @@ pub fn from_unix_ms(ms: i64) -> SystemTime {
     }
 }
 
-/// `2026-11-23T22:48:49.123Z`; times before 1970 are clamped to the epoch.
+/// `2026-11-23T22:48:49.123Z`; times before 1970 are clamped to the epoch. Any stored
+/// value formats, a bit flipped on the SD card included: years past 9999 are written
+/// with ISO 8601's expanded form (`+10000-01-01T00:00:00.000Z`, as chrono does), which
+/// no RFC 3339 parser accepts, so such a reading is refused by the server rather than
+/// sent with a made-up time. (humantime panics past 9999, and the release profile's
+/// `panic = "abort"` made every command that met such a row exit 134.)
 pub fn format_rfc3339_ms(ms: i64) -> String {
-    humantime::format_rfc3339_millis(from_unix_ms(ms.max(0))).to_string()
+    const DAY_MS: i64 = 86_400_000;
+    let ms = ms.max(0);
+    let (year, month, day) = civil_from_days(ms / DAY_MS);
+    let t = ms % DAY_MS;
+    let year = if year > 9999 {
+        format!("+{year}")
+    } else {
+        format!("{year:04}")
+    };
+    format!(
+        "{year}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t / 3_600_000,
+        t / 60_000 % 60,
+        t / 1000 % 60,
+        t % 1000
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`); exact for every `i64` millisecond time.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 #[cfg(test)]
@@ -121,6 +168,27 @@ mod tests {
         r.fields.insert("accelerometre".into(), 0.5);
         assert_eq!(r.stored_fields_json()?, r#"{"accelerometre":0.5}"#);
         Ok(())
+    }
+
+    #[test]
+    fn capture_times_of_any_value_format_without_panicking() {
+        for (ms, want) in [
+            (i64::MIN, "1970-01-01T00:00:00.000Z"),
+            (-1, "1970-01-01T00:00:00.000Z"),
+            (951_782_400_000, "2000-02-29T00:00:00.000Z"),
+            (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
+            (253_402_300_800_000, "+10000-01-01T00:00:00.000Z"),
+            (i64::MAX, "+292278994-08-17T07:12:55.807Z"),
+        ] {
+            assert_eq!(format_rfc3339_ms(ms), want, "{ms}");
+        }
+        // Within humantime's range both agree, leap days and month ends included.
+        let mut ms = 0i64;
+        while ms < 253_402_300_800_000 {
+            let theirs = humantime::format_rfc3339_millis(from_unix_ms(ms)).to_string();
+            assert_eq!(format_rfc3339_ms(ms), theirs, "{ms}");
+            ms += 86_399_999_937;
+        }
     }
 
     #[test]

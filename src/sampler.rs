@@ -180,7 +180,7 @@ mod tests {
     impl TickSource for Jittery {
         fn read_all(&mut self) -> Tick {
             self.0 += 1;
-            if self.0 % 3 == 0 {
+            if self.0.is_multiple_of(3) {
                 std::thread::sleep(Duration::from_millis(4));
             }
             Tick {

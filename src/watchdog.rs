@@ -5,6 +5,7 @@
 //!   **including idle waits and backoff sleeps** (wake at least every
 //!   `stall_after / 2` to beat), so "no beat for `stall_after`" really means
 //!   "stuck". [`Stop::sleep_until`] is that wait for a thread.
+//!   The queue thread has one too (`queue::writer`), fed only while its writes work.
 //! - [`StallTracker`] is the pure verdict: which tasks stalled, which recovered.
 //! - [`watchdog_loop`] pings systemd at half of `WatchdogSec=` while every
 //!   heartbeat is fresh. When one goes stale it logs which task stalled (once

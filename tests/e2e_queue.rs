@@ -22,6 +22,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
+use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -605,6 +606,31 @@ fn log_lines_with(gw: &Gateway, needle: &str) -> Vec<String> {
         .collect()
 }
 
+/// Moves the gateway's queue onto a fresh 2 MiB tmpfs (this test needs root). Returns
+/// the mount (unmounted when dropped) and the queue's path.
+fn queue_on_small_fs(gw: &Gateway) -> (Tmpfs, PathBuf) {
+    let fs_dir = gw.dir().join("small-fs");
+    let fs = Tmpfs::mount(&fs_dir, "2m")
+        .unwrap_or_else(|e| panic!("cannot mount a 2 MiB tmpfs (this test needs root): {e}"));
+    let queue = fs.dir().join("queue.db");
+    gw.set_config_key(
+        "queue",
+        "path",
+        &format!("{:?}", queue.display().to_string()),
+    );
+    (fs, queue)
+}
+
+/// Fills `fs` but for about `leave` bytes; returns the filler file (remove it to free
+/// the space).
+fn fill_but(fs: &Tmpfs, leave: u64) -> PathBuf {
+    let filler = fs.dir().join("filler");
+    let free = fs.free_bytes();
+    fs::write(&filler, vec![0u8; free.saturating_sub(leave) as usize])
+        .expect("cannot write the filler file");
+    filler
+}
+
 const MAX_READINGS: u64 = 2000;
 
 #[test]
@@ -615,21 +641,10 @@ fn full_filesystem_neither_crashes_nor_corrupts_counts_drops_and_recovers() {
     // queue bounded at MAX_READINGS, drop_oldest.
     gw.set_config_key("queue", "max_readings", &MAX_READINGS.to_string());
     gw.set_config_key("queue", "overflow", "\"drop_oldest\"");
-    let fs_dir = gw.dir().join("small-fs");
-    let fs = Tmpfs::mount(&fs_dir, "2m")
-        .unwrap_or_else(|e| panic!("cannot mount a 2 MiB tmpfs (this test needs root): {e}"));
-    let queue = fs.dir().join("queue.db");
-    gw.set_config_key(
-        "queue",
-        "path",
-        &format!("{:?}", queue.display().to_string()),
-    );
+    let (fs, queue) = queue_on_small_fs(&gw);
 
     // Leave about 400 KiB: the WAL reaches the end of the filesystem within seconds.
-    let filler = fs.dir().join("filler");
-    let free = fs.free_bytes();
-    fs::write(&filler, vec![0u8; free.saturating_sub(400 * 1024) as usize])
-        .expect("cannot write the filler file");
+    let filler = fill_but(&fs, 400 * 1024);
 
     let start = Instant::now();
     gw.spawn();
@@ -750,25 +765,14 @@ fn full_filesystem_neither_crashes_nor_corrupts_counts_drops_and_recovers() {
 fn full_disk_while_the_server_is_up_pauses_uploads_and_sends_nothing_twice() {
     let server = start_server();
     let mut gw = gateway(&refused_url(), Duration::from_millis(2), "");
-    let fs_dir = gw.dir().join("small-fs");
-    let fs = Tmpfs::mount(&fs_dir, "2m")
-        .unwrap_or_else(|e| panic!("cannot mount a 2 MiB tmpfs (this test needs root): {e}"));
-    let queue = fs.dir().join("queue.db");
-    gw.set_config_key(
-        "queue",
-        "path",
-        &format!("{:?}", queue.display().to_string()),
-    );
+    let (fs, queue) = queue_on_small_fs(&gw);
     let backlog: Vec<String> = build_backlog(&mut gw, "2ms", 1500, Duration::from_secs(60))
         .iter()
         .map(item_key)
         .collect();
 
     // Leave 128 KiB: the shared-memory file and a few commits of acks, then full.
-    let filler = fs.dir().join("filler");
-    let free = fs.free_bytes();
-    fs::write(&filler, vec![0u8; free.saturating_sub(128 * 1024) as usize])
-        .expect("cannot write the filler file");
+    let filler = fill_but(&fs, 128 * 1024);
     gw.set_base_url(&server.base_url());
     gw.set_interval("1h");
     gw.spawn();

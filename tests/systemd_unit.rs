@@ -15,6 +15,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+#[allow(dead_code)] // its main() is the example's; tests/gen_docs.rs checks the rest
+#[path = "../examples/gen_docs.rs"]
+mod gen_docs;
 
 const UNIT_NAME: &str = "profilo-gateway.service";
 const SHIPPED_EXEC: &str = "/usr/bin/profilo-gateway";
@@ -26,9 +31,22 @@ fn unit_path() -> PathBuf {
         .join(UNIT_NAME)
 }
 
+/// A MANPATH with the generated man page where the .deb puts it (man1/): `verify` runs
+/// `man profilo-gateway(1)` for the unit's `Documentation=man:` line and complains without it.
+fn man_path() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        gen_docs::generate(&dir.path().join("man1")).expect("generate the man page");
+        dir
+    })
+    .path()
+}
+
 fn systemd_analyze(args: &[&str]) -> Output {
     match Command::new("systemd-analyze")
         .args(args)
+        .env("MANPATH", man_path())
         // No pager, no colours, no attempt to talk to a running manager's bus.
         .env("SYSTEMD_PAGER", "cat")
         .env("SYSTEMD_COLORS", "0")
@@ -141,20 +159,26 @@ fn verify_of_the_shipped_unit_complains_at_most_of_the_missing_binary() {
     );
 }
 
+/// The unit's lines, trimmed, without its comments.
+fn settings(unit: &str) -> Vec<&str> {
+    unit.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect()
+}
+
 /// The settings the daemon and the package rely on; a refactor of the unit
 /// must not drop them silently.
 #[test]
 fn unit_keeps_the_contract() {
     let unit = std::fs::read_to_string(unit_path()).expect("read the shipped unit");
-    let lines: Vec<&str> = unit
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with('#'))
-        .collect();
+    let lines = settings(&unit);
     for expected in [
         "Type=notify",
         "NotifyAccess=main",
         "ExecStart=/usr/bin/profilo-gateway --config /etc/profilo-gateway/config.toml run",
+        // `systemctl reload` re-reads the log level and the password sources.
+        "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
         // A year unattended: a failing start is retried for ever, never left `failed`.
         "StartLimitIntervalSec=0",
@@ -183,6 +207,28 @@ fn unit_keeps_the_contract() {
     );
     // Network to the server, journald/notify over AF_UNIX, nothing else.
     assert!(lines.contains(&"RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6"));
+}
+
+/// Resource limits and a client's sockets (issue 13): no core holding the tokens, a
+/// memory ceiling, no listening socket.
+#[test]
+fn unit_limits_memory_cores_and_binding() {
+    let unit = std::fs::read_to_string(unit_path()).expect("read the shipped unit");
+    let lines = settings(&unit);
+    for expected in ["LimitCORE=0", "SocketBindDeny=any"] {
+        assert!(lines.contains(&expected), "{UNIT_NAME} lacks `{expected}`");
+    }
+    let memory_max = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("MemoryMax="))
+        .expect("MemoryMax= is set");
+    let mib = memory_max
+        .strip_suffix('M')
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("MemoryMax={memory_max}: want a size in M"));
+    // Above the measured peak (16 MB draining with the largest upload settings), and
+    // low enough to stop a leak long before a 512 MB Pi swaps.
+    assert!((32..=256).contains(&mib), "MemoryMax={memory_max}");
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Reading a JWT's claims. The tokens are signed by the server with a key we do not have;
 //! we only need `exp` and `iat` to plan refreshes, so the payload is decoded, not verified.
 
+use std::time::Duration;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use secrecy::{ExposeSecret, SecretString};
@@ -53,11 +55,36 @@ impl Token {
         Ok(Token { secret, claims })
     }
 
-    /// Lifetime as issued (`exp - iat`), in seconds.
+    /// Lifetime as issued (`exp - iat`), in seconds; the claims are the server's, of any
+    /// value, so the subtraction saturates.
     pub fn lifetime_secs(&self) -> Option<i64> {
-        self.claims.iat.map(|iat| self.claims.exp - iat)
+        self.claims
+            .iat
+            .map(|iat| self.claims.exp.saturating_sub(iat))
+    }
+
+    /// Lifetime as issued, between zero (`exp <= iat`) and [`MAX_PLANNED_LIFE`].
+    pub fn lifetime(&self) -> Option<Duration> {
+        self.lifetime_secs()
+            .map(|l| Duration::from_secs(l.clamp(0, MAX_PLANNED_LIFE.as_secs() as i64) as u64))
+    }
+
+    /// Time left until `exp` when the server's clock reads `server_now_ms`, between zero
+    /// and [`MAX_PLANNED_LIFE`].
+    pub fn remaining_at(&self, server_now_ms: i64) -> Duration {
+        let left = self.expires_at_ms().saturating_sub(server_now_ms);
+        Duration::from_millis(left.clamp(0, MAX_PLANNED_LIFE.as_millis() as i64) as u64)
+    }
+
+    /// `exp` in milliseconds since the epoch (saturated).
+    pub fn expires_at_ms(&self) -> i64 {
+        self.claims.exp.saturating_mul(1000)
     }
 }
+
+/// A token said to live longer is planned as living this long: renewing it after a year
+/// costs one request, and no deadline computed from it can overflow an `Instant`.
+pub const MAX_PLANNED_LIFE: Duration = Duration::from_secs(365 * 86_400);
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -106,6 +133,23 @@ mod tests {
             decode_claims(&not_json.into()),
             Err(JwtError::Json(_))
         ));
+    }
+
+    #[test]
+    fn claims_of_any_value_give_bounded_times() {
+        let token = |exp, iat| Token::parse(make_token(exp, iat, "access", "x")).ok();
+        for (exp, iat, life) in [
+            (i64::MAX, i64::MIN, MAX_PLANNED_LIFE),
+            (i64::MIN, i64::MAX, Duration::ZERO),
+            (i64::MAX, 0, MAX_PLANNED_LIFE),
+            (100, 100, Duration::ZERO),
+            (160, 100, Duration::from_secs(60)),
+        ] {
+            let t = token(exp, iat).unwrap_or_else(|| panic!("{exp} {iat}"));
+            assert_eq!(t.lifetime(), Some(life), "{exp} {iat}");
+            assert!(t.remaining_at(i64::MIN) <= MAX_PLANNED_LIFE);
+            assert_eq!(t.remaining_at(i64::MAX), Duration::ZERO);
+        }
     }
 
     #[test]

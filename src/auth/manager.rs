@@ -68,12 +68,15 @@ struct State {
     next_attempt_at: Option<Instant>,
     /// The last failure that was logged, so an unchanged one is not logged again.
     last_failure: Option<String>,
+    /// Whether a token due for renewal on arrival was reported (once is enough).
+    told_due_on_arrival: bool,
 }
 
 pub struct TokenManager {
     api: Api,
     username: Option<String>,
-    passwords: Option<PasswordSources>,
+    /// Replaced on SIGHUP (`set_passwords`); read at every login.
+    passwords: std::sync::Mutex<Option<PasswordSources>>,
     clock: Clock,
     settings: AuthSettings,
     state: Mutex<State>,
@@ -105,6 +108,8 @@ impl AuthCounters {
 const IAT_CENTRE: Duration = Duration::from_millis(500);
 /// A token is not sent in its last second: it could expire on the way.
 const EXPIRY_SLACK: Duration = Duration::from_secs(1);
+/// Bound on a measured clock offset (a thousand years): `iat` may hold any value.
+const MAX_OFFSET_MS: i64 = 1000 * 365 * 86_400_000;
 
 impl TokenManager {
     pub fn new(
@@ -118,7 +123,7 @@ impl TokenManager {
         TokenManager {
             api,
             username,
-            passwords,
+            passwords: std::sync::Mutex::new(passwords),
             clock,
             settings,
             state: Mutex::new(State {
@@ -128,6 +133,7 @@ impl TokenManager {
                 backoff,
                 next_attempt_at: None,
                 last_failure: None,
+                told_due_on_arrival: false,
             }),
             counters: AuthCounters::default(),
         }
@@ -149,6 +155,21 @@ impl TokenManager {
                 Ok(access.token.secret.clone())
             }
             _ => renewed,
+        }
+    }
+
+    /// New password sources (SIGHUP). After failed renewals the next one starts at once,
+    /// not at the end of the backoff the old password earned: a corrected password is
+    /// used at the next login.
+    pub async fn set_passwords(&self, passwords: Option<PasswordSources>) {
+        *self
+            .passwords
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = passwords;
+        let mut st = self.state.lock().await;
+        if st.last_failure.is_some() {
+            st.backoff.reset();
+            st.next_attempt_at = None;
         }
     }
 
@@ -215,9 +236,8 @@ impl TokenManager {
         let st = self.state.lock().await;
         st.access
             .as_ref()
-            .and_then(|a| a.token.lifetime_secs())
-            .filter(|&l| l > 0)
-            .map(|l| Duration::from_secs(l as u64))
+            .and_then(|a| a.token.lifetime())
+            .filter(|l| !l.is_zero())
             .unwrap_or(Duration::from_secs(60))
     }
 
@@ -225,17 +245,17 @@ impl TokenManager {
         let st = self.state.lock().await;
         let access = st.access.as_ref()?;
         Some(SessionInfo {
-            access_expires_at: crate::reading::format_rfc3339_ms(access.token.claims.exp * 1000),
+            access_expires_at: crate::reading::format_rfc3339_ms(access.token.expires_at_ms()),
             refresh_expires_at: st
                 .refresh
                 .as_ref()
-                .map(|r| crate::reading::format_rfc3339_ms(r.token.claims.exp * 1000)),
+                .map(|r| crate::reading::format_rfc3339_ms(r.token.expires_at_ms())),
             clock_offset_secs: st.offset_ms as f64 / 1000.0,
         })
     }
 
     fn margin(&self, token: &Token) -> Duration {
-        let lifetime = Duration::from_secs(token.lifetime_secs().unwrap_or(0).max(0) as u64);
+        let lifetime = token.lifetime().unwrap_or_default();
         let margin = self.settings.refresh_margin.unwrap_or_else(|| {
             (lifetime / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
         });
@@ -250,7 +270,7 @@ impl TokenManager {
     /// The refresh token is renewed by a login well before it expires (a tenth of its
     /// lifetime, at most an hour), so an idle device never holds a dead one.
     fn refresh_margin(&self, token: &Token) -> Duration {
-        let lifetime = Duration::from_secs(token.lifetime_secs().unwrap_or(0).max(0) as u64);
+        let lifetime = token.lifetime().unwrap_or_default();
         (lifetime / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600))
     }
 
@@ -259,17 +279,16 @@ impl TokenManager {
     /// involved); otherwise `exp` against the device clock corrected by the offset.
     fn hold(&self, token: Token, margin: Duration, offset_ms: i64) -> Held {
         let now = Instant::now();
-        let remaining = match token.lifetime_secs() {
-            Some(l) => Duration::from_secs(l.max(0) as u64).saturating_sub(IAT_CENTRE),
-            None => {
-                let server_now = self.clock.now_ms() + offset_ms;
-                Duration::from_millis((token.claims.exp * 1000 - server_now).max(0) as u64)
-            }
+        // Both are at most a year (jwt::MAX_PLANNED_LIFE): the additions cannot overflow.
+        let remaining = match token.lifetime() {
+            Some(l) => l.saturating_sub(IAT_CENTRE),
+            None => token.remaining_at(self.clock.now_ms().saturating_add(offset_ms)),
         };
+        let at = |d: Duration| now.checked_add(d).unwrap_or(now);
         Held {
             token,
-            renew_at: now + remaining.saturating_sub(margin),
-            expires_at: now + remaining.saturating_sub(EXPIRY_SLACK),
+            renew_at: at(remaining.saturating_sub(margin)),
+            expires_at: at(remaining.saturating_sub(EXPIRY_SLACK)),
         }
     }
 
@@ -367,7 +386,12 @@ impl TokenManager {
     }
 
     async fn login(&self, st: &mut State, username: &str) -> Result<SecretString, AuthError> {
-        let password = match self.passwords.as_ref().map(|p| p.read()) {
+        let sources = self
+            .passwords
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let password = match sources.as_ref().map(|p| p.read()) {
             Some(Ok((password, _source))) => password,
             Some(Err(e)) => return Err(self.fail(st, e.to_string(), None, None)),
             None => return Err(self.fail(st, PasswordError::None.to_string(), None, None)),
@@ -465,8 +489,13 @@ impl TokenManager {
             }
         };
         if let Some(iat) = access.claims.iat {
-            // iat has one-second resolution: +500 ms centres the estimate.
-            let offset = iat * 1000 + IAT_CENTRE.as_millis() as i64 - self.clock.now_ms();
+            // iat has one-second resolution: +500 ms centres the estimate. The server's
+            // claims may hold any value: saturated, then kept within a thousand years.
+            let offset = iat
+                .saturating_mul(1000)
+                .saturating_add(IAT_CENTRE.as_millis() as i64)
+                .saturating_sub(self.clock.now_ms())
+                .clamp(-MAX_OFFSET_MS, MAX_OFFSET_MS);
             if (offset - st.offset_ms).abs() > 5_000 {
                 tracing::info!(
                     offset_secs = offset / 1000,
@@ -483,11 +512,38 @@ impl TokenManager {
             st.refresh = Some(self.hold(r, margin, st.offset_ms));
         }
         let margin = self.margin(&access);
+        let lifetime = access.lifetime_secs();
         let held = self.hold(access, margin, st.offset_ms);
+        let now = Instant::now();
+        // A token dead on arrival (`exp <= iat`, a lifetime of a second, an `exp` already
+        // past) is an unusable answer: the caller backs off, rather than renewing at
+        // every upload.
+        if held.expires_at <= now {
+            return Err(format!(
+                "the access token is dead on arrival (exp - iat = {}); check the server's \
+                 ACCESS_TOKEN_LIFETIME (minutes, not seconds) and clock",
+                lifetime.map_or("unknown".into(), |l| format!("{l} s"))
+            ));
+        }
         let secret = held.token.secret.clone();
+        let due_on_arrival = held.renew_at <= now;
         st.access = Some(held);
-        st.backoff.reset();
-        st.next_attempt_at = None;
+        if due_on_arrival {
+            // Usable but already due (a refresh_margin longer than its life): renewals
+            // wait for the growing backoff instead of going out at every call.
+            let wait = self.backoff_wait(st, None);
+            if !std::mem::replace(&mut st.told_due_on_arrival, true) {
+                tracing::warn!(
+                    retry_in = %humantime::format_duration(round_secs(wait)),
+                    "the access token is due for renewal on arrival (api.refresh_margin \
+                     exceeds its life): renewing at the login backoff's pace"
+                );
+            }
+            st.next_attempt_at = Some(now + wait);
+        } else {
+            st.backoff.reset();
+            st.next_attempt_at = None;
+        }
         Ok(secret)
     }
 }
@@ -526,6 +582,8 @@ mod tests {
         refresh_fault: std::sync::Mutex<Option<Fault>>,
         login_fault: std::sync::Mutex<Option<Fault>>,
         access_lifetime_s: AtomicI64,
+        /// The payload of every access token when set (claims of any value).
+        access_claims: std::sync::Mutex<Option<serde_json::Value>>,
         requests: AtomicU64,
     }
 
@@ -556,7 +614,18 @@ mod tests {
         /// Status, extra header lines, body, and a delay before answering.
         fn answer(&self, path: &str, body: &str) -> (u16, String, String, Duration) {
             self.requests.fetch_add(1, Ordering::SeqCst);
-            let access = self.issue("access", self.access_lifetime_s.load(Ordering::SeqCst));
+            let access = match lock(&self.access_claims).clone() {
+                Some(claims) => {
+                    use base64::Engine;
+                    let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+                    format!(
+                        "{}.{}.c2ln",
+                        b64(br#"{"alg":"HS256"}"#),
+                        b64(claims.to_string().as_bytes())
+                    )
+                }
+                None => self.issue("access", self.access_lifetime_s.load(Ordering::SeqCst)),
+            };
             let refresh = self.issue("refresh", 3600);
             let mut valid = lock(&self.valid_refresh);
             let fault = if path == "/api/token/" {
@@ -669,6 +738,24 @@ mod tests {
             }
         });
         url
+    }
+
+    /// A fake server serving access tokens of `access_lifetime_s`, its URL, and a
+    /// directory for the manager's password file.
+    struct Fixture {
+        server: Arc<FakeServer>,
+        url: String,
+        dir: tempfile::TempDir,
+    }
+
+    async fn fixture(access_lifetime_s: i64) -> Fixture {
+        let server = Arc::new(FakeServer::default());
+        server
+            .access_lifetime_s
+            .store(access_lifetime_s, Ordering::SeqCst);
+        let url = serve(server.clone()).await;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        Fixture { server, url, dir }
     }
 
     /// `n` callers asking for a token at once: whether each got one.
@@ -786,10 +873,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_callers_at_expiry_cause_one_refresh() {
-        let server = Arc::new(FakeServer::default());
-        server.access_lifetime_s.store(2, Ordering::SeqCst);
-        let url = serve(server.clone()).await;
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let Fixture { server, url, dir } = fixture(2).await;
         let m = Arc::new(manager(&url, Clock::system(), dir.path()));
         assert!(m.access_token().await.is_ok());
         // Lifetime 2 s, margin 1 s: after 1.1 s every caller finds the token due.
@@ -801,13 +885,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn access_tokens_with_any_times_neither_panic_nor_renew_at_every_call() {
+        let now = crate::reading::unix_ms(std::time::SystemTime::now()) / 1000;
+        let claims = |exp: i64, iat: Option<i64>| match iat {
+            Some(iat) => serde_json::json!({"token_type": "access", "exp": exp, "iat": iat}),
+            None => serde_json::json!({"token_type": "access", "exp": exp}),
+        };
+        for (payload, margin) in [
+            // exp - iat overflows; a lifetime near i64::MAX (Instant + Duration overflow).
+            (claims(i64::MAX, Some(i64::MIN)), None),
+            (claims(i64::MIN, Some(i64::MAX)), None),
+            (claims(i64::MAX, Some(0)), None),
+            (claims(i64::MAX, Some(now)), None),
+            (claims(i64::MAX, None), None),
+            // Dead on arrival: exp <= iat, a one-second life, an exp long past.
+            (claims(now, Some(now)), None),
+            (claims(now - 60, Some(now)), None),
+            (claims(now + 1, Some(now)), None),
+            (claims(now - 60, None), None),
+            // Usable but due on arrival: a margin longer than a life with no iat.
+            (claims(now + 3, None), Some(Duration::from_secs(3600))),
+        ] {
+            let Fixture { server, url, dir } = fixture(0).await;
+            *lock(&server.access_claims) = Some(payload.clone());
+            let mut m = manager(&url, Clock::system(), dir.path());
+            m.settings.refresh_margin = margin;
+            for _ in 0..50 {
+                let _ = m.access_token().await;
+            }
+            let _ = m.session_info().await;
+            let _ = m.renew_in().await;
+            assert_eq!(
+                server.requests.load(Ordering::SeqCst),
+                1,
+                "{payload}: a request per call"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn a_device_clock_years_off_neither_loops_nor_uses_expired_tokens() {
         let year_ms = 365 * 86_400_000;
         for skew in [year_ms, -year_ms] {
-            let server = Arc::new(FakeServer::default());
-            server.access_lifetime_s.store(60, Ordering::SeqCst);
-            let url = serve(server.clone()).await;
-            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let Fixture { server, url, dir } = fixture(60).await;
             let m = manager(&url, Clock::with_skew_ms(skew), dir.path());
             for _ in 0..100 {
                 assert!(m.access_token().await.is_ok());
@@ -838,10 +958,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_refresh_leads_to_a_fresh_login_and_a_rejected_token_is_renewed_once() {
-        let server = Arc::new(FakeServer::default());
-        server.access_lifetime_s.store(60, Ordering::SeqCst);
-        let url = serve(server.clone()).await;
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let Fixture { server, url, dir } = fixture(60).await;
         let m = manager(&url, Clock::system(), dir.path());
         let first = m.access_token().await.unwrap_or_else(|e| panic!("{e}"));
         // The server blacklists everything (logout, admin action).
@@ -862,10 +979,7 @@ mod tests {
             Fault::BadBody,
             Fault::Slow(Duration::from_secs(2)),
         ] {
-            let server = Arc::new(FakeServer::default());
-            server.access_lifetime_s.store(60, Ordering::SeqCst);
-            let url = serve(server.clone()).await;
-            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let Fixture { server, url, dir } = fixture(60).await;
             let mut m = manager(&url, Clock::system(), dir.path());
             m.api = api(&url, Duration::from_millis(500));
             logged_in_and_due(&m).await;
@@ -885,10 +999,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refresh_that_never_left_keeps_its_token_and_its_success_ends_the_failure() {
-        let server = Arc::new(FakeServer::default());
-        server.access_lifetime_s.store(60, Ordering::SeqCst);
-        let url = serve(server.clone()).await;
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let Fixture { server, url, dir } = fixture(60).await;
         let mut m = manager(&url, Clock::system(), dir.path());
         let log = Captured::default();
         let _guard = log.install();
@@ -918,10 +1029,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn callers_queued_behind_a_failed_refresh_wait_for_the_backoff() {
-        let server = Arc::new(FakeServer::default());
-        server.access_lifetime_s.store(60, Ordering::SeqCst);
-        let url = serve(server.clone()).await;
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let Fixture { server, url, dir } = fixture(60).await;
         // A first wait of 2-4 s: every caller below arrives within it.
         let m = Arc::new(manager_with(
             &url,
@@ -940,10 +1048,7 @@ mod tests {
 
     #[tokio::test]
     async fn renewal_failures_back_off_with_growth_and_retry_after_is_capped() {
-        let server = Arc::new(FakeServer::default());
-        server.access_lifetime_s.store(60, Ordering::SeqCst);
-        let url = serve(server.clone()).await;
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let Fixture { server, url, dir } = fixture(60).await;
         let m = manager(&url, Clock::system(), dir.path());
         logged_in_and_due(&m).await;
         // A failed refresh, then failed logins: one backoff, growing (base 100 ms, cap 1 s,
@@ -989,10 +1094,7 @@ mod tests {
     async fn a_wall_clock_step_after_install_changes_no_deadline() {
         // Forward: NTP sets a clock that was an hour behind. The token is as fresh as it
         // was; the old wall-clock judgement saw it expired and refreshed at once.
-        let server = Arc::new(FakeServer::default());
-        server.access_lifetime_s.store(60, Ordering::SeqCst);
-        let url = serve(server.clone()).await;
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let Fixture { server, url, dir } = fixture(60).await;
         let mut m = manager(&url, Clock::system(), dir.path());
         assert!(m.access_token().await.is_ok());
         m.clock = Clock::with_skew_ms(3_600_000);
@@ -1007,9 +1109,7 @@ mod tests {
         assert!(m.renew_in().await <= Duration::from_secs(60));
 
         // Backward: the token still ages; the old judgement thought it fresh for an hour.
-        let server = Arc::new(FakeServer::default());
-        server.access_lifetime_s.store(2, Ordering::SeqCst);
-        let url = serve(server.clone()).await;
+        let Fixture { server, url, .. } = fixture(2).await;
         let mut m = manager(&url, Clock::system(), dir.path());
         assert!(m.access_token().await.is_ok());
         m.clock = Clock::with_skew_ms(-3_600_000);

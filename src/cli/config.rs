@@ -25,9 +25,16 @@ pub(super) fn run(command: ConfigCommand, config: &Config) -> anyhow::Result<Exi
 
 fn check(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     if json {
+        // stdout stays one JSON object.
+        for warning in config.warnings() {
+            eprintln!("profilo-gateway: warning: {warning}");
+        }
         println!("{}", serde_json::to_string_pretty(config)?);
     } else {
         println!("# configuration is valid; effective settings (file + environment + defaults):");
+        for warning in config.warnings() {
+            println!("# WARNING: {warning}");
+        }
         print!("{}", config.to_toml());
         let pw = super::login::password_origin(config);
         println!("# password: {pw}");

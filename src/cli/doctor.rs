@@ -16,6 +16,7 @@ use crate::clock::{clock_floor_ms, Clock};
 use crate::config::Config;
 use crate::queue::Stats;
 use crate::sensors::i2c::BusLocation;
+use crate::tls::CertSummary;
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
@@ -80,44 +81,8 @@ impl Check {
     }
 }
 
-/// What the TLS check learns of the server's certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertificateFacts {
-    pub subject: String,
-    pub not_after: SystemTime,
-}
-
-/// Reads the server's certificate for the TLS check.
-///
-/// PLUG-IN POINT (issue 16): src/tls/, on another branch, inspects the certificate for
-/// `login`; once merged, implement this trait with it and hand it to [`run_checks`] in
-/// place of [`NotInspected`]. The verdict ([`tls_check`]) is already written and tested.
-pub trait CertificateInspector {
-    /// The certificate `host` presents at `addr`; `Ok(None)` when this build cannot say.
-    fn inspect(
-        &self,
-        host: &str,
-        addr: SocketAddr,
-        timeout: Duration,
-    ) -> Result<Option<CertificateFacts>, String>;
-}
-
-/// This build's inspector: none yet (see [`CertificateInspector`]).
-pub struct NotInspected;
-
-impl CertificateInspector for NotInspected {
-    fn inspect(
-        &self,
-        _: &str,
-        _: SocketAddr,
-        _: Duration,
-    ) -> Result<Option<CertificateFacts>, String> {
-        Ok(None)
-    }
-}
-
 pub(super) fn doctor(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
-    let checks = run_checks(config, &NotInspected);
+    let checks = run_checks(config);
     report(&checks, json)
 }
 
@@ -167,7 +132,7 @@ fn text(checks: &[Check]) -> String {
 }
 
 /// Every check, in the order a technician would go through them.
-pub fn run_checks(config: &Config, certificates: &dyn CertificateInspector) -> Vec<Check> {
+pub fn run_checks(config: &Config) -> Vec<Check> {
     let mut checks = vec![Check::ok(
         "configuration",
         format!(
@@ -180,8 +145,18 @@ pub fn run_checks(config: &Config, certificates: &dyn CertificateInspector) -> V
     let password = password_check(config);
     let password_found = password.level == Level::Ok;
     checks.push(password);
-    let reachable = network_checks(config, certificates, &mut checks);
-    checks.push(login_check(config, reachable && password_found));
+    let reachable = network_checks(config, &mut checks);
+    // The login's handshake shows the certificate: its check comes first, as a person
+    // would read them (DNS, TCP, TLS, login).
+    let (login, certificate) = login_check(config, reachable && password_found);
+    if reachable && config.api.base_url.starts_with("https:") {
+        checks.push(tls_check(
+            certificate.as_ref(),
+            login.level != Level::Fail,
+            SystemTime::now(),
+        ));
+    }
+    checks.push(login);
     checks.extend(sensor_checks(config));
     checks.extend(i2c_checks(config));
     checks.push(clock_check());
@@ -209,12 +184,8 @@ fn password_check(config: &Config) -> Check {
     }
 }
 
-/// DNS, TCP and (for https) TLS; true when the server accepts connections.
-fn network_checks(
-    config: &Config,
-    certificates: &dyn CertificateInspector,
-    checks: &mut Vec<Check>,
-) -> bool {
+/// DNS and TCP; true when the server accepts connections.
+fn network_checks(config: &Config, checks: &mut Vec<Check>) -> bool {
     let timeout = config.api.request_timeout;
     let Ok(url) = reqwest::Url::parse(&config.api.base_url) else {
         // Validated with the configuration; unreachable in practice.
@@ -264,60 +235,83 @@ fn network_checks(
         return false;
     };
     checks.push(Check::ok("tcp", format!("{addr} accepts connections")));
-    if url.scheme() == "https" {
-        checks.push(tls_check(
-            certificates.inspect(&host, addr, timeout),
-            SystemTime::now(),
-        ));
-    }
     true
 }
 
-/// The TLS verdict from what the inspector learned.
-fn tls_check(facts: Result<Option<CertificateFacts>, String>, now: SystemTime) -> Check {
-    let fix = "renew the server's certificate, or check that api.base_url names the host it was issued for";
-    match facts {
-        Err(e) => Check::fail("tls", e, fix),
-        Ok(None) => Check::ok(
+/// The TLS verdict from the certificate the login's handshake saw (src/tls), and whether
+/// the login got through (a refused certificate fails the login, which says why).
+fn tls_check(cert: Option<&CertSummary>, login_ok: bool, now: SystemTime) -> Check {
+    let fix = "renew the server's certificate, or check that api.base_url names the host it was issued for (api.ca_file for a private CA)";
+    let Some(c) = cert else {
+        return if login_ok {
+            Check::ok(
+                "tls",
+                "handshake verified by the login (no certificate details seen)",
+            )
+        } else {
+            Check::fail(
+                "tls",
+                "no verified handshake: see the login check's error",
+                fix,
+            )
+        };
+    };
+    let left = c.not_after_time.duration_since(now);
+    match left {
+        Err(_) => Check::fail(
             "tls",
-            "certificate not inspected by this build; the login check verifies the handshake and the chain",
+            format!("{}: expired at {}", c.subject, c.not_after),
+            fix,
         ),
-        Ok(Some(f)) => {
-            let expiry = humantime::format_rfc3339_seconds(f.not_after);
-            match f.not_after.duration_since(now) {
-                Err(_) => Check::fail("tls", format!("{}: expired at {expiry}", f.subject), fix),
-                Ok(left) if left < CERT_WARN => Check::warn(
-                    "tls",
-                    format!("{}: expires at {expiry}, in {} day(s)", f.subject, left.as_secs() / 86_400),
-                    fix,
-                ),
-                Ok(left) => Check::ok(
-                    "tls",
-                    format!("{}: valid until {expiry} ({} days)", f.subject, left.as_secs() / 86_400),
-                ),
-            }
-        }
+        Ok(left) if left < CERT_WARN => Check::warn(
+            "tls",
+            format!(
+                "{}: expires at {}, in {} day(s)",
+                c.subject,
+                c.not_after,
+                left.as_secs() / 86_400
+            ),
+            fix,
+        ),
+        Ok(left) => Check::ok(
+            "tls",
+            format!(
+                "{} (issued by {}): valid until {} ({} days)",
+                c.subject,
+                c.issuer,
+                c.not_after,
+                left.as_secs() / 86_400
+            ),
+        ),
     }
 }
 
-fn login_check(config: &Config, can_try: bool) -> Check {
+/// The login's verdict, and the certificate its handshake saw (https).
+fn login_check(config: &Config, can_try: bool) -> (Check, Option<CertSummary>) {
     if !can_try {
-        return Check::warn(
+        let check = Check::warn(
             "login",
             "not tried: no password, or the server cannot be reached (see above)",
             "fix the checks above first",
         );
+        return (check, None);
     }
     match super::login::login_once(config) {
         Ok(outcome) => {
             let offset = outcome.session.map(|s| s.clock_offset_secs);
-            offset_check(&outcome.user, offset)
+            (
+                offset_check(&outcome.user, offset),
+                outcome.server_certificate,
+            )
         }
-        Err(e) => Check::fail(
-            "login",
-            super::error_report(&e),
-            "check api.username and the password (a wrong one is refused as above); `profilo-gateway login` tries again",
-        ),
+        Err(e) => {
+            let check = Check::fail(
+                "login",
+                super::error_report(&e),
+                "check api.username and the password (a wrong one is refused as above); `profilo-gateway login` tries again",
+            );
+            (check, None)
+        }
     }
 }
 
@@ -776,24 +770,26 @@ mod tests {
     #[test]
     fn certificate_verdicts() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let facts = |days: i64| {
-            Ok(Some(CertificateFacts {
+        let cert = |days: i64| {
+            let not_after_time = if days >= 0 {
+                now + Duration::from_secs(days as u64 * 86_400)
+            } else {
+                now - Duration::from_secs((-days) as u64 * 86_400)
+            };
+            CertSummary {
                 subject: "CN=profilometre.example.com".into(),
-                not_after: if days >= 0 {
-                    now + Duration::from_secs(days as u64 * 86_400)
-                } else {
-                    now - Duration::from_secs((-days) as u64 * 86_400)
-                },
-            }))
+                issuer: "CN=Example CA".into(),
+                not_before: "2026-01-01T00:00:00Z".into(),
+                not_after: humantime::format_rfc3339_seconds(not_after_time).to_string(),
+                not_before_time: SystemTime::UNIX_EPOCH,
+                not_after_time,
+            }
         };
-        assert_eq!(tls_check(facts(90), now).level, Level::Ok);
-        assert_eq!(tls_check(facts(3), now).level, Level::Warn);
-        assert_eq!(tls_check(facts(-1), now).level, Level::Fail);
-        assert_eq!(tls_check(Ok(None), now).level, Level::Ok);
-        assert_eq!(
-            tls_check(Err("handshake failed".into()), now).level,
-            Level::Fail
-        );
+        assert_eq!(tls_check(Some(&cert(90)), true, now).level, Level::Ok);
+        assert_eq!(tls_check(Some(&cert(3)), true, now).level, Level::Warn);
+        assert_eq!(tls_check(Some(&cert(-1)), false, now).level, Level::Fail);
+        assert_eq!(tls_check(None, true, now).level, Level::Ok);
+        assert_eq!(tls_check(None, false, now).level, Level::Fail);
     }
 
     #[test]

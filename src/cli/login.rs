@@ -40,12 +40,14 @@ pub(super) fn password_origin(config: &Config) -> String {
     }
 }
 
-/// What one login found: who, with which password source, the profile and the session.
+/// What one login found: who, with which password source, the profile, the session and
+/// the certificate the server showed (https).
 pub(super) struct LoginOutcome {
     pub user: String,
     pub source: password::Source,
     pub profile: serde_json::Value,
     pub session: Option<crate::auth::manager::SessionInfo>,
+    pub server_certificate: Option<crate::tls::CertSummary>,
 }
 
 /// Logs in once with the configured credentials and fetches the profile (for `login` and
@@ -58,8 +60,8 @@ pub(super) fn login_once(config: &Config) -> anyhow::Result<LoginOutcome> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let api = Api::new(&config.api.base_url, config.api.request_timeout)?;
     let clock = Clock::from_env().map_err(anyhow::Error::msg)?;
+    let api = Api::from_config(&config.api, clock.clone())?;
     let manager = TokenManager::new(
         api.clone(),
         Some(user.clone()),
@@ -84,6 +86,7 @@ pub(super) fn login_once(config: &Config) -> anyhow::Result<LoginOutcome> {
             source,
             profile,
             session,
+            server_certificate: api.server_certificate(),
         })
     })
 }
@@ -94,6 +97,7 @@ pub(super) fn login(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         source,
         profile,
         session,
+        server_certificate,
     } = login_once(config)?;
     if json {
         let out = serde_json::json!({
@@ -102,6 +106,7 @@ pub(super) fn login(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             "password_source": source.to_string(),
             "profile": profile,
             "session": session,
+            "server_certificate": server_certificate,
         });
         println!("{out}");
     } else {
@@ -110,6 +115,9 @@ pub(super) fn login(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             config.api.base_url
         );
         println!("profile: {profile:#}");
+        if let Some(c) = &server_certificate {
+            println!("server certificate: {c}");
+        }
         if let Some(s) = session {
             println!("access token expires:  {}", s.access_expires_at);
             println!(

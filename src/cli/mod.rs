@@ -54,7 +54,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway in the foreground (what the systemd service runs). Stops cleanly on
-    /// SIGTERM or SIGINT, leaving unsent readings queued.
+    /// SIGTERM or SIGINT, leaving unsent readings queued; on SIGHUP re-reads the log level
+    /// and the password sources.
     Run,
     /// Inspect and manage the reading queue. Works while the daemon runs.
     #[command(subcommand)]
@@ -111,7 +112,7 @@ pub const EXIT_CONFIG: u8 = 78;
 pub struct ConfigFailure(pub crate::config::ConfigError);
 
 pub fn load_config(cli_path: Option<PathBuf>) -> Result<Config, ConfigFailure> {
-    Config::load(&ConfigSource::resolve(cli_path), std::env::vars()).map_err(ConfigFailure)
+    Config::load(&ConfigSource::resolve(cli_path), std::env::vars_os()).map_err(ConfigFailure)
 }
 
 /// One line for an error and its causes, each said once. Many of our errors already
@@ -136,7 +137,10 @@ pub fn error_report(e: &anyhow::Error) -> String {
 pub fn dispatch(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run => {
-            crate::daemon::run(&config)?;
+            let path = cli.config.clone();
+            crate::daemon::run(&config, move || {
+                load_config(path.clone()).map_err(|e| e.to_string())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue(q) => queue::run(q, &config),

@@ -3,6 +3,8 @@
 //! triggers, so that no write needs a scan). Pending readings come before dead letters:
 //! the dead letters only get the room the readings leave.
 
+use std::ops::Range;
+
 use rusqlite::{Connection, OptionalExtension};
 
 use super::{count_pending, Queue, QueueError};
@@ -20,12 +22,13 @@ const DEAD_ROW_OVERHEAD: i64 = 48;
 impl Queue {
     /// Makes room for `readings` within `max_readings` as the overflow policy says: deletes
     /// the oldest pending readings, or keeps only the part of the batch that fits. Returns
-    /// what to insert and how many readings were dropped.
-    pub(super) fn make_room<'r>(
+    /// the indices of the readings to insert (so that what travels beside them, their
+    /// capture clocks, is cut the same way) and how many readings were dropped.
+    pub(super) fn make_room(
         &self,
         conn: &Connection,
-        readings: &'r [Reading],
-    ) -> Result<(&'r [Reading], u64), QueueError> {
+        readings: &[Reading],
+    ) -> Result<(Range<usize>, u64), QueueError> {
         let incoming = readings.len() as u64;
         // An exact count scans the table; the id span bounds it from above in O(1),
         // so the scan only happens when the queue may actually be near its bound.
@@ -41,11 +44,11 @@ impl Queue {
                 delete_oldest(conn, from_old)?;
                 // A single batch larger than the bound keeps only its newest part.
                 let skip = (excess - from_old) as usize;
-                (&readings[skip..], excess)
+                (skip..readings.len(), excess)
             }
             OverflowPolicy::DropNewest => {
                 let keep = room.min(incoming) as usize;
-                (&readings[..keep], incoming - keep as u64)
+                (0..keep, incoming - keep as u64)
             }
         })
     }
@@ -206,6 +209,7 @@ fn live_bytes(conn: &Connection) -> Result<u64, QueueError> {
 mod tests {
     use super::*;
     use crate::queue::testing::*;
+    use crate::queue::CaptureClock;
 
     #[test]
     fn drop_oldest_keeps_the_newest_and_counts() -> Result<(), QueueError> {
@@ -220,6 +224,29 @@ mod tests {
         assert_eq!((r.inserted, r.dropped, r.dead_evicted), (3, 4, 0));
         assert_eq!(kept(&q)?, vec![7, 8, 9]);
         assert_eq!(q.stats()?.dropped_total, 6);
+        Ok(())
+    }
+
+    #[test]
+    fn an_oversized_batch_keeps_the_boot_times_of_the_readings_it_keeps() -> Result<(), QueueError>
+    {
+        let dir = tempdir()?;
+        let q = open(dir.path(), 2, OverflowPolicy::DropOldest);
+        let batch = [reading(1), reading(2), reading(3), reading(4)];
+        let clocks: Vec<CaptureClock> = batch
+            .iter()
+            .map(|r| CaptureClock {
+                monotonic_ms: r.captured_at_ms * 1000,
+                synced: true,
+            })
+            .collect();
+        q.enqueue_with_origin(&batch, Some(("boot", &clocks)))?;
+        let stored: Vec<(i64, i64)> = q
+            .conn
+            .prepare("SELECT captured_at_ms, monotonic_ms FROM readings ORDER BY id")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        assert_eq!(stored, vec![(3, 3000), (4, 4000)]);
         Ok(())
     }
 

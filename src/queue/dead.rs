@@ -7,8 +7,8 @@ use std::time::SystemTime;
 use rusqlite::params;
 use serde::Serialize;
 
-use super::{Queue, QueueError};
-use crate::reading::{format_rfc3339_ms, unix_ms};
+use super::{capture_time_text, Queue, QueueError};
+use crate::reading::unix_ms;
 
 /// A reading the server refused for good.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -75,13 +75,13 @@ impl Queue {
                 id: r.get(0)?,
                 reading_id: r.get(1)?,
                 captured_at: match r.get(2)? {
-                    rusqlite::types::Value::Integer(ms) => format_rfc3339_ms(ms),
+                    rusqlite::types::Value::Integer(ms) => capture_time_text(ms),
                     other => lenient_text(other),
                 },
                 fields: serde_json::from_str(&fields).unwrap_or(serde_json::Value::String(fields)),
                 status: r.get(4)?,
                 response: r.get(5)?,
-                failed_at: format_rfc3339_ms(r.get(6)?),
+                failed_at: capture_time_text(r.get(6)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

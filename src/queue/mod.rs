@@ -15,6 +15,8 @@
 //! - `bounds`: `max_readings` / `max_bytes`, the overflow policy, byte accounting.
 //! - `redate`: correcting capture times taken before the clock was synchronised.
 //! - `dead`: dead letters and the quarantine of unreadable rows.
+//! - [`lock`]: one daemon per queue (`<queue>.lock`).
+//! - [`health`]: noticing a queue that broke while the daemon runs, and when to give up.
 //! - `stats`: counters, daemon status and the figures of `queue stats`.
 //! - `writer`: the queue thread (group commit, the handle the sampler and uploader use).
 
@@ -27,6 +29,8 @@ use crate::reading::Reading;
 
 mod bounds;
 mod dead;
+pub mod health;
+pub mod lock;
 mod redate;
 mod schema;
 mod stats;
@@ -66,6 +70,8 @@ pub enum QueueError {
     Sql(#[from] rusqlite::Error),
     #[error("stored reading {id} is unreadable: {detail}")]
     BadRow { id: i64, detail: String },
+    #[error("queue {path} is gone from under the daemon ({detail}): nothing written since is kept; restarting starts a fresh queue there")]
+    Vanished { path: PathBuf, detail: String },
     #[error("queue {path} is corrupt ({detail}); this command left it as it is: restart the daemon (systemctl restart profilo-gateway), which moves a corrupt queue aside and starts a fresh one")]
     CorruptNotMoved { path: PathBuf, detail: String },
 }
@@ -213,7 +219,9 @@ impl Queue {
             return Ok(Enqueued::default());
         }
         self.atomically(|conn| {
-            let (to_insert, mut dropped) = self.make_room(conn, readings)?;
+            let (kept, mut dropped) = self.make_room(conn, readings)?;
+            let to_insert = &readings[kept.clone()];
+            let clocks = origin.map(|(boot, c)| (boot, c.get(kept).unwrap_or_default()));
             let mut stmt = conn.prepare_cached(
                 "INSERT INTO readings (captured_at_ms, fields, boot_id, monotonic_ms, clock_synced)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -225,7 +233,7 @@ impl Queue {
                     id: 0,
                     detail: e.to_string(),
                 })?;
-                let (boot, mono, synced) = match origin.and_then(|(b, c)| Some((b, c.get(i)?))) {
+                let (boot, mono, synced) = match clocks.and_then(|(b, c)| Some((b, c.get(i)?))) {
                     Some((boot, c)) => (Some(boot), Some(c.monotonic_ms), c.synced),
                     None => (None, None, true),
                 };
@@ -317,10 +325,34 @@ impl Queue {
     }
 }
 
+/// The latest capture time a reading may carry, 9999-12-31T23:59:59.999Z: RFC 3339 (the
+/// wire format) has four-digit years. Anything later, or before 1970, is a damaged row.
+pub const MAX_CAPTURE_MS: i64 = 253_402_300_799_999;
+
+/// Whether a stored capture time is one a reading can have (see [`MAX_CAPTURE_MS`]).
+pub fn capture_time_in_range(ms: i64) -> bool {
+    (0..=MAX_CAPTURE_MS).contains(&ms)
+}
+
+/// A stored capture time as RFC 3339, or the raw number when it is out of range (a
+/// listing must show a damaged row, not die formatting it).
+pub fn capture_time_text(ms: i64) -> String {
+    if capture_time_in_range(ms) {
+        crate::reading::format_rfc3339_ms(ms)
+    } else {
+        format!("{ms} ms (out of range)")
+    }
+}
+
 /// One `readings` row of `peek`, or why it cannot be read.
 fn read_stored(r: &rusqlite::Row<'_>) -> Result<Stored, String> {
     let id: i64 = r.get(0).map_err(|e| e.to_string())?;
     let captured_at_ms: i64 = r.get(1).map_err(|e| format!("captured_at_ms: {e}"))?;
+    if !capture_time_in_range(captured_at_ms) {
+        return Err(format!(
+            "capture time {captured_at_ms} ms is out of range (before 1970 or after 9999)"
+        ));
+    }
     let fields: String = r.get(2).map_err(|e| format!("fields: {e}"))?;
     let fields = serde_json::from_str(&fields).map_err(|e| format!("fields {fields}: {e}"))?;
     let synced: bool = r.get(3).map_err(|e| format!("clock_synced: {e}"))?;
@@ -382,6 +414,51 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].reading, reading(1));
         assert!(q.dead_letters(10)?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn capture_times_out_of_range_are_dead_lettered_and_listed_without_panic(
+    ) -> Result<(), QueueError> {
+        let dir = tempdir()?;
+        let q = open(dir.path(), 100, OverflowPolicy::DropOldest);
+        q.enqueue(&[reading(1), reading(2), reading(3), reading(MAX_CAPTURE_MS)])?;
+        q.conn.execute(
+            "UPDATE readings SET captured_at_ms = ?1 WHERE id = 1",
+            [i64::MAX],
+        )?;
+        q.conn
+            .execute("UPDATE readings SET captured_at_ms = -5 WHERE id = 3", [])?;
+        // Read-only (the CLI): skipped, and the figures name only the sound ones.
+        let ro = Queue::open_read_only(&dir.path().join("q.db"))?;
+        let ids: Vec<i64> = ro.peek(0, 10)?.iter().map(|s| s.id).collect();
+        assert_eq!(ids, vec![2, 4]);
+        let stats = ro.stats()?;
+        assert_eq!(stats.pending, 4);
+        assert_eq!(
+            (
+                stats.oldest_captured_at.as_deref(),
+                stats.newest_captured_at.as_deref()
+            ),
+            (
+                Some("1970-01-01T00:00:00.002Z"),
+                Some("9999-12-31T23:59:59.999Z")
+            )
+        );
+        // The daemon: moved to the dead letters with the reason.
+        let ids: Vec<i64> = q.peek(0, 10)?.iter().map(|s| s.id).collect();
+        assert_eq!(ids, vec![2, 4]);
+        let dead = q.dead_letters(10)?;
+        assert_eq!(
+            dead.iter().map(|d| d.reading_id).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        assert!(dead[0].response.contains("out of range"), "{dead:?}");
+        assert_eq!(
+            dead[0].captured_at,
+            format!("{} ms (out of range)", i64::MAX)
+        );
+        assert_eq!(dead[1].captured_at, "-5 ms (out of range)");
         Ok(())
     }
 

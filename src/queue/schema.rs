@@ -27,6 +27,18 @@ impl Queue {
                 source,
             })?;
         }
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        if !path.exists() && Path::new(&wal).exists() {
+            // The queue was deleted under a daemon: its log alone would be replayed into
+            // the fresh file as a torso of the old one.
+            let aside = move_aside(path)?;
+            tracing::warn!(
+                queue = %path.display(),
+                moved_to = %aside.display(),
+                "the queue file is missing but its WAL is there; moved the WAL aside and started a fresh queue"
+            );
+        }
         let conn = match Self::open_checked(path) {
             Ok(conn) => conn,
             Err(e) if e.is_corrupt() => {

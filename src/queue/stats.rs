@@ -73,8 +73,10 @@ impl Queue {
     pub fn stats(&self) -> Result<Stats, QueueError> {
         let conn = &self.conn;
         let (pending, oldest, newest): (u64, Option<i64>, Option<i64>) = conn.query_row(
-            "SELECT count(*), min(captured_at_ms), max(captured_at_ms) FROM readings",
-            [],
+            // Damaged rows (out of range, see `peek`) are not a capture time to show.
+            "SELECT count(*), min(iif(captured_at_ms BETWEEN 0 AND ?1, captured_at_ms, NULL)),
+                 max(iif(captured_at_ms BETWEEN 0 AND ?1, captured_at_ms, NULL)) FROM readings",
+            [super::MAX_CAPTURE_MS],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         let dead: u64 = conn.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))?;

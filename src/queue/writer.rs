@@ -7,6 +7,12 @@
 //! disk changes, and the readings wait in memory (bounded; overflow counted as drops) until
 //! a later commit succeeds. So do the acknowledgements of uploaded readings: until they
 //! are committed, a drain may not start again (it would resend them), see `Peek`.
+//!
+//! A queue that breaks for good (deleted, overwritten, corrupt, or failing for
+//! `health::GIVE_UP_AFTER`) is not retried forever: the thread gives up and says so
+//! ([`BrokenSignal`]), and the daemon exits non-zero. Its [`StoreHandle::heartbeat`] beats
+//! only while writes work or the disk is merely full, so a thread stuck in a commit
+//! stops the watchdog.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -14,11 +20,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 
+use super::health::{Failures, Fault, FileIdentity};
 use super::{CaptureClock, Queue, QueueError, Stats, Stored};
 use crate::clock::Clock;
 use crate::reading::Reading;
+use crate::watchdog::Heartbeat;
 
 /// Readings held in memory while the disk refuses writes; beyond this they are dropped
 /// (and counted) rather than letting memory grow on a small Pi.
@@ -31,6 +39,10 @@ const STATUS_WINDOW: Duration = Duration::from_secs(5);
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// A failing write is logged at most this often.
 const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+/// With nothing to write the thread still turns this often, to beat its heartbeat.
+const IDLE_TURN: Duration = Duration::from_secs(1);
+/// How often the queue file is checked for having been deleted, replaced or damaged.
+const VERIFY_EVERY: Duration = Duration::from_secs(10);
 
 /// A reading with where and when it was captured, for later clock correction.
 #[derive(Debug, Clone)]
@@ -74,9 +86,31 @@ pub struct StoreHandle {
     tx: mpsc::Sender<Command>,
     /// Woken after readings were committed, so the uploader need not poll.
     pub new_readings: Arc<Notify>,
+    /// Beats while the queue thread's writes succeed (or only the disk is full).
+    pub heartbeat: Heartbeat,
+    broken: watch::Receiver<Option<String>>,
+}
+
+/// Resolves once the queue thread gave up on a broken queue, with why.
+pub struct BrokenSignal(watch::Receiver<Option<String>>);
+
+impl BrokenSignal {
+    /// Why the queue broke; never resolves while it works or after a normal stop.
+    pub async fn wait(mut self) -> String {
+        match self.0.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
+    }
 }
 
 impl StoreHandle {
+    /// Tells when the queue thread gives up; holds no handle, so it does not keep the
+    /// thread running.
+    pub fn broken(&self) -> BrokenSignal {
+        BrokenSignal(self.broken.clone())
+    }
+
     /// Hands a reading over; it is on disk within `commit_interval`.
     pub fn enqueue(&self, captured: Captured) -> Result<(), StoreClosed> {
         self.tx
@@ -148,6 +182,10 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel();
     let new_readings = Arc::new(Notify::new());
     let notify = new_readings.clone();
+    let heartbeat = Heartbeat::new();
+    let (broken_tx, broken) = watch::channel(None);
+    let file = FileIdentity::of(queue.path()).ok();
+    let beat = heartbeat.clone();
     let thread = std::thread::Builder::new()
         .name("queue".into())
         .spawn(move || {
@@ -167,10 +205,26 @@ pub fn spawn(
                 failing_since: None,
                 last_failure_log: None,
                 notify,
+                health: Health {
+                    heartbeat: beat,
+                    failures: Failures::default(),
+                    file,
+                    last_verified: Instant::now(),
+                    broken: broken_tx,
+                    gave_up: false,
+                },
             };
             writer.serve(rx, commit_interval);
         })?;
-    Ok((StoreHandle { tx, new_readings }, thread))
+    Ok((
+        StoreHandle {
+            tx,
+            new_readings,
+            heartbeat,
+            broken,
+        },
+        thread,
+    ))
 }
 
 struct Writer {
@@ -196,14 +250,30 @@ struct Writer {
     failing_since: Option<Instant>,
     last_failure_log: Option<Instant>,
     notify: Arc<Notify>,
+    health: Health,
+}
+
+/// The queue thread's own health: its heartbeat, the verdict on its failures, and the
+/// file it opened.
+struct Health {
+    heartbeat: Heartbeat,
+    failures: Failures,
+    file: Option<FileIdentity>,
+    last_verified: Instant,
+    broken: watch::Sender<Option<String>>,
+    gave_up: bool,
 }
 
 impl Writer {
     fn serve(&mut self, rx: mpsc::Receiver<Command>, commit_interval: Duration) {
         let mut deadline: Option<Instant> = None;
         loop {
+            self.check_health();
+            if self.health.gave_up {
+                return;
+            }
             let received = match deadline {
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                None => rx.recv_timeout(IDLE_TURN),
                 Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
             };
             match received {
@@ -305,7 +375,11 @@ impl Writer {
                         return false;
                     }
                 }
-                let _ = reply.send(self.queue.peek(after_id, limit).map_err(|e| e.to_string()));
+                let peeked = self.queue.peek(after_id, limit);
+                if let Err(e) = &peeked {
+                    self.note_failure(e);
+                }
+                let _ = reply.send(peeked.map_err(|e| e.to_string()));
                 false
             }
             Command::Stats(reply) => {
@@ -325,6 +399,7 @@ impl Writer {
                 dropped,
                 dead_evicted,
             }) => {
+                self.health.failures.succeeded();
                 self.last_error = None;
                 self.unsaved.clear();
                 self.drops.add(dropped + self.dropped_in_memory);
@@ -379,8 +454,41 @@ impl Writer {
                     let _ = reply.send(Err(e.to_string()));
                     self.unsaved.push(settlement);
                 }
+                self.note_failure(&e);
             }
         }
+    }
+
+    /// Beats the heartbeat while the queue works, and checks the file now and then.
+    fn check_health(&mut self) {
+        if self.health.failures.feeds_watchdog() {
+            self.health.heartbeat.beat();
+        }
+        let Some(file) = self.health.file else { return };
+        if self.health.last_verified.elapsed() < VERIFY_EVERY {
+            return;
+        }
+        self.health.last_verified = Instant::now();
+        if let Err(e) = self.queue.verify_file(file) {
+            self.note_failure(&e);
+        }
+    }
+
+    /// Counts a failure of the queue; gives up on a queue that is broken for good, so that
+    /// the daemon exits and systemd starts it again on a repaired or fresh queue.
+    fn note_failure(&mut self, e: &QueueError) {
+        if self.health.gave_up || !self.health.failures.failed(Fault::of(e), Instant::now()) {
+            return;
+        }
+        tracing::error!(
+            lost = self.readings.len(),
+            "the queue cannot be used any more: {e}; the daemon stops so that it is started again (a corrupt queue is then moved aside)"
+        );
+        for (_, reply) in self.settlements.drain(..) {
+            let _ = reply.send(Err(e.to_string()));
+        }
+        self.health.gave_up = true;
+        let _ = self.health.broken.send(Some(e.to_string()));
     }
 
     /// Logs the drops (and evictions) of the last minute, if due.
@@ -540,6 +648,28 @@ mod tests {
         Ok((dir, config, store, thread))
     }
 
+    /// Like `started`, committing every 20 ms, whose writes give up waiting for another
+    /// writer's lock after 100 ms: a test's blocker makes every commit fail quickly.
+    fn started_contended() -> Result<Started, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let config = QueueConfig {
+            path: dir.path().join("q.db"),
+            ..QueueConfig::default()
+        };
+        let queue = Queue::open(&config).map_err(|e| e.to_string())?;
+        queue
+            .set_busy_timeout(Duration::from_millis(100))
+            .map_err(|e| e.to_string())?;
+        let (store, thread) = spawn(
+            queue,
+            Duration::from_millis(20),
+            "boot".into(),
+            Clock::system(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok((dir, config, store, thread))
+    }
+
     #[tokio::test]
     async fn readings_are_committed_in_groups_and_settled() -> Result<(), String> {
         let (_dir, config, store, thread) = started(Duration::from_millis(20))?;
@@ -575,22 +705,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_ack_commit_blocks_new_drains_until_it_is_on_disk() -> Result<(), String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let config = QueueConfig {
-            path: dir.path().join("q.db"),
-            ..QueueConfig::default()
-        };
-        let queue = Queue::open(&config).map_err(|e| e.to_string())?;
-        queue
-            .set_busy_timeout(Duration::from_millis(100))
-            .map_err(|e| e.to_string())?;
-        let (store, thread) = spawn(
-            queue,
-            Duration::from_millis(20),
-            "boot".into(),
-            Clock::system(),
-        )
-        .map_err(|e| e.to_string())?;
+        let (_dir, config, store, thread) = started_contended()?;
         for ms in 0..10 {
             store.enqueue(captured(ms)).map_err(|e| e.to_string())?;
         }
@@ -623,6 +738,43 @@ mod tests {
         let rest = store.peek(0, 100).await?;
         assert_eq!(rest.len(), 5, "the kept acks were committed first");
         assert_eq!(store.stats().await?.uploaded_total, 5);
+        drop(store);
+        thread
+            .join()
+            .map_err(|_| "queue thread panicked".to_string())?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_heartbeat_stops_while_commits_fail_and_beats_again_once_they_work(
+    ) -> Result<(), String> {
+        let (_dir, config, store, thread) = started_contended()?;
+        let silence = || store.heartbeat.since_last_beat(tokio::time::Instant::now());
+        let poll = |want: &'static str, ok: &dyn Fn() -> bool| {
+            let t0 = Instant::now();
+            while !ok() {
+                assert!(t0.elapsed() < Duration::from_secs(20), "never {want}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        poll("beats while idle", &|| {
+            silence() < Duration::from_millis(1500)
+        });
+        // Another writer holds the lock: every commit fails (not a full disk).
+        let blocker = rusqlite::Connection::open(&config.path).map_err(|e| e.to_string())?;
+        blocker
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| e.to_string())?;
+        store.enqueue(captured(1)).map_err(|e| e.to_string())?;
+        poll("silent while commits fail", &|| {
+            store.enqueue(captured(2)).is_ok() && silence() > Duration::from_secs(3)
+        });
+        blocker
+            .execute_batch("ROLLBACK")
+            .map_err(|e| e.to_string())?;
+        poll("beats again", &|| silence() < Duration::from_millis(1500));
+        let pending = store.stats().await?.pending;
+        assert!(pending >= 2, "kept in memory, then written: {pending}");
         drop(store);
         thread
             .join()

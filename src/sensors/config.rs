@@ -248,10 +248,10 @@ pub fn validate(configs: &[SensorConfig]) -> Result<(), SensorError> {
                     ),
                 ));
             }
-            if field == crate::reading::field::TIMESTAMP {
+            if let Some(what) = crate::reading::field::reserved(field) {
                 return Err(err(
                     &format!("fields.{key}"),
-                    "\"timestamp\" is reserved for the capture time; choose another name".into(),
+                    format!("\"{field}\" is reserved for {what}; choose another name"),
                 ));
             }
             seen.push((field.to_owned(), index));

@@ -315,6 +315,23 @@ impl Gateway {
         }
     }
 
+    /// Waits up to `timeout` for the daemon to exit on its own; its status, or `None` when
+    /// it is still running (it is left running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        poll_until(timeout, || {
+            status = match self.child.borrow_mut().as_mut() {
+                Some(c) => c.try_wait().ok().flatten(),
+                None => panic!("gateway not spawned"),
+            };
+            status.is_some()
+        });
+        if status.is_some() {
+            self.child.borrow_mut().take();
+        }
+        status
+    }
+
     /// SIGKILLs the daemon (a crash or power cut) and reaps it. No-op when not running.
     pub fn kill9(&mut self) {
         let child = self.child.try_borrow_mut().ok().and_then(|mut c| c.take());

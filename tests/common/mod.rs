@@ -40,6 +40,7 @@ pub mod gateway;
 pub mod ops;
 pub mod queue_tools;
 pub mod server;
+pub mod tls;
 
 use std::path::Path;
 use std::thread;
@@ -50,6 +51,7 @@ pub use gateway::{Exit, Gateway, GatewayOptions, QueueCounts};
 pub use ops::{doctor, doctor_check, doctor_level, parse_prometheus, queue_on_tmpfs, sample};
 pub use queue_tools::{integrity_check, refused_url, BlackHole, Tmpfs};
 pub use server::{Faults, Reading, ServerOptions, Stats, TestServer};
+pub use tls::{Ca, Issued, ServerTls};
 
 /// The user that [`GatewayOptions::default`] logs in as.
 pub const DEFAULT_USERNAME: &str = "iot_device@example.com";

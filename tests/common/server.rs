@@ -27,6 +27,8 @@ pub struct ServerOptions {
     pub threads: u32,
     /// Extra environment for the server process.
     pub env: Vec<(String, String)>,
+    /// Serve https with these certificates (default: plain http).
+    pub tls: Option<super::tls::ServerTls>,
 }
 
 impl Default for ServerOptions {
@@ -36,6 +38,7 @@ impl Default for ServerOptions {
             refresh_lifetime: Duration::from_secs(3600),
             threads: 4,
             env: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -175,11 +178,19 @@ impl TestServer {
     pub fn start(options: ServerOptions) -> TestServer {
         let dir = temp_dir("profilo-server-");
         fs::copy(template_db(), dir.path().join("db.sqlite3")).expect("cannot copy template DB");
-        let client = reqwest::blocking::Client::builder()
+        let mut client = reqwest::blocking::Client::builder()
             .no_proxy()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("reqwest client");
+            .timeout(Duration::from_secs(30));
+        if let Some(tls) = &options.tls {
+            // The harness's own calls trust any certificate: the tests vary the server's.
+            client = client.danger_accept_invalid_certs(true);
+            if let Some(pem) = &tls.control_identity {
+                client = client.identity(
+                    reqwest::Identity::from_pem(pem.as_bytes()).expect("control identity"),
+                );
+            }
+        }
+        let client = client.build().expect("reqwest client");
         let mut server = TestServer {
             dir,
             port: 0,
@@ -215,9 +226,14 @@ impl TestServer {
         server
     }
 
-    /// `http://127.0.0.1:PORT` (no trailing slash).
+    /// `http://127.0.0.1:PORT` (no trailing slash); `https://` with [`ServerOptions::tls`].
     pub fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// `base_url() + path`; `path` starts with `/`.
@@ -283,6 +299,7 @@ impl TestServer {
             .args(["--no-control-socket", "--access-logfile", "-"])
             .args(["--access-logformat", "%(t)s \"%(r)s\" %(s)s %(b)s %(L)ss"])
             .args(["--error-logfile", "-"])
+            .args(tls_args(self.options.tls.as_ref()))
             .env("PROFILO_DB_PATH", self.db_path())
             .env("PROFILO_TEST_CONTROL", "1")
             .env(
@@ -495,6 +512,29 @@ impl Drop for TestServer {
             );
         }
     }
+}
+
+/// gunicorn's TLS options: `--certfile`/`--keyfile`, and `--ca-certs`/`--cert-reqs 2`
+/// (CERT_REQUIRED) to demand client certificates.
+fn tls_args(tls: Option<&super::tls::ServerTls>) -> Vec<std::ffi::OsString> {
+    let Some(tls) = tls else {
+        return Vec::new();
+    };
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--certfile".into(),
+        tls.cert.clone().into(),
+        "--keyfile".into(),
+        tls.key.clone().into(),
+    ];
+    if let Some(ca) = &tls.client_ca {
+        args.extend([
+            "--ca-certs".into(),
+            ca.clone().into(),
+            "--cert-reqs".into(),
+            "2".into(),
+        ]);
+    }
+    args
 }
 
 /// Reads a file as text; empty when it does not exist yet.
