@@ -10,10 +10,20 @@
 #   (2L)/(3L) (2) and (3) again over an emulated WAN link (scripts/bench/delay_proxy.py, a
 #       user-space delay proxy on 127.0.0.1, RTT 40 ms; --link-rtt-ms 0 skips it): the
 #       gateway at upload.concurrency 32 and 4, the naive client on its first 300 readings
+# Then issue 12's figures with the defaults (upload.concurrency = "auto"), by
+# scripts/bench/answers_bench.py: drain vs wrk on gunicorn 1x4, 2x4, 4x8; the 40 ms link vs
+# the naive client; 30 % HTML 503 + Retry-After vs healthy (duplicates counted); the
+# concurrency when the server's latency doubles; 50 gateways through a 30 s outage.
+#   (W) SD card wear (issue 14, scripts/bench/wear.py): bytes written per reading at 5 s and
+#       1 s sampling (server healthy and unreachable), at 1 kHz, bytes per second idle and MB
+#       a day at 5 s; every case its own release daemon, all side by side, for this build
+#       and, with WEAR_BEFORE=PATH (e.g. main's binary), for that one in the same run
 # Prints every figure, the ratios and the budgets, and writes BENCHMARKS.md.
 #
 # Usage: bash scripts/bench.sh [run_bench.py options, e.g. --concurrency 4 --idle-seconds 30
 #        --link-rtt-ms 40 --link-readings 5000 --link-naive-readings 300]
+#        bash scripts/bench.sh --wear [wear.py options, e.g. --window 60]   (W) only, ~2 min
+#        WEAR_BEFORE=/path/to/main/profilo-gateway bash scripts/bench.sh --wear
 # BENCH_DIR=DIR puts the work files (queues, server DB, logs) there; it must be on a real
 # disk (not tmpfs/overlay) for /proc/PID/io write_bytes to count. Default /var/tmp/profilo-bench.
 set -euo pipefail
@@ -23,6 +33,29 @@ cd "$ROOT"
 COMMAND="bash scripts/bench.sh${*:+ $*}"
 WORK="${BENCH_DIR:-/var/tmp/profilo-bench}"
 say() { echo "[bench] $*"; }
+
+WEAR_ONLY=0
+if [ "${1:-}" = "--wear" ]; then
+    WEAR_ONLY=1
+    shift
+fi
+# (W): before (WEAR_BEFORE, if given) and after (this build), side by side.
+wear() {
+    local bins=()
+    if [ -n "${WEAR_BEFORE:-}" ]; then bins+=(--binary "before=$WEAR_BEFORE"); fi
+    bins+=(--binary "after=$ROOT/target/release/profilo-gateway")
+    python3 "$ROOT/scripts/bench/wear.py" --root "$ROOT" --work "$WORK" \
+        --command "$COMMAND" --md "$ROOT/BENCHMARKS.md" "${bins[@]}" "$@"
+}
+
+if [ "$WEAR_ONLY" = 1 ]; then
+    say "building the release binary"
+    cargo build --release --bin profilo-gateway
+    bash scripts/setup-test-env.sh
+    mkdir -p "$WORK"
+    wear "$@"
+    exit 0
+fi
 
 say "building the release binary and the enqueue bench"
 cargo build --release --bin profilo-gateway --example enqueue_bench
@@ -53,4 +86,7 @@ case "$fs" in
     tmpfs|overlayfs|ramfs) say "warning: $WORK is on $fs: write_bytes will not count disk writes; set BENCH_DIR" ;;
 esac
 
-exec python3 "$ROOT/scripts/bench/run_bench.py" --root "$ROOT" --work "$WORK" --command "$COMMAND" "$@"
+python3 "$ROOT/scripts/bench/run_bench.py" --root "$ROOT" --work "$WORK" --command "$COMMAND" "$@"
+say "(W) SD card wear"
+wear
+exec python3 "$ROOT/scripts/bench/answers_bench.py" --root "$ROOT" --work "$WORK"

@@ -9,8 +9,18 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
-/// The longest piece of a server answer kept for logs and dead letters.
+mod summary;
+pub use summary::summarize;
+
+/// The longest piece of a server answer kept for dead letters.
 const MAX_BODY_KEPT: usize = 2048;
+/// The most of an answer ever read: no answer of this API is more than a few KiB, and a
+/// proxy streaming a page of megabytes must not take the memory of a Pi. Past this the
+/// connection is dropped.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// What a 2xx that is not a JSON object is said to be.
+pub const NOT_AN_ANSWER: &str =
+    "not an answer of the Profilometre API (a captive portal or proxy?)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -29,12 +39,14 @@ pub enum CallError {
         detail: String,
         code: Option<String>,
     },
-    /// Another 4xx the same request will always get (400, 403, 404, 413, 415, 422, ...).
-    #[error("{status} refused: {detail}")]
+    /// Another 4xx the same request will always get: 400, 413, 415, 422 refuse the request;
+    /// 403, 404, 405, 410, ... say the endpoint or the account is wrong (the detail names
+    /// the URL and the likely fix).
+    #[error("{detail}")]
     Refused { status: u16, detail: String },
     /// Worth retrying later: timeout, a connection lost after the request was written, 408,
-    /// 429, 5xx, or a 2xx whose body is not what the contract says (a proxy's page, a
-    /// truncated answer). The server may have acted on the request.
+    /// 429, 5xx, a redirect (never followed), or a 2xx whose body is not what the contract
+    /// says (a captive portal's page, a truncated answer). The server may have acted on it.
     #[error("{detail}")]
     Transient {
         status: Option<u16>,
@@ -51,17 +63,51 @@ pub enum CallError {
 /// What became of one reading sent to `/api/send/data/`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SendOutcome {
+    /// A 2xx whose body is a JSON object (the reading as stored): delivered.
     Accepted,
     Unauthorized,
-    /// The server will never accept this reading; keep it as a dead letter.
+    /// 400, 413, 415, 422: the server will never accept this reading; a dead letter.
     Rejected {
         status: u16,
         body: String,
+    },
+    /// Another 4xx (403, 404, 405, 410, ...): the endpoint or the account is wrong, not the
+    /// reading; every reading would get it. `detail` names the URL and the likely fix.
+    Misdirected {
+        status: u16,
+        detail: String,
     },
     Transient {
         status: Option<u16>,
         retry_after: Option<Duration>,
         detail: String,
+        /// The server or a proxy asks for less load: 429, 503, or no answer in time.
+        back_pressure: bool,
+    },
+}
+
+/// What an answer means, for any endpoint.
+enum Class {
+    Success,
+    Unauthorized {
+        detail: String,
+        code: Option<String>,
+    },
+    /// 400, 413, 415, 422.
+    Refused {
+        status: u16,
+        detail: String,
+    },
+    /// Another 4xx but 401, 408, 429.
+    Misdirected {
+        status: u16,
+        detail: String,
+    },
+    Transient {
+        status: u16,
+        retry_after: Option<Duration>,
+        detail: String,
+        back_pressure: bool,
     },
 }
 
@@ -161,6 +207,10 @@ impl Api {
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_keepalive(Duration::from_secs(30))
+            // A redirect is never an answer of this API: followed, a POST becomes a GET of
+            // a maintenance page whose 200 looks like an acceptance, or a 307 re-sends the
+            // password, a refresh token or a reading to another place.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("profilo-gateway/", env!("CARGO_PKG_VERSION")));
         // Reading the system's CA certificates costs ~300 KiB of heap for good: no TLS
         // set-up at all when neither the server nor the proxy is https (a LAN, a test bench).
@@ -231,21 +281,26 @@ impl Api {
     ) -> Result<RawTokens, CallError> {
         // reqwest takes ownership of the bytes it sends and hyper/rustls keep their own
         // buffers (and the kernel its socket buffers): none of them is wiped, and nothing
-        // here can reach them. What this code owns (the serialised body, the answer's text,
-        // the parsed strings) is wiped when dropped.
+        // here can reach them. What this code owns (the serialised body, the answer's
+        // bytes, the parsed strings) is wiped when dropped.
+        let url = self.url(path);
         let request = self
             .client
-            .post(self.url(path))
+            .post(url.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .body(body.to_vec());
         drop(body);
-        let (status, text) = self.call_text(request).await?;
+        let (status, bytes) = self.call_bytes(request, &url).await?;
         // A token answer's body is never quoted in an error: it holds tokens.
         let mut tokens: TokenBody =
-            serde_json::from_str(&text).map_err(|e| CallError::Transient {
+            serde_json::from_slice(&bytes).map_err(|e| CallError::Transient {
                 status: Some(status.as_u16()),
                 retry_after: None,
-                detail: format!("{status} with an unexpected body ({e})"),
+                detail: if serde_json::from_slice::<JsonObject>(&bytes).is_ok() {
+                    format!("{status} from {url} without the tokens expected ({e})")
+                } else {
+                    format!("{status} from {url}: {NOT_AN_ANSWER}")
+                },
             })?;
         // `take` moves the strings out (no copy); the emptied body is wiped on drop anyway.
         Ok(RawTokens {
@@ -256,55 +311,66 @@ impl Api {
 
     /// `GET /api/auth/profile/`.
     pub async fn profile(&self, access: &SecretString) -> Result<serde_json::Value, CallError> {
+        let url = self.url("api/auth/profile/");
         let request = self
             .client
-            .get(self.url("api/auth/profile/"))
+            .get(url.clone())
             .bearer_auth(access.expose_secret());
-        self.call_json(request, true).await
+        let (status, bytes) = self.call_bytes(request, &url).await?;
+        match serde_json::from_slice::<JsonObject>(&bytes) {
+            Ok(profile) => Ok(serde_json::Value::Object(profile)),
+            Err(_) => Err(CallError::Transient {
+                status: Some(status.as_u16()),
+                retry_after: None,
+                detail: format!(
+                    "{status} from {url}: {NOT_AN_ANSWER}: {}",
+                    summarize(&String::from_utf8_lossy(&bytes))
+                ),
+            }),
+        }
     }
 
-    /// Sends a request whose 2xx answer is JSON of type `T`; a 2xx with another body is
-    /// transient (a proxy's page, a truncated answer).
-    async fn call_json<T: serde::de::DeserializeOwned>(
+    /// Sends a request and returns a 2xx answer's status and bytes (wiped when dropped: a
+    /// token answer holds tokens); any other answer is classified into an error.
+    async fn call_bytes(
         &self,
         request: reqwest::RequestBuilder,
-        quote_body: bool,
-    ) -> Result<T, CallError> {
-        let (status, text) = self.call_text(request).await?;
-        serde_json::from_str(&text).map_err(|e| CallError::Transient {
-            status: Some(status.as_u16()),
-            retry_after: None,
-            detail: if quote_body {
-                format!("{status} with an unexpected body ({e}): {}", snippet(&text))
-            } else {
-                format!("{status} with an unexpected body ({e})")
-            },
-        })
-    }
-
-    /// Sends a request and returns a 2xx answer's status and text (wiped when dropped:
-    /// a token answer holds tokens); any other answer is classified into an error.
-    async fn call_text(
-        &self,
-        request: reqwest::RequestBuilder,
-    ) -> Result<(StatusCode, Zeroizing<String>), CallError> {
+        url: &Url,
+    ) -> Result<(StatusCode, Zeroizing<Vec<u8>>), CallError> {
         let response = request.send().await.map_err(network_error)?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
+        let location = location(response.headers());
         // The answer has arrived: whatever goes wrong from here, the server acted on the
         // request, so a failure to read the body is never `NotSent`.
-        let text = Zeroizing::new(response.text().await.map_err(|e| match network_error(e) {
-            CallError::NotSent { detail } => CallError::Transient {
+        let bytes = read_bounded(response)
+            .await
+            .map_err(|e| CallError::Transient {
                 status: Some(status.as_u16()),
                 retry_after: None,
+                detail: format!("{status} from {url}: {e}"),
+            })?;
+        let text = String::from_utf8_lossy(&bytes);
+        match classify(status, retry_after, location.as_deref(), &text, url) {
+            Class::Success => {
+                drop(text);
+                Ok((status, bytes))
+            }
+            Class::Unauthorized { detail, code } => Err(CallError::Unauthorized { detail, code }),
+            Class::Refused { status, detail } | Class::Misdirected { status, detail } => {
+                Err(CallError::Refused { status, detail })
+            }
+            Class::Transient {
+                status,
+                retry_after,
                 detail,
-            },
-            other => other,
-        })?);
-        if !status.is_success() {
-            return Err(classify_failure(status, retry_after, &text));
+                ..
+            } => Err(CallError::Transient {
+                status: Some(status),
+                retry_after,
+                detail,
+            }),
         }
-        Ok((status, text))
     }
 
     /// `POST /api/send/data/` with one reading's wire JSON.
@@ -313,77 +379,207 @@ impl Api {
         access: &SecretString,
         reading: &serde_json::Value,
     ) -> SendOutcome {
+        let url = self.url("api/send/data/");
         let response = match self
             .client
-            .post(self.url("api/send/data/"))
+            .post(url.clone())
             .bearer_auth(access.expose_secret())
             .json(reading)
             .send()
             .await
         {
             Ok(r) => r,
-            Err(e) => return transient(network_error(e)),
+            Err(e) => {
+                let back_pressure = e.is_timeout();
+                return match network_error(e) {
+                    CallError::Transient { detail, .. } | CallError::NotSent { detail } => {
+                        SendOutcome::Transient {
+                            status: None,
+                            retry_after: None,
+                            detail,
+                            back_pressure,
+                        }
+                    }
+                    other => SendOutcome::Transient {
+                        status: None,
+                        retry_after: None,
+                        detail: other.to_string(),
+                        back_pressure,
+                    },
+                };
+            }
         };
         let status = response.status();
-        if status.is_success() {
-            // Any 2xx acknowledges; the body is not needed, but reading it lets the
-            // connection go back to the pool.
-            let _ = response.bytes().await;
-            return SendOutcome::Accepted;
-        }
         let retry_after = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
-        match classify_failure(status, retry_after, &text) {
-            CallError::Unauthorized { .. } => SendOutcome::Unauthorized,
-            CallError::Refused { status, .. } => SendOutcome::Rejected {
+        let location = location(response.headers());
+        let bytes = match read_bounded(response).await {
+            Ok(b) => b,
+            Err(e) => {
+                return SendOutcome::Transient {
+                    status: Some(status.as_u16()),
+                    retry_after,
+                    back_pressure: e.is_timeout(),
+                    detail: format!("{status} from {url}: {e}"),
+                }
+            }
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        match classify(status, retry_after, location.as_deref(), &text, &url) {
+            // DRF answers the reading as stored: a JSON object. Anything else under a 2xx is
+            // something in between (a captive portal's login page, an empty 200 of a
+            // proxy) and the reading was not stored.
+            Class::Success => match serde_json::from_slice::<JsonObject>(&bytes) {
+                Ok(_) => SendOutcome::Accepted,
+                Err(_) => SendOutcome::Transient {
+                    status: Some(status.as_u16()),
+                    retry_after: None,
+                    detail: format!("{status} from {url}: {NOT_AN_ANSWER}: {}", summarize(&text)),
+                    back_pressure: false,
+                },
+            },
+            Class::Unauthorized { .. } => SendOutcome::Unauthorized,
+            Class::Refused { status, .. } => SendOutcome::Rejected {
                 status,
                 body: snippet(&text),
             },
-            e @ (CallError::Transient { .. } | CallError::NotSent { .. }) => transient(e),
+            Class::Misdirected { status, detail } => SendOutcome::Misdirected { status, detail },
+            Class::Transient {
+                status,
+                retry_after,
+                detail,
+                back_pressure,
+            } => SendOutcome::Transient {
+                status: Some(status),
+                retry_after,
+                detail,
+                back_pressure,
+            },
         }
     }
 }
 
-fn transient(e: CallError) -> SendOutcome {
-    match e {
-        CallError::Transient {
-            status,
-            retry_after,
-            detail,
-        } => SendOutcome::Transient {
-            status,
-            retry_after,
-            detail,
-        },
-        other => SendOutcome::Transient {
-            status: None,
-            retry_after: None,
-            detail: other.to_string(),
-        },
+type JsonObject = serde_json::Map<String, serde_json::Value>;
+
+/// Why an answer's body was not read to its end.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("answer larger than 64 KiB ({0}): not an answer of the Profilometre API; connection dropped")]
+    TooLarge(String),
+    #[error("answer cut short: {0}")]
+    Network(String, bool),
+}
+
+impl BodyError {
+    fn is_timeout(&self) -> bool {
+        matches!(self, BodyError::Network(_, true))
     }
 }
 
-/// Maps a non-2xx answer to what to do about it. HTML pages from a proxy count by their status.
-pub fn classify_failure(
+/// Reads an answer's body, at most [`MAX_ANSWER_BYTES`]; a longer one is not read further
+/// and its connection is dropped (the response is dropped unread, so hyper closes it). The
+/// buffer is allocated once at its final size, as token answers hold secrets: growing it
+/// would free an unwiped copy.
+async fn read_bounded(mut response: reqwest::Response) -> Result<Zeroizing<Vec<u8>>, BodyError> {
+    let announced = response.content_length();
+    if let Some(n) = announced.filter(|&n| n > MAX_ANSWER_BYTES as u64) {
+        return Err(BodyError::TooLarge(format!("Content-Length {n}")));
+    }
+    let capacity = announced.map_or(MAX_ANSWER_BYTES, |n| n as usize);
+    let mut buf = Zeroizing::new(Vec::with_capacity(capacity));
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > capacity {
+                    return Err(BodyError::TooLarge(format!(
+                        "more than {} bytes",
+                        capacity.max(MAX_ANSWER_BYTES)
+                    )));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf),
+            Err(e) => return Err(BodyError::Network(error_chain(&e), e.is_timeout())),
+        }
+    }
+}
+
+fn location(headers: &header::HeaderMap) -> Option<String> {
+    let value = headers.get(header::LOCATION)?;
+    Some(
+        String::from_utf8_lossy(value.as_bytes())
+            .chars()
+            .take(300)
+            .collect(),
+    )
+}
+
+/// What an answer means (shared/API.md): only 400, 413, 415 and 422 refuse one request;
+/// another 4xx (but 401, 408, 429) says the endpoint or the account is wrong; 408, 425,
+/// 429, 5xx, 1xx and 3xx are transient. A redirect is never followed. HTML pages from a
+/// proxy count by their status and are said by their title.
+fn classify(
     status: StatusCode,
     retry_after: Option<Duration>,
+    location: Option<&str>,
     body: &str,
-) -> CallError {
-    let (detail, code) = error_detail(body);
-    let detail = detail.unwrap_or_else(|| format!("{status}: {}", snippet(body)));
-    match status.as_u16() {
-        401 => CallError::Unauthorized { detail, code },
-        408 | 425 | 429 | 500..=599 => CallError::Transient {
-            status: Some(status.as_u16()),
-            retry_after,
-            detail: format!("server answered {status}: {detail}"),
+    url: &Url,
+) -> Class {
+    let code = status.as_u16();
+    if status.is_success() {
+        return Class::Success;
+    }
+    let summary = summarize(body);
+    // The status said once: a proxy's page title often repeats it.
+    let said = if summary.starts_with(status.as_str()) {
+        summary
+    } else {
+        format!("{status}: {summary}")
+    };
+    match code {
+        401 => {
+            let (detail, code) = error_detail(body);
+            Class::Unauthorized {
+                detail: detail.unwrap_or(said),
+                code,
+            }
+        }
+        400 | 413 | 415 | 422 => Class::Refused {
+            status: code,
+            detail: said,
         },
-        s @ 400..=499 => CallError::Refused { status: s, detail },
-        // 1xx/3xx are not part of the contract: something in between misbehaves.
-        s => CallError::Transient {
-            status: Some(s),
+        408 | 425 | 429 | 500..=599 => Class::Transient {
+            status: code,
             retry_after,
-            detail: format!("unexpected {status}: {detail}"),
+            back_pressure: matches!(code, 429 | 503),
+            detail: format!("{url} answered {said}"),
+        },
+        402..=499 => Class::Misdirected {
+            status: code,
+            detail: format!(
+                "{url} answered {said}: {}",
+                match code {
+                    403 => "the account is not allowed to use it (check its permissions on the server) or api.base_url points at another site",
+                    404 | 405 | 410 => "the endpoint is not there (check api.base_url: the server's root, with its path prefix if any)",
+                    _ => "the endpoint or the account is wrong (check api.base_url and the account's permissions)",
+                }
+            ),
+        },
+        300..=399 => Class::Transient {
+            status: code,
+            retry_after,
+            back_pressure: false,
+            detail: format!(
+                "{url} answered {status} redirecting to {}: not an answer of the Profilometre API \
+                 (a maintenance page, a captive portal, http to https?); redirects are never followed: \
+                 check api.base_url",
+                location.unwrap_or("nowhere")
+            ),
+        },
+        _ => Class::Transient {
+            status: code,
+            retry_after,
+            back_pressure: false,
+            detail: format!("{url} answered an unexpected {said}"),
         },
     }
 }
@@ -513,43 +709,200 @@ pub fn snippet(body: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn classification_follows_the_contract() {
-        let s = |n| StatusCode::from_u16(n).unwrap_or(StatusCode::IM_A_TEAPOT);
-        assert!(matches!(
-            classify_failure(s(401), None, r#"{"detail":"Token is blacklisted","code":"token_not_valid"}"#),
-            CallError::Unauthorized { ref detail, ref code } if detail == "Token is blacklisted" && code.as_deref() == Some("token_not_valid")
-        ));
-        for permanent in [400, 413, 415, 422] {
-            assert!(matches!(
-                classify_failure(s(permanent), None, "{}"),
-                CallError::Refused { .. }
-            ));
-        }
-        for transient in [429, 500, 502, 503, 504] {
-            assert!(matches!(
-                classify_failure(s(transient), None, "<html>"),
-                CallError::Transient { .. }
-            ));
-        }
-        assert!(matches!(
-            classify_failure(s(302), None, ""),
-            CallError::Transient { .. }
-        ));
+    fn class_of(code: u16, body: &str) -> Class {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT);
+        let url = Url::parse("http://gw.test/api/send/data/").unwrap_or_else(|e| panic!("{e}"));
+        classify(status, None, Some("/maintenance/"), body, &url)
     }
 
     #[test]
-    fn html_error_pages_count_by_their_status() {
-        let html = "<html><body><h1>502 Bad Gateway</h1>\n<hr>nginx</body></html>";
-        match classify_failure(StatusCode::BAD_GATEWAY, Some(Duration::from_secs(3)), html) {
-            CallError::Transient {
+    fn classification_follows_the_contract() {
+        assert!(matches!(
+            class_of(401, r#"{"detail":"Token is blacklisted","code":"token_not_valid"}"#),
+            Class::Unauthorized { ref detail, ref code } if detail == "Token is blacklisted" && code.as_deref() == Some("token_not_valid")
+        ));
+        for permanent in [400, 413, 415, 422] {
+            assert!(matches!(class_of(permanent, "{}"), Class::Refused { .. }));
+        }
+        for endpoint in [403, 404, 405, 410, 451] {
+            match class_of(endpoint, "<html><title>Not Found</title></html>") {
+                Class::Misdirected { status, detail } => {
+                    assert_eq!(status, endpoint);
+                    assert!(detail.contains("http://gw.test/api/send/data/"), "{detail}");
+                    assert!(detail.contains("api.base_url"), "{detail}");
+                }
+                _ => panic!("{endpoint} is not endpoint-level"),
+            }
+        }
+        for (transient, pressure) in [
+            (408, false),
+            (429, true),
+            (500, false),
+            (502, false),
+            (503, true),
+            (504, false),
+        ] {
+            assert!(matches!(
+                class_of(transient, "<html>"),
+                Class::Transient { back_pressure, .. } if back_pressure == pressure
+            ));
+        }
+        for redirect in [301, 302, 303, 307, 308] {
+            match class_of(redirect, "") {
+                Class::Transient { detail, .. } => {
+                    assert!(detail.contains("/maintenance/"), "{detail}")
+                }
+                _ => panic!("{redirect} is not transient"),
+            }
+        }
+    }
+
+    #[test]
+    fn html_error_pages_count_by_their_status_said_once() {
+        let html = "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1>\n<hr>nginx</body></html>";
+        let status = StatusCode::BAD_GATEWAY;
+        let url = Url::parse("http://gw.test/api/send/data/").unwrap_or_else(|e| panic!("{e}"));
+        match classify(status, Some(Duration::from_secs(3)), None, html, &url) {
+            Class::Transient {
                 status,
                 retry_after,
                 detail,
+                ..
             } => {
-                assert_eq!(status, Some(502));
+                assert_eq!(status, 502);
                 assert_eq!(retry_after, Some(Duration::from_secs(3)));
-                assert!(detail.contains("502 Bad Gateway"), "{detail}");
+                assert_eq!(
+                    detail,
+                    "http://gw.test/api/send/data/ answered 502 Bad Gateway"
+                );
+            }
+            _ => panic!("502 is transient"),
+        }
+    }
+
+    /// A one-connection-at-a-time HTTP server answering every request with `answer`
+    /// (a canned response head and body); returns its base URL.
+    async fn canned(answer: impl Fn() -> Vec<u8> + Send + Sync + 'static) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let answer = std::sync::Arc::new(answer);
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let _ = sock.read(&mut buf).await;
+                    let _ = sock.write_all(&answer()).await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn http(head: &str, body: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 {head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    async fn send_to(base: &str) -> SendOutcome {
+        let api = Api::new(base, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}"));
+        api.send_reading(
+            &"a.b.c".to_owned().into(),
+            &serde_json::json!({"temperature": 1.0}),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn only_a_json_object_under_a_2xx_delivers() {
+        let ok = canned(|| http("201 Created", r#"{"id":1,"temperature":1.0}"#)).await;
+        assert_eq!(send_to(&ok).await, SendOutcome::Accepted);
+        let ok200 = canned(|| http("200 OK", r#"{"id":1}"#)).await;
+        assert_eq!(send_to(&ok200).await, SendOutcome::Accepted);
+        for body in [
+            "<html><head><title>Hotel Wi-Fi</title></head><body>log in</body></html>",
+            "",
+            "[1, 2]",
+            "\"ok\"",
+        ] {
+            let portal = canned(move || http("200 OK", body)).await;
+            match send_to(&portal).await {
+                SendOutcome::Transient { detail, .. } => {
+                    assert!(detail.contains(NOT_AN_ANSWER), "{detail}")
+                }
+                other => panic!("{body:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed() {
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = hits.clone();
+        let base = canned(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /elsewhere/\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+        })
+        .await;
+        match send_to(&base).await {
+            SendOutcome::Transient { status, detail, .. } => {
+                assert_eq!(status, Some(307));
+                assert!(detail.contains("/elsewhere/"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let api = Api::new(&base, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}"));
+        let err = api.login("dev", &"pw".to_owned().into()).await.err();
+        assert!(
+            matches!(
+                err,
+                Some(CallError::Transient {
+                    status: Some(307),
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            hits.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "one request each, none re-sent"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_huge_answer_is_cut_at_the_bound() {
+        // Chunked, no length announced: the bound is met while reading.
+        let chunk = "x".repeat(8192);
+        let base = canned(move || {
+            let mut out =
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                    .to_vec();
+            for _ in 0..64 {
+                out.extend_from_slice(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes());
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+            out
+        })
+        .await;
+        match send_to(&base).await {
+            SendOutcome::Transient { detail, .. } => assert!(detail.contains("64 KiB"), "{detail}"),
+            other => panic!("{other:?}"),
+        }
+        // Announced: not read at all.
+        let announced = canned(|| {
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 268435456\r\nConnection: close\r\n\r\n<html>".to_vec()
+        })
+        .await;
+        match send_to(&announced).await {
+            SendOutcome::Transient { detail, .. } => {
+                assert!(detail.contains("Content-Length 268435456"), "{detail}")
             }
             other => panic!("{other:?}"),
         }

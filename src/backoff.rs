@@ -47,6 +47,15 @@ impl Backoff {
         ceiling
     }
 
+    /// The next wait with equal jitter, uniform in [c/2, c] where c is the ceiling but no
+    /// more than `cap`: half the spread of full jitter, and never a near-zero wait in a
+    /// loop that probes a server that is down.
+    pub fn next_wait_within(&mut self, cap: Duration) -> Duration {
+        let ceiling = self.ceiling().min(cap);
+        self.attempt = self.attempt.saturating_add(1);
+        ceiling / 2 + (ceiling / 2).mul_f64(fastrand::f64())
+    }
+
     pub fn attempts(&self) -> u32 {
         self.attempt
     }
@@ -100,6 +109,20 @@ mod tests {
         // A year, as a far-future HTTP date read with a clock stuck in the past gives.
         let wait = b.next_wait(Some(Duration::from_secs(365 * 86_400)));
         assert!(wait <= Duration::from_secs(2), "{wait:?}");
+    }
+
+    #[test]
+    fn within_a_cap_the_wait_is_equal_jitter_below_it() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+        for _ in 0..10 {
+            b.next_wait(None);
+        }
+        let w = b.next_wait_within(Duration::from_secs(4));
+        assert!(
+            w >= Duration::from_secs(2) && w <= Duration::from_secs(4),
+            "{w:?}"
+        );
+        assert_eq!(b.attempts(), 11);
     }
 
     #[test]

@@ -227,10 +227,11 @@ impl Default for SamplingConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UploadConfig {
-    /// Requests in flight at once while a backlog drains. The drain rate is about
-    /// `concurrency / round-trip time` until the server is the limit, so a slow link
-    /// wants more (RTT x the server's rate).
-    pub concurrency: usize,
+    /// Requests in flight at once: `"auto"` (found by the uploader, between 1 and
+    /// `max_concurrency`, from the server's answers and round trips) or a number that pins it.
+    pub concurrency: UploadConcurrency,
+    /// The most requests in flight that `"auto"` may reach.
+    pub max_concurrency: usize,
     /// Readings taken from the queue per round; also the bound on duplicates after a crash.
     pub batch_size: usize,
     /// First wait after a transient failure; doubles (full jitter) up to `backoff_max`.
@@ -243,10 +244,51 @@ pub struct UploadConfig {
 impl Default for UploadConfig {
     fn default() -> Self {
         UploadConfig {
-            concurrency: 4,
+            concurrency: UploadConcurrency::Auto,
+            max_concurrency: 32,
             batch_size: 64,
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `upload.concurrency`: `"auto"` or a number (also as a string, as environment
+/// variables give it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadConcurrency {
+    Auto,
+    Fixed(usize),
+}
+
+impl Serialize for UploadConcurrency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            UploadConcurrency::Auto => s.serialize_str("auto"),
+            UploadConcurrency::Fixed(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for UploadConcurrency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        let bad = || serde::de::Error::custom("must be \"auto\" or a number of requests");
+        match Raw::deserialize(d)? {
+            Raw::N(n) => usize::try_from(n)
+                .map(UploadConcurrency::Fixed)
+                .map_err(|_| bad()),
+            Raw::S(s) if s.trim().eq_ignore_ascii_case("auto") => Ok(UploadConcurrency::Auto),
+            Raw::S(s) => s
+                .trim()
+                .parse()
+                .map(UploadConcurrency::Fixed)
+                .map_err(|_| bad()),
         }
     }
 }
@@ -488,10 +530,18 @@ impl Config {
                 "must not be below upload.backoff_base".into(),
             ));
         }
-        if !(1..=64).contains(&self.upload.concurrency) {
+        if let UploadConcurrency::Fixed(n) = self.upload.concurrency {
+            if !(1..=64).contains(&n) {
+                return Err(invalid(
+                    "upload.concurrency",
+                    "must be \"auto\" or between 1 and 64".into(),
+                ));
+            }
+        }
+        if !(1..=256).contains(&self.upload.max_concurrency) {
             return Err(invalid(
-                "upload.concurrency",
-                "must be between 1 and 64".into(),
+                "upload.max_concurrency",
+                "must be between 1 and 256".into(),
             ));
         }
         if !(1..=10_000).contains(&self.upload.batch_size) {
@@ -500,11 +550,13 @@ impl Config {
                 "must be between 1 and 10000".into(),
             ));
         }
-        if self.upload.batch_size < self.upload.concurrency {
-            return Err(invalid(
-                "upload.batch_size",
-                "must be at least upload.concurrency".into(),
-            ));
+        if let UploadConcurrency::Fixed(n) = self.upload.concurrency {
+            if self.upload.batch_size < n {
+                return Err(invalid(
+                    "upload.batch_size",
+                    "must be at least upload.concurrency".into(),
+                ));
+            }
         }
         if self.queue.max_readings == 0 {
             return Err(invalid("queue.max_readings", "must be at least 1".into()));

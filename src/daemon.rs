@@ -233,12 +233,7 @@ pub async fn serve(deps: Deps, shutdown: CancellationToken) -> Result<(), Daemon
         auth: auth.clone(),
         store: store.clone(),
         clock: clock.clone(),
-        settings: UploadSettings {
-            concurrency: config.upload.concurrency,
-            batch_size: config.upload.batch_size,
-            backoff_base: config.upload.backoff_base,
-            backoff_max: config.upload.backoff_max,
-        },
+        settings: UploadSettings::from_config(&config.upload),
         heartbeat: uploader_heartbeat.clone(),
         counters: upload_counters.clone(),
     };

@@ -572,24 +572,16 @@ fn flaky_503_with_retry_after_and_400s_lose_nothing_and_refused_ones_are_dead_le
         copies.values().all(|&n| n == 1),
         "duplicates on the server: {copies:?}"
     );
-    // Retry-After: 1 is a floor under every wait after a 503.
-    let mut waits = Vec::new();
-    for line in gw
+    // A run of 503s between successes is one line when it starts (the Retry-After
+    // floor of each put-back reading is checked in uploader::drain's unit tests).
+    let started_503 = gw
         .log_text()
         .lines()
-        .filter(|l| l.contains("upload failed"))
-    {
-        // `... retry_in=1s 234ms attempt=3`
-        let v = line.split("retry_in=").nth(1).unwrap_or_default();
-        let v = v.split(" attempt=").next().unwrap_or_default();
-        if let Ok(d) = humantime::parse_duration(v.trim()) {
-            waits.push(d);
-        }
-    }
-    assert!(!waits.is_empty(), "no backoff logged after 503s");
+        .filter(|l| l.contains("upload failed") && l.contains("503"))
+        .count();
     assert!(
-        waits.iter().all(|&w| w >= Duration::from_secs(1)),
-        "a wait after a 503 with Retry-After: 1 was shorter than 1 s: {waits:?}"
+        (1..=2).contains(&started_503),
+        "{started_503} lines for one run of 503s"
     );
 }
 

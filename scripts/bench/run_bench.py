@@ -727,18 +727,33 @@ commit_interval 50 ms, synchronous = FULL):
     return lines, checks, r_wrk, r_naive, wrk
 
 
-def write_md(path, body):
+def write_md(path, body, begin=MARK_BEGIN, end=MARK_END):
+    """Replaces the block between `begin` and `end` in `path` (another script's block,
+    between its own markers, is kept)."""
     head = "# Benchmarks\n\nRun `bash scripts/bench.sh` (about 10 minutes; root for apt-get).\n\n"
     old = open(path).read() if os.path.exists(path) else ""
-    block = f"{MARK_BEGIN}\n{body}\n{MARK_END}"
-    if MARK_BEGIN in old and MARK_END in old:
-        pre = old.split(MARK_BEGIN)[0]
-        post = old.split(MARK_END, 1)[1]
+    block = f"{begin}\n{body}\n{end}"
+    if begin in old and end in old:
+        pre = old.split(begin)[0]
+        post = old.split(end, 1)[1]
         new = pre + block + post
+    elif old and begin != MARK_BEGIN:
+        new = old.rstrip("\n") + "\n\n" + block + "\n"
     else:
         new = head + block + "\n" + old
     with open(path, "w") as f:
         f.write(new)
+
+
+def setup(args):
+    """The release binary and the bench user's password file (mode 0600) in args.work."""
+    args.binary = os.path.join(args.root, "target/release/profilo-gateway")
+    args.password = "bench-password-0123"
+    os.makedirs(args.work, exist_ok=True)
+    pw = os.path.join(args.work, "password")
+    with open(pw, "w") as f:
+        f.write(args.password + "\n")
+    os.chmod(pw, 0o600)
 
 
 def main():
@@ -773,13 +788,7 @@ def main():
                     help="readings the naive client sends through the link for (3L)")
     ap.add_argument("--no-md", action="store_true")
     args = ap.parse_args()
-    args.binary = os.path.join(args.root, "target/release/profilo-gateway")
-    args.password = "bench-password-0123"
-    os.makedirs(args.work, exist_ok=True)
-    pw = os.path.join(args.work, "password")
-    with open(pw, "w") as f:
-        f.write(args.password + "\n")
-    os.chmod(pw, 0o600)
+    setup(args)
 
     t_start = time.monotonic()
     R = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -96,10 +96,11 @@ fn families(s: &Stats, ctx: Context) -> Vec<Family> {
         (_, Some(oldest)) => (ctx.now_ms.saturating_sub(oldest)).max(0) as f64 / 1000.0,
     };
     // Families of one sample, `None` when its source is unknown.
-    let single: [(&'static str, Kind, &'static str, Option<f64>); 13] = [
+    let single: [(&'static str, Kind, &'static str, Option<f64>); 14] = [
         ("profilo_gateway_queue_pending", Gauge, "Readings queued and not yet accepted by the server.", count(s.pending)),
         ("profilo_gateway_queue_dead", Gauge, "Dead letters: readings the server refused for good (see `queue dead`).", count(s.dead)),
         ("profilo_gateway_queue_in_flight", Gauge, "Upload requests in flight.", count(s.in_flight)),
+        ("profilo_gateway_upload_concurrency", Gauge, "The adaptive limit of upload requests in flight, as the uploader last set it.", s.upload_concurrency.map(|v| v as f64)),
         ("profilo_gateway_queue_bytes", Gauge, "Size of the queue's database file and its write-ahead log.", count(s.db_bytes)),
         ("profilo_gateway_oldest_pending_age_seconds", Gauge, "Age of the oldest pending reading's capture time; 0 when the queue is empty.", Some(oldest_age)),
         ("profilo_gateway_uploaded_total", Counter, "Readings accepted by the server, ever (kept in the queue file).", count(s.uploaded_total)),
@@ -124,12 +125,13 @@ fn families(s: &Stats, ctx: Context) -> Vec<Family> {
     let mut failures = Family::new(
         "profilo_gateway_upload_failures_total",
         Counter,
-        "Upload requests that failed since the daemon started, by kind: rejected (refused for good, now dead letters), unauthorized (token refused), transient (network or server error, retried).",
+        "Upload requests that failed since the daemon started, by kind: rejected (refused for good, now dead letters), unauthorized (token refused), transient (network or server error, retried), endpoint_refused (the endpoint refused every reading: uploads paused).",
     );
     for (kind, key) in [
         ("rejected", "rejected"),
         ("unauthorized", "unauthorized"),
         ("transient", "transient_failures"),
+        ("endpoint_refused", "endpoint_refused"),
     ] {
         if let Some(v) = uploads(key) {
             failures = failures.labelled("kind", kind, v as f64);

@@ -1,25 +1,88 @@
 //! The queue's bounds: `max_readings` and `max_bytes` with the overflow policy, and the
-//! byte accounting behind `max_bytes` (an estimate of the pending readings kept by
-//! triggers, so that no write needs a scan). Pending readings come before dead letters:
-//! the dead letters only get the room the readings leave.
+//! byte accounting behind `max_bytes` (an estimate of the pending readings kept in
+//! memory, so that no write needs a scan and no write touches a page of its own for it).
+//! Pending readings come before dead letters: the dead letters only get the room the
+//! readings leave.
 
 use std::ops::Range;
+use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 
 use super::{count_pending, Queue, QueueError};
 use crate::config::OverflowPolicy;
 use crate::reading::Reading;
 
-/// Estimated bytes of the pending readings, kept by triggers (see `ensure_pending_bytes`).
-const COUNTER_PENDING_BYTES: &str = "pending_bytes";
 /// What a reading row costs beyond its `fields` and `boot_id` text: rowid, capture time,
 /// boottime, flags, record header and cell pointer. An estimate, on the safe side.
 const ROW_OVERHEAD: i64 = 32;
 /// The same for a dead letter, beyond its `fields` and `response`.
 const DEAD_ROW_OVERHEAD: i64 = 48;
 
+/// The estimated bytes of the pending readings, as this connection knows them: counted at
+/// the first need (a scan), then kept up by this connection's own inserts and deletes.
+/// Other processes (`queue retry-dead`, `purge`) change the file unseen, so the count is
+/// scanned again before it makes the queue drop anything, at most once a minute.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct PendingBytes {
+    bytes: Option<u64>,
+    scanned_at: Option<Instant>,
+}
+
+/// A count over the bound is checked by a scan at most this often.
+const RESCAN_EVERY: Duration = Duration::from_secs(60);
+
+/// The estimated size of a reading row (see `ROW_OVERHEAD`).
+pub(super) fn row_size(fields: &str, boot_id: Option<&str>) -> u64 {
+    (fields.len() + boot_id.map_or(0, str::len)) as u64 + ROW_OVERHEAD as u64
+}
+
 impl Queue {
+    /// Readings of `n` bytes were stored.
+    pub(super) fn bytes_added(&self, n: u64) {
+        let mut p = self.pending_bytes.get();
+        p.bytes = p.bytes.map(|b| b + n);
+        self.pending_bytes.set(p);
+    }
+
+    /// Readings of `n` bytes left `readings`.
+    pub(super) fn bytes_removed(&self, n: u64) {
+        let mut p = self.pending_bytes.get();
+        p.bytes = p.bytes.map(|b| b.saturating_sub(n));
+        self.pending_bytes.set(p);
+    }
+
+    /// Another change of unknown size: the next need scans.
+    pub(super) fn bytes_unknown(&self) {
+        self.pending_bytes.set(PendingBytes::default());
+    }
+
+    /// The pending readings' estimated bytes; scanned when unknown, or when over `bound`
+    /// and the last scan is a minute old.
+    fn pending_bytes(&self, conn: &Connection, bound: u64) -> Result<u64, QueueError> {
+        let p = self.pending_bytes.get();
+        let stale = p.scanned_at.is_none_or(|t| t.elapsed() >= RESCAN_EVERY);
+        match p.bytes {
+            Some(b) if b <= bound || !stale => Ok(b),
+            _ => {
+                let b: i64 = conn.query_row(
+                    &format!(
+                        "SELECT coalesce(sum({}), 0) FROM readings",
+                        reading_size_sql()
+                    ),
+                    [],
+                    |r| r.get(0),
+                )?;
+                let b = b.max(0) as u64;
+                self.pending_bytes.set(PendingBytes {
+                    bytes: Some(b),
+                    scanned_at: Some(Instant::now()),
+                });
+                Ok(b)
+            }
+        }
+    }
+
     /// Makes room for `readings` within `max_readings` as the overflow policy says: deletes
     /// the oldest pending readings, or keeps only the part of the batch that fits. Returns
     /// the indices of the readings to insert (so that what travels beside them, their
@@ -41,7 +104,8 @@ impl Queue {
             OverflowPolicy::DropOldest => {
                 let excess = (pending + incoming).saturating_sub(self.max_readings);
                 let from_old = excess.min(pending);
-                delete_oldest(conn, from_old)?;
+                let freed = delete_oldest(conn, from_old)?;
+                self.bytes_removed(freed);
                 // A single batch larger than the bound keeps only its newest part.
                 let skip = (excess - from_old) as usize;
                 (skip..readings.len(), excess)
@@ -61,16 +125,18 @@ impl Queue {
     /// oldest dead letters go first (counted in `dead_evicted_total`). Pending readings
     /// are the data the gateway exists to deliver; a dead letter was already refused.
     pub(super) fn enforce_max_bytes(&self, conn: &Connection) -> Result<(u64, u64), QueueError> {
-        let used = pending_bytes(conn)?;
+        let used = self.pending_bytes(conn, self.max_bytes)?;
         let dropped = if used > self.max_bytes {
             let newest = self.overflow == OverflowPolicy::DropNewest;
-            delete_covering(
+            let (n, freed) = delete_covering(
                 conn,
                 "readings",
                 &reading_size_sql(),
                 used - self.max_bytes,
                 newest,
-            )?
+            )?;
+            self.bytes_removed(freed);
+            n
         } else {
             0
         };
@@ -83,6 +149,7 @@ impl Queue {
                 live - self.max_bytes,
                 false,
             )?
+            .0
         } else {
             0
         };
@@ -91,72 +158,19 @@ impl Queue {
 }
 
 /// SQL for the estimated size of a `readings` row (see `ROW_OVERHEAD`).
-fn reading_size_sql() -> String {
+pub(super) fn reading_size_sql() -> String {
     format!("length(fields) + coalesce(length(boot_id), 0) + {ROW_OVERHEAD}")
 }
 
-/// Keeps the `pending_bytes` counter with triggers, so that every writer (the daemon,
-/// `queue retry-dead` and `purge` in another process) keeps it right and `max_bytes`
-/// needs no scan. Installed once per file, with the current total; no schema version
-/// bump, so an older binary still opens the file (and its triggers keep the count).
-pub(super) fn ensure_pending_bytes(conn: &Connection) -> Result<(), QueueError> {
-    let installed: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'trigger' AND name = 'readings_bytes_delete'",
-        [],
-        |r| r.get(0),
-    )?;
-    if installed {
-        return Ok(());
-    }
-    let size_new = reading_size_sql()
-        .replace("fields", "NEW.fields")
-        .replace("boot_id", "NEW.boot_id");
-    let size_old = reading_size_sql()
-        .replace("fields", "OLD.fields")
-        .replace("boot_id", "OLD.boot_id");
-    let sql = format!(
-        "BEGIN IMMEDIATE;
-         CREATE TRIGGER IF NOT EXISTS readings_bytes_insert AFTER INSERT ON readings BEGIN
-             UPDATE counters SET value = value + ({size_new}) WHERE name = '{COUNTER_PENDING_BYTES}';
-         END;
-         CREATE TRIGGER IF NOT EXISTS readings_bytes_delete AFTER DELETE ON readings BEGIN
-             UPDATE counters SET value = value - ({size_old}) WHERE name = '{COUNTER_PENDING_BYTES}';
-         END;
-         INSERT OR REPLACE INTO counters (name, value)
-             SELECT '{COUNTER_PENDING_BYTES}', coalesce(sum({size}), 0) FROM readings;
-         COMMIT;",
-        size = reading_size_sql()
-    );
-    if let Err(e) = conn.execute_batch(&sql) {
-        if !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        return Err(e.into());
-    }
-    Ok(())
-}
-
-/// The estimated bytes of the pending readings.
-fn pending_bytes(conn: &Connection) -> Result<u64, QueueError> {
-    let v: Option<i64> = conn
-        .query_row(
-            "SELECT value FROM counters WHERE name = ?1",
-            [COUNTER_PENDING_BYTES],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(v.unwrap_or(0).max(0) as u64)
-}
-
 /// Deletes the oldest (or newest) rows of `table` whose `size` adds up to `bytes` at
-/// least; returns how many. Reads only the rows it deletes, and one more.
+/// least; returns how many and their size. Reads only the rows it deletes, and one more.
 fn delete_covering(
     conn: &Connection,
     table: &str,
     size: &str,
     bytes: u64,
     newest: bool,
-) -> Result<u64, QueueError> {
+) -> Result<(u64, u64), QueueError> {
     let order = if newest { "DESC" } else { "ASC" };
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT id, {size} FROM {table} ORDER BY id {order}"
@@ -171,9 +185,10 @@ fn delete_covering(
         }
     }
     drop(rows);
-    let Some(last) = last else { return Ok(0) };
+    let Some(last) = last else { return Ok((0, 0)) };
     let cmp = if newest { ">=" } else { "<=" };
-    Ok(conn.execute(&format!("DELETE FROM {table} WHERE id {cmp} ?1"), [last])? as u64)
+    let n = conn.execute(&format!("DELETE FROM {table} WHERE id {cmp} ?1"), [last])? as u64;
+    Ok((n, covered))
 }
 
 /// `max(id) - min(id) + 1`: at least the number of pending readings, read from the rowid index.
@@ -188,14 +203,22 @@ fn id_span(conn: &Connection) -> Result<u64, QueueError> {
     })
 }
 
+/// Deletes the `n` oldest pending readings; returns their estimated size.
 fn delete_oldest(conn: &Connection, n: u64) -> Result<u64, QueueError> {
     if n == 0 {
         return Ok(0);
     }
-    Ok(conn.execute(
-        "DELETE FROM readings WHERE id IN (SELECT id FROM readings ORDER BY id LIMIT ?1)",
-        [n as i64],
-    )? as u64)
+    let mut stmt = conn.prepare_cached(&format!(
+        "DELETE FROM readings WHERE id IN (SELECT id FROM readings ORDER BY id LIMIT ?1)
+         RETURNING {}",
+        reading_size_sql()
+    ))?;
+    let sizes = stmt.query_map([n as i64], |r| r.get::<_, i64>(0))?;
+    let mut freed = 0;
+    for size in sizes {
+        freed += size?.max(0) as u64;
+    }
+    Ok(freed)
 }
 
 fn live_bytes(conn: &Connection) -> Result<u64, QueueError> {
@@ -274,20 +297,20 @@ mod tests {
         let stats = q.stats()?;
         assert!(stats.dropped_total > 0);
         assert_eq!(stats.pending + stats.dropped_total, 5000);
-        assert!(pending_bytes(&q.conn)? <= 64 * 1024);
+        assert!(q.pending_bytes(&q.conn, u64::MAX)? <= 64 * 1024);
         // The estimate errs on the large side: the file's live pages stay near the bound.
         assert!(
             live_bytes(&q.conn)? <= 64 * 1024 * 5 / 4,
             "{}",
             live_bytes(&q.conn)?
         );
-        // The triggers' running sum is the sum of the rows.
+        // The running count is the sum of the rows.
         let scanned: i64 = q.conn.query_row(
             &format!("SELECT sum({}) FROM readings", reading_size_sql()),
             [],
             |r| r.get(0),
         )?;
-        assert_eq!(pending_bytes(&q.conn)?, scanned as u64);
+        assert_eq!(q.pending_bytes(&q.conn, u64::MAX)?, scanned as u64);
         // The newest reading is always kept under drop_oldest.
         assert_eq!(
             stats.newest_captured_at.as_deref(),

@@ -57,7 +57,9 @@ impl Queue {
                  SELECT id, captured_at_ms, fields, ?2, ?3, ?4 FROM readings WHERE id = ?1",
                 params![id, status, truncate(response, 4096), unix_ms(SystemTime::now())],
             )?;
-            conn.execute("DELETE FROM readings WHERE id = ?1", [id])?;
+            if let Some(size) = self.delete_reading(conn, id)? {
+                self.bytes_removed(size);
+            }
             Ok(moved > 0)
         })
     }
@@ -104,6 +106,7 @@ impl Queue {
                 [id],
             )?;
             conn.execute(&format!("DELETE FROM dead_letters {filter}"), [id])?;
+            self.bytes_unknown();
             Ok(n as u64)
         })
     }
@@ -114,6 +117,7 @@ impl Queue {
             let mut n = conn.execute("DELETE FROM dead_letters", [])? as u64;
             if all {
                 n += conn.execute("DELETE FROM readings", [])? as u64;
+                self.bytes_unknown();
             }
             Ok(n)
         })

@@ -18,6 +18,8 @@
 //! - [`lock`]: one daemon per queue (`<queue>.lock`).
 //! - [`health`]: noticing a queue that broke while the daemon runs, and when to give up.
 //! - `stats`: counters, daemon status and the figures of `queue stats`.
+//! - `runtime`: the daemon's status file in its runtime directory (tmpfs), read by
+//!   `queue stats` while the daemon runs.
 //! - `writer`: the queue thread (group commit, the handle the sampler and uploader use).
 
 use std::path::{Path, PathBuf};
@@ -32,6 +34,7 @@ mod dead;
 pub mod health;
 pub mod lock;
 mod redate;
+pub mod runtime;
 mod schema;
 mod stats;
 #[cfg(test)]
@@ -141,6 +144,12 @@ pub struct Queue {
     clock_floor_ms: i64,
     /// False for the CLI's read-only opens: unreadable rows are then skipped, not moved.
     writable: bool,
+    /// The id the next reading gets, at least. Handed out here (the table has no
+    /// AUTOINCREMENT, whose sequence cost a page per commit), so that an id is never reused
+    /// while this connection lives and a late ack can never delete a newer reading.
+    next_id: std::cell::Cell<i64>,
+    /// The estimate behind `max_bytes` (see `bounds`).
+    pending_bytes: std::cell::Cell<bounds::PendingBytes>,
 }
 
 impl Queue {
@@ -222,9 +231,12 @@ impl Queue {
             let (kept, mut dropped) = self.make_room(conn, readings)?;
             let to_insert = &readings[kept.clone()];
             let clocks = origin.map(|(boot, c)| (boot, c.get(kept).unwrap_or_default()));
+            let max_id: i64 =
+                conn.query_row("SELECT coalesce(max(id), 0) FROM readings", [], |r| r.get(0))?;
+            let mut id = self.next_id.get().max(max_id + 1);
             let mut stmt = conn.prepare_cached(
-                "INSERT INTO readings (captured_at_ms, fields, boot_id, monotonic_ms, clock_synced)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO readings (id, captured_at_ms, fields, boot_id, monotonic_ms, clock_synced)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for (i, r) in to_insert.iter().enumerate() {
                 // Never `serde_json::to_string(&r.fields)`: it writes NaN and inf as null,
@@ -237,9 +249,12 @@ impl Queue {
                     Some((boot, c)) => (Some(boot), Some(c.monotonic_ms), c.synced),
                     None => (None, None, true),
                 };
-                stmt.execute(params![r.captured_at_ms, fields, boot, mono, synced])?;
+                stmt.execute(params![id, r.captured_at_ms, fields, boot, mono, synced])?;
+                self.bytes_added(bounds::row_size(&fields, boot));
+                id += 1;
             }
             drop(stmt);
+            self.next_id.set(id);
             let mut dead_evicted = 0;
             if self.max_bytes > 0 {
                 let (d, e) = self.enforce_max_bytes(conn)?;
@@ -313,12 +328,15 @@ impl Queue {
             return Ok(0);
         }
         self.atomically(|conn| {
-            let mut stmt = conn.prepare_cached("DELETE FROM readings WHERE id = ?1")?;
             let mut n = 0;
             for id in ids {
-                n += stmt.execute([id])? as u64;
+                if let Some(size) = self.delete_reading(conn, *id)? {
+                    self.bytes_removed(size);
+                    n += 1;
+                }
             }
-            drop(stmt);
+            // In the transaction of the deletes: after a crash the total still matches
+            // what left the queue, which a count kept in memory could not promise.
             bump_counter(conn, COUNTER_UPLOADED, n)?;
             Ok(n)
         })
@@ -341,6 +359,22 @@ pub fn capture_time_text(ms: i64) -> String {
         crate::reading::format_rfc3339_ms(ms)
     } else {
         format!("{ms} ms (out of range)")
+    }
+}
+
+impl Queue {
+    /// Deletes one pending reading; returns its estimated size if it was there.
+    fn delete_reading(&self, conn: &Connection, id: i64) -> Result<Option<u64>, QueueError> {
+        let mut stmt = conn.prepare_cached(&format!(
+            "DELETE FROM readings WHERE id = ?1 RETURNING {}",
+            bounds::reading_size_sql()
+        ))?;
+        let mut rows = stmt.query([id])?;
+        let size = match rows.next()? {
+            Some(r) => Some(r.get::<_, Option<i64>>(0)?.unwrap_or(0).max(0) as u64),
+            None => None,
+        };
+        Ok(size)
     }
 }
 

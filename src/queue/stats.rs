@@ -1,6 +1,7 @@
 //! What the queue tells about itself: the counters kept in the file (dropped, uploaded,
-//! evicted), the daemon's status written for other processes, and the figures of
-//! `queue stats`, whose JSON keys are a contract.
+//! evicted), the daemon's status (in its runtime file while it runs, see `runtime`, and in
+//! the queue file as of its last save), and the figures of `queue stats`, whose JSON keys
+//! are a contract.
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +35,8 @@ pub struct Stats {
     /// Send outcomes since the daemon started.
     pub uploads: Option<serde_json::Value>,
     pub daemon_updated_at: Option<String>,
+    /// Requests the uploader lets be in flight now (adaptive with `upload.concurrency = "auto"`).
+    pub upload_concurrency: Option<u64>,
 }
 
 /// Names in the `status` table, written by the daemon, read by `queue stats`.
@@ -46,6 +49,7 @@ pub mod status_key {
     pub const UPDATED_AT: &str = "updated_at";
     pub const AUTH: &str = "auth";
     pub const UPLOADS: &str = "uploads";
+    pub const UPLOAD_CONCURRENCY: &str = "upload_concurrency";
 }
 
 pub(super) const COUNTER_DROPPED: &str = "dropped_total";
@@ -58,7 +62,7 @@ impl Queue {
         bump_counter(&self.conn, COUNTER_DROPPED, n)
     }
 
-    /// Records daemon state for `queue stats` in other processes.
+    /// Records daemon state for `queue stats` after the daemon stopped.
     pub fn set_status(&self, key: &str, value: &str) -> Result<(), QueueError> {
         self.conn
             .prepare_cached("INSERT OR REPLACE INTO status (name, value) VALUES (?1, ?2)")?
@@ -80,35 +84,48 @@ impl Queue {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         let dead: u64 = conn.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))?;
-        let status = |key: &str| -> Result<Option<String>, QueueError> {
-            Ok(conn
-                .query_row("SELECT value FROM status WHERE name = ?1", [key], |r| {
-                    r.get(0)
-                })
-                .optional()?)
-        };
-        let in_flight = status(status_key::IN_FLIGHT)?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        Ok(Stats {
+        let mut stats = Stats {
             path: self.path.display().to_string(),
             pending,
             dead,
-            in_flight,
             dropped_total: counter(conn, COUNTER_DROPPED)?,
             uploaded_total: counter(conn, COUNTER_UPLOADED)?,
             dead_evicted_total: counter(conn, COUNTER_DEAD_EVICTED)?,
             oldest_captured_at: oldest.map(format_rfc3339_ms),
             newest_captured_at: newest.map(format_rfc3339_ms),
             db_bytes: file_len(&self.path) + file_len(&wal_path(&self.path)),
-            last_upload_at: status(status_key::LAST_UPLOAD_AT)?,
-            last_error: status(status_key::LAST_ERROR)?,
-            uploader_state: status(status_key::UPLOADER_STATE)?,
-            sensors: status(status_key::SENSORS)?.and_then(|s| serde_json::from_str(&s).ok()),
-            auth: status(status_key::AUTH)?.and_then(|s| serde_json::from_str(&s).ok()),
-            uploads: status(status_key::UPLOADS)?.and_then(|s| serde_json::from_str(&s).ok()),
-            daemon_updated_at: status(status_key::UPDATED_AT)?,
-        })
+            ..Stats::default()
+        };
+        // As last saved in the file, then as the running daemon sees it now.
+        let mut stmt = conn.prepare_cached("SELECT name, value FROM status")?;
+        let saved = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in saved {
+            let (key, value) = row?;
+            stats.set_status(&key, &value);
+        }
+        for (key, value) in super::runtime::read_live(&self.path).unwrap_or_default() {
+            stats.set_status(&key, &value);
+        }
+        Ok(stats)
+    }
+}
+
+impl Stats {
+    /// Takes one entry of the daemon's status (a `status_key`); unknown keys are ignored.
+    pub(super) fn set_status(&mut self, key: &str, value: &str) {
+        let json = || serde_json::from_str(value).ok();
+        match key {
+            status_key::IN_FLIGHT => self.in_flight = value.parse().unwrap_or(0),
+            status_key::LAST_UPLOAD_AT => self.last_upload_at = Some(value.to_owned()),
+            status_key::LAST_ERROR => self.last_error = Some(value.to_owned()),
+            status_key::UPLOADER_STATE => self.uploader_state = Some(value.to_owned()),
+            status_key::SENSORS => self.sensors = json(),
+            status_key::AUTH => self.auth = json(),
+            status_key::UPLOADS => self.uploads = json(),
+            status_key::UPDATED_AT => self.daemon_updated_at = Some(value.to_owned()),
+            status_key::UPLOAD_CONCURRENCY => self.upload_concurrency = value.parse().ok(),
+            _ => {}
+        }
     }
 }
 

@@ -3,6 +3,18 @@
 //! sampler and the uploader through a channel ([`StoreHandle`]). Readings handed over within `commit_interval` are committed together: at
 //! 1 kHz that is one transaction (and one fsync) per ~50 readings instead of per reading.
 //!
+//! What is written is what a restart needs, as little as the promises allow (SD cards
+//! wear out with small writes):
+//! - readings: within `commit_interval`, one fsync per group;
+//! - acknowledgements: at once while the uploader works through a backlog (it stops
+//!   sending at `upload.batch_size` uncommitted), but lazily once it has caught up
+//!   (its last read reached the end of the queue): they then ride along with the next
+//!   readings' commit, or wait at most `ACK_WINDOW`. The uploader's duplicates bound is
+//!   unchanged: `settle` still resolves only once the acks are on disk;
+//! - the daemon's status: in memory and in the runtime file (`runtime`, tmpfs) as it
+//!   changes; in the queue file only every `STATUS_SAVE_EVERY`, along with a data commit
+//!   when there is one, and at shutdown.
+//!
 //! When a commit fails (disk full, I/O error) the transaction is rolled back, nothing on
 //! disk changes, and the readings wait in memory (bounded; overflow counted as drops) until
 //! a later commit succeeds. So do the acknowledgements of uploaded readings: until they
@@ -23,6 +35,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch, Notify};
 
 use super::health::{Failures, Fault, FileIdentity};
+use super::runtime::RuntimeFile;
 use super::{CaptureClock, Queue, QueueError, Stats, Stored};
 use crate::clock::Clock;
 use crate::reading::Reading;
@@ -33,8 +46,14 @@ use crate::watchdog::Heartbeat;
 const MAX_BUFFERED: usize = 10_000;
 /// Most readings in one commit while writes work: bounds the transaction and its memory.
 const MAX_GROUP: usize = 2_000;
-/// Status updates alone wait this long for a data commit to join.
-const STATUS_WINDOW: Duration = Duration::from_secs(5);
+/// The daemon's status is saved in the queue file this often (and at shutdown): what
+/// `queue stats` shows after a kill -9 is at most this old.
+const STATUS_SAVE_EVERY: Duration = Duration::from_secs(300);
+/// Acks of an uploader that has caught up wait at most this long for readings to commit
+/// with (and only while readings come at least this often). Longer than the default
+/// sampling interval (5 s), so that each commit carries one reading and the acks of the
+/// one before.
+const ACK_WINDOW: Duration = Duration::from_secs(10);
 /// Between two attempts to write after a failure.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// A failing write is logged at most this often.
@@ -179,6 +198,7 @@ pub fn spawn(
     }
     // Readings of this boot may wait for a correction from an earlier run of the daemon.
     let maybe_unsynced = queue.has_unsynced().unwrap_or(true);
+    let queue_path = queue.path().to_path_buf();
     let (tx, rx) = mpsc::channel();
     let new_readings = Arc::new(Notify::new());
     let notify = new_readings.clone();
@@ -200,7 +220,17 @@ pub fn spawn(
                 last_error: None,
                 drops: DropLog::default(),
                 evictions: DropLog::default(),
+                runtime: RuntimeFile::for_daemon(queue_path.as_path()),
                 status: BTreeMap::new(),
+                status_unsaved: false,
+                status_saved_at: Instant::now(),
+                file_due: None,
+                file_written_at: None,
+                caught_up: false,
+                last_enqueue: None,
+                reading_gap: None,
+                commit_interval,
+                closing: false,
                 dropped_in_memory: 0,
                 failing_since: None,
                 last_failure_log: None,
@@ -244,7 +274,24 @@ struct Writer {
     drops: DropLog,
     /// Dead letters evicted to respect `max_bytes`, logged at most once a minute.
     evictions: DropLog,
+    /// Where the status goes while the daemon runs.
+    runtime: RuntimeFile,
+    /// The daemon's whole status, as last set.
     status: BTreeMap<&'static str, String>,
+    /// The status changed since it was last saved in the queue file.
+    status_unsaved: bool,
+    status_saved_at: Instant,
+    /// The status changed: the runtime file is rewritten then.
+    file_due: Option<Instant>,
+    file_written_at: Option<Instant>,
+    /// The uploader's last read reached the end of the queue: its acks may wait.
+    caught_up: bool,
+    /// When the last reading came, and the time since the one before.
+    last_enqueue: Option<Instant>,
+    reading_gap: Option<Duration>,
+    commit_interval: Duration,
+    /// The last flush, before the thread ends: everything is written.
+    closing: bool,
     /// Drops that happened in memory (writes failing); added to the stored counter later.
     dropped_in_memory: u64,
     failing_since: Option<Instant>,
@@ -266,13 +313,17 @@ struct Health {
 
 impl Writer {
     fn serve(&mut self, rx: mpsc::Receiver<Command>, commit_interval: Duration) {
+        // When the next commit is due (`None`: nothing waits).
         let mut deadline: Option<Instant> = None;
         loop {
             self.check_health();
             if self.health.gave_up {
                 return;
             }
-            let received = match deadline {
+            // Idle, the thread still wakes every IDLE_TURN to beat and check the file
+            // (memory and reads only: nothing is written).
+            let wake = deadline.into_iter().chain(self.file_due).min();
+            let received = match wake {
                 None => rx.recv_timeout(IDLE_TURN),
                 Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
             };
@@ -283,12 +334,11 @@ impl Writer {
                         deadline = None;
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.flush();
-                    deadline = None;
-                }
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
+                    self.closing = true;
                     self.flush();
+                    self.runtime.remove();
                     if self.has_writes() {
                         tracing::error!(
                             readings = self.readings.len(),
@@ -306,18 +356,20 @@ impl Writer {
                 self.flush();
                 deadline = None;
             }
+            self.write_runtime_file(now);
             if !self.has_writes() {
                 deadline = None;
                 continue;
             }
             let wait = if self.failing_since.is_some() {
                 RETRY_AFTER_FAILURE
-            } else if self.readings.is_empty() && self.settlements.is_empty() {
-                // Status alone rides along with the next data commit, sparing the SD card
-                // an fsync of its own.
-                STATUS_WINDOW
-            } else {
+            } else if !self.readings.is_empty() {
                 commit_interval
+            } else if !self.settlements.is_empty() {
+                self.ack_wait().unwrap_or(Duration::ZERO)
+            } else {
+                // Status alone: saved when due.
+                STATUS_SAVE_EVERY.saturating_sub(self.status_saved_at.elapsed())
             };
             // Only ever brought forward: at a steady high rate the first write of a group
             // fixes its commit time.
@@ -326,17 +378,49 @@ impl Writer {
         }
     }
 
+    /// How long the acks may wait for the next readings' commit, if they may: the
+    /// uploader has caught up and readings come at least every `ACK_WINDOW`. One and a
+    /// half sampling gaps, so that the next reading is in time despite jitter.
+    fn ack_wait(&self) -> Option<Duration> {
+        let gap = self.reading_gap?;
+        let recent = self.last_enqueue.is_some_and(|t| t.elapsed() <= ACK_WINDOW);
+        (self.caught_up && recent && gap <= ACK_WINDOW)
+            .then(|| (gap + gap / 2 + self.commit_interval).min(ACK_WINDOW))
+    }
+
     fn has_writes(&self) -> bool {
         !self.readings.is_empty()
             || !self.settlements.is_empty()
             || !self.unsaved.is_empty()
-            || !self.status.is_empty()
+            || self.status_unsaved
+    }
+
+    /// The status goes into the queue file with this write.
+    fn status_due(&self) -> bool {
+        self.status_unsaved && (self.closing || self.status_saved_at.elapsed() >= STATUS_SAVE_EVERY)
+    }
+
+    /// Rewrites the runtime file if the status changed and the last write is old enough.
+    fn write_runtime_file(&mut self, now: Instant) {
+        if self.file_due.is_none_or(|d| d > now) {
+            return;
+        }
+        self.file_due = None;
+        self.file_written_at = Some(now);
+        if let Err(e) = self.runtime.write(self.queue.path(), &self.status) {
+            // `queue stats` then shows the status last saved in the queue file.
+            tracing::debug!(file = %self.runtime.path().display(), "cannot write the status file: {e}");
+        }
     }
 
     /// Takes a command; returns true when it must be served with everything written first.
     fn accept(&mut self, command: Command) -> bool {
         match command {
             Command::Enqueue(c) => {
+                let now = Instant::now();
+                if let Some(last) = self.last_enqueue.replace(now) {
+                    self.reading_gap = Some(now.duration_since(last));
+                }
                 if self.failing_since.is_some() && self.readings.len() >= MAX_BUFFERED {
                     // Writes fail (disk full): keep the newest in memory, count the loss.
                     self.readings.pop_front();
@@ -346,12 +430,25 @@ impl Writer {
                 false
             }
             Command::Status(key, value) => {
-                self.status.insert(key, value);
+                if self.status.get(key) != Some(&value) {
+                    // A key's first value is shown at once (a daemon just started says what
+                    // it does); changes are paced, the file may be on the card.
+                    let first = self.status.insert(key, value).is_none();
+                    self.status_unsaved = true;
+                    let earliest = match self.file_written_at {
+                        Some(t) if !first => t + self.runtime.every,
+                        _ => Instant::now(),
+                    };
+                    self.file_due = Some(self.file_due.map_or(earliest, |d| d.min(earliest)));
+                }
                 false
             }
             Command::Settle { settlement, reply } => {
                 self.settlements.push((settlement, reply));
-                true
+                // Caught up, the uploader waits for new readings anyway: the acks commit
+                // with them, if readings come often enough. Working through a backlog, or
+                // with nothing to commit with soon, it waits for these.
+                self.ack_wait().is_none()
             }
             Command::Peek {
                 after_id,
@@ -376,6 +473,7 @@ impl Writer {
                     }
                 }
                 let peeked = self.queue.peek(after_id, limit);
+                self.caught_up = peeked.as_ref().is_ok_and(|rows| rows.len() < limit);
                 if let Err(e) = &peeked {
                     self.note_failure(e);
                 }
@@ -383,14 +481,22 @@ impl Writer {
                 false
             }
             Command::Stats(reply) => {
-                let _ = reply.send(self.queue.stats().map_err(|e| e.to_string()));
+                let stats = self.queue.stats().map(|mut stats| {
+                    for (key, value) in &self.status {
+                        stats.set_status(key, value);
+                    }
+                    stats
+                });
+                let _ = reply.send(stats.map_err(|e| e.to_string()));
                 false
             }
         }
     }
 
     fn flush(&mut self) {
-        if !self.has_writes() {
+        let data =
+            !self.readings.is_empty() || !self.settlements.is_empty() || !self.unsaved.is_empty();
+        if !data && !self.status_due() {
             return;
         }
         match self.write_all() {
@@ -398,6 +504,7 @@ impl Writer {
                 inserted,
                 dropped,
                 dead_evicted,
+                status_saved,
             }) => {
                 self.health.failures.succeeded();
                 self.last_error = None;
@@ -411,7 +518,10 @@ impl Writer {
                     );
                 }
                 self.readings.clear();
-                self.status.clear();
+                if status_saved {
+                    self.status_unsaved = false;
+                    self.status_saved_at = Instant::now();
+                }
                 self.dropped_in_memory = 0;
                 for (_, reply) in self.settlements.drain(..) {
                     let _ = reply.send(Ok(()));
@@ -563,8 +673,11 @@ impl Writer {
                 self.queue.dead_letter(*id, *status, body)?;
             }
         }
-        for (key, value) in &self.status {
-            self.queue.set_status(key, value)?;
+        let status_saved = self.status_due();
+        if status_saved {
+            for (key, value) in &self.status {
+                self.queue.set_status(key, value)?;
+            }
         }
         let corrected = self.fix_timestamps()?;
         self.queue.commit()?;
@@ -580,6 +693,7 @@ impl Writer {
             inserted,
             dropped,
             dead_evicted,
+            status_saved,
         })
     }
 }
@@ -589,6 +703,8 @@ struct Written {
     inserted: u64,
     dropped: u64,
     dead_evicted: u64,
+    /// The status went into the queue file.
+    status_saved: bool,
 }
 
 /// Sums losses between two log lines: at a high sampling rate a full queue drops at every
@@ -700,6 +816,46 @@ mod tests {
             q.stats().map_err(|e| e.to_string())?.last_error.as_deref(),
             Some("x")
         );
+        Ok(())
+    }
+
+    /// Frames in the WAL: `(len - header) / (page + frame header)`.
+    fn wal_frames(config: &QueueConfig) -> u64 {
+        let mut wal = config.path.as_os_str().to_owned();
+        wal.push("-wal");
+        let len = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+        len.saturating_sub(32) / (4096 + 24)
+    }
+
+    #[tokio::test]
+    async fn a_caught_up_uploaders_acks_commit_with_the_next_reading() -> Result<(), String> {
+        let (_dir, config, store, thread) = started(Duration::from_millis(20))?;
+        store.enqueue(captured(0)).map_err(|e| e.to_string())?;
+        store.new_readings.notified().await;
+        let mut frames = Vec::new();
+        for ms in 1..=2 {
+            // The uploader reads to the end of the queue: it has caught up.
+            let batch = store.peek(0, 64).await?;
+            assert_eq!(batch.len(), 1);
+            let before = wal_frames(&config);
+            let settled = store.settle(Settlement {
+                acked: vec![batch[0].id],
+                dead: vec![],
+            });
+            store.enqueue(captured(ms)).map_err(|e| e.to_string())?;
+            settled.await?;
+            frames.push(wal_frames(&config) - before);
+        }
+        // The second time (the first creates the counter's row and its index entry): one
+        // commit, the table's page (one reading in, one out) and the uploaded count.
+        // Committed on their own, the acks would have taken two frames and the reading one.
+        assert_eq!(frames[1], 2, "{frames:?}");
+        let stats = store.stats().await?;
+        assert_eq!((stats.pending, stats.uploaded_total), (1, 2));
+        drop(store);
+        thread
+            .join()
+            .map_err(|_| "queue thread panicked".to_string())?;
         Ok(())
     }
 

@@ -50,7 +50,7 @@ pub use delivery::{capture_time_problem, parse_us, Edges, Run, CLOCK_SLACK_US, M
 pub use gateway::{Exit, Gateway, GatewayOptions, QueueCounts};
 pub use ops::{doctor, doctor_check, doctor_level, parse_prometheus, queue_on_tmpfs, sample};
 pub use queue_tools::{integrity_check, refused_url, BlackHole, Tmpfs};
-pub use server::{Faults, Reading, ServerOptions, Stats, TestServer};
+pub use server::{Faults, Misbehave, Reading, ServerOptions, Stats, TestServer};
 pub use tls::{Ca, Issued, ServerTls};
 
 /// The user that [`GatewayOptions::default`] logs in as.

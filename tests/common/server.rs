@@ -71,6 +71,8 @@ pub struct Stats {
     pub data_other: u64,
     /// Requests to any other path.
     pub other: u64,
+    /// Requests answered by the stand-in proxy of [`Misbehave`] (never by the app).
+    pub misbehaved: u64,
 }
 
 /// One reading stored by the server, as `GET /test-control/readings/` lists it.
@@ -104,6 +106,42 @@ pub struct Faults {
     pub retry_after: Option<u64>,
     /// Readings whose temperature is above this get a 400 (never stored).
     pub reject_temperature_above: Option<f64>,
+}
+
+/// What a stand-in proxy in front of the app answers to the POSTs of `mode_scope`
+/// (`POST /test-control/misbehave/`, independent of [`Faults`]); `Misbehave::default()`
+/// answers nothing in the app's place.
+#[derive(Debug, Clone, Serialize)]
+pub struct Misbehave {
+    /// `""`, `"redirect_302"` (to `/maintenance/`, a 200 HTML page), `"redirect_307"` (to
+    /// `/moved<path>`), `"html_200"` (a captive portal's login page), `"not_found"` (an
+    /// nginx 404 page), `"forbidden"` (DRF's 403), `"huge_200"` / `"huge_502"` (a 256 MiB
+    /// HTML page, streamed).
+    pub mode: String,
+    /// `"data"` (`/api/send/data/`), `"token"` (`/api/token/` and its refresh) or `"all"`.
+    pub mode_scope: String,
+    /// Extra latency of every data request, ms (holds a server thread, like slow work).
+    pub delay_ms: u64,
+}
+
+impl Default for Misbehave {
+    fn default() -> Self {
+        Misbehave {
+            mode: String::new(),
+            mode_scope: "data".into(),
+            delay_ms: 0,
+        }
+    }
+}
+
+impl Misbehave {
+    /// `mode` for the data endpoint.
+    pub fn data(mode: &str) -> Misbehave {
+        Misbehave {
+            mode: mode.into(),
+            ..Default::default()
+        }
+    }
 }
 
 /// A running test server. Killed (process group SIGKILL) when dropped; when the test
@@ -491,6 +529,15 @@ impl TestServer {
             reqwest::Method::POST,
             "/test-control/faults/",
             Some(serde_json::to_value(faults).expect("faults to JSON")),
+        );
+    }
+
+    /// Sets what the stand-in proxy answers; `Misbehave::default()` stops it.
+    pub fn set_misbehave(&self, m: &Misbehave) {
+        self.control(
+            reqwest::Method::POST,
+            "/test-control/misbehave/",
+            Some(serde_json::to_value(m).expect("misbehave to JSON")),
         );
     }
 

@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
+from .misbehave import MODES, SCOPES
 from .models import Counter, Faults, Reading
 from .serializers import ReadingSerializer
 
@@ -29,6 +30,7 @@ STAT_NAMES = [
     "data_503",
     "data_other",
     "other",
+    "misbehaved",
 ]
 
 
@@ -96,6 +98,34 @@ class FaultsView(ControlView):
                 "retry_after": retry_after,
                 "reject_temperature_above": threshold,
             },
+        )
+        return self.get(request)
+
+
+class MisbehaveView(ControlView):
+    """What a proxy in front of the app answers instead of it (readings.misbehave):
+    {"mode": "", "mode_scope": "data", "delay_ms": 0}; absent keys take these defaults.
+    Independent of /faults/ (each keeps the other's settings)."""
+
+    def get(self, request):
+        f = Faults.current()
+        return Response({"mode": f.mode, "mode_scope": f.mode_scope, "delay_ms": f.delay_ms})
+
+    def post(self, request):
+        data = request.data if isinstance(request.data, dict) else {}
+        mode = str(data.get("mode") or "")
+        scope = str(data.get("mode_scope") or "data")
+        try:
+            delay_ms = int(data.get("delay_ms") or 0)
+        except (TypeError, ValueError) as e:
+            return Response({"detail": str(e)}, status=status.HTTP_400_BAD_REQUEST)
+        if mode not in MODES or scope not in SCOPES or delay_ms < 0:
+            return Response(
+                {"detail": f"mode must be one of {MODES}, mode_scope one of {sorted(SCOPES)}, delay_ms >= 0"},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+        Faults.objects.update_or_create(
+            pk=1, defaults={"mode": mode, "mode_scope": scope, "delay_ms": delay_ms}
         )
         return self.get(request)
 

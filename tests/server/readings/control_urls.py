@@ -7,5 +7,6 @@ urlpatterns = [
     path("readings/", control.ReadingsView.as_view()),
     path("blacklist-all/", control.BlacklistAllView.as_view()),
     path("faults/", control.FaultsView.as_view()),
+    path("misbehave/", control.MisbehaveView.as_view()),
     path("users/", control.UsersView.as_view()),
 ]

@@ -40,6 +40,10 @@ class StatsMiddleware:
 
     def __call__(self, request):
         response = self.get_response(request)
-        for name in counter_names(request.path, response.status_code):
+        names = counter_names(request.path, response.status_code)
+        if getattr(response, "profilo_misbehaved", False):
+            # Answered by the stand-in proxy, not the app: never a data_ok.
+            names = ["requests_total", "misbehaved"]
+        for name in names:
             Counter.bump(name)
         return response

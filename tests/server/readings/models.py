@@ -47,6 +47,13 @@ class Faults(models.Model):
     fail_ratio = models.FloatField(default=0.0)
     retry_after = models.IntegerField(null=True, blank=True)
     reject_temperature_above = models.FloatField(null=True, blank=True)
+    # A misbehaving thing in front of the app (see readings.misbehave): "" (none),
+    # "redirect_302", "redirect_307", "html_200", "not_found", "forbidden", "huge_200",
+    # "huge_502"; applied to the POSTs of `mode_scope` ("data", "token" or "all").
+    mode = models.CharField(max_length=32, blank=True, default="")
+    mode_scope = models.CharField(max_length=16, default="data")
+    # Extra latency of every data request, in ms (holds a gunicorn thread like slow work).
+    delay_ms = models.IntegerField(default=0)
 
     @classmethod
     def current(cls):

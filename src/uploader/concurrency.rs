@@ -1,0 +1,330 @@
+//! How many requests may be in flight: found, not configured. An AIMD controller after
+//! Vector's Adaptive Request Concurrency: per window (about one round trip), one more
+//! request when the whole limit was in use, nothing pushed back and the round trip did not
+//! grow; a multiplicative cut when the server pushed back (429, 503, no answer in time) or
+//! when the window's round trip is well above the running mean of the past ones (mean +
+//! 2.5 standard deviations: a sudden queue) or above three times its floor plus 20 ms (a
+//! queue that grew slowly). The floor is the lowest of the last round trips of requests
+//! sent alone, so at a low limit it follows a link or a machine that became slower within
+//! a few requests; when none went out alone for a minute, the limit drops to one for five
+//! answers to measure it again (Envoy's adaptive concurrency filter).
+
+use std::time::{Duration, Instant};
+
+/// The cut on back-pressure or a long round trip (Vector's default `decrease_ratio`).
+const DECREASE: f64 = 0.9;
+/// A window's round trip is "well above" the past ones beyond this many deviations.
+const RTT_DEVIATIONS: f64 = 2.5;
+/// Weight of the newest window in the running mean and variance (Vector's `ewma_alpha`).
+const EWMA_ALPHA: f64 = 0.4;
+/// A window's round trip "did not grow" within this factor of the running mean (which,
+/// after a step, only approaches the new round trip from below).
+const NOT_LONGER: f64 = 1.05;
+/// The shortest window, so that a sub-millisecond round trip does not make the limit jump.
+const MIN_WINDOW: Duration = Duration::from_millis(10);
+/// Past `floor * RTT_FACTOR + RTT_SLACK` the server is queueing our requests; the slack
+/// keeps a loopback server's millisecond floor from forbidding any queueing at all.
+const RTT_FACTOR: f64 = 3.0;
+const RTT_SLACK: Duration = Duration::from_millis(20);
+/// Round trips of requests sent alone that make the floor (their lowest).
+const ALONE_KEPT: usize = 8;
+/// The floor is measured again when no request went out alone for this long.
+const FLOOR_MAX_AGE: Duration = Duration::from_secs(60);
+/// Answers that make a new floor when it is measured again.
+const FLOOR_SAMPLES: u32 = 5;
+
+/// `upload.concurrency`: adaptive up to a maximum, or pinned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Auto { max: usize },
+    Fixed(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct Concurrency {
+    mode: Mode,
+    limit: f64,
+    /// Running mean and variance of the windows' mean round trips, in seconds.
+    past: Option<(f64, f64)>,
+    /// The last round trips of requests sent alone (not pushed back), and when.
+    alone: std::collections::VecDeque<Duration>,
+    alone_at: Option<Instant>,
+    /// While the floor is measured again: the limit to come back to, answers still wanted.
+    measuring: Option<(f64, u32)>,
+    window: Window,
+}
+
+#[derive(Debug, Clone)]
+struct Window {
+    start: Instant,
+    rtt_sum: Duration,
+    answers: u32,
+    back_pressure: bool,
+    /// The limit was reached: all of it was in use at some send of the window.
+    full: bool,
+}
+
+impl Window {
+    fn new(start: Instant) -> Window {
+        Window {
+            start,
+            rtt_sum: Duration::ZERO,
+            answers: 0,
+            back_pressure: false,
+            full: false,
+        }
+    }
+}
+
+impl Concurrency {
+    pub fn new(mode: Mode, now: Instant) -> Concurrency {
+        let limit = match mode {
+            // Start low: a server's limit is found in a few round trips.
+            Mode::Auto { .. } => 1.0,
+            Mode::Fixed(n) => n.max(1) as f64,
+        };
+        Concurrency {
+            mode,
+            limit,
+            past: None,
+            alone: std::collections::VecDeque::new(),
+            alone_at: None,
+            measuring: None,
+            window: Window::new(now),
+        }
+    }
+
+    /// Requests that may be in flight now.
+    pub fn limit(&self) -> usize {
+        if self.measuring.is_some() {
+            return 1;
+        }
+        self.limit as usize
+    }
+
+    /// The round trip of a request sent alone (the lowest of the last few), when known.
+    pub fn floor(&self) -> Option<Duration> {
+        self.alone.iter().min().copied()
+    }
+
+    /// The running mean round trip, when known.
+    pub fn mean_rtt(&self) -> Option<Duration> {
+        self.past
+            .map(|(mean, _)| Duration::from_secs_f64(mean.max(0.0)))
+    }
+
+    fn max(&self) -> f64 {
+        match self.mode {
+            Mode::Auto { max } => max.max(1) as f64,
+            Mode::Fixed(n) => n.max(1) as f64,
+        }
+    }
+
+    /// A request went out; `in_flight` counts it.
+    pub fn on_send(&mut self, in_flight: usize) {
+        if in_flight >= self.limit() {
+            self.window.full = true;
+        }
+    }
+
+    /// An answer (or a failure) came after `rtt`. `alone`: no other request of ours was in
+    /// flight when it left.
+    pub fn on_answer(&mut self, rtt: Duration, back_pressure: bool, alone: bool, now: Instant) {
+        if let Mode::Fixed(_) = self.mode {
+            return;
+        }
+        if alone {
+            self.sample_floor(rtt, back_pressure, now);
+        }
+        self.window.rtt_sum += rtt;
+        self.window.answers += 1;
+        self.window.back_pressure |= back_pressure;
+        let length = self.mean_rtt().unwrap_or(rtt).max(MIN_WINDOW);
+        if now.saturating_duration_since(self.window.start) >= length {
+            self.end_window(now);
+        }
+        let stale = self
+            .alone_at
+            .is_some_and(|at| now.saturating_duration_since(at) >= FLOOR_MAX_AGE);
+        if stale && self.measuring.is_none() {
+            self.measuring = Some((self.limit, FLOOR_SAMPLES));
+            self.alone.clear();
+        }
+    }
+
+    /// A pushed-back answer says nothing of the floor, but counts towards the end of a
+    /// measurement, which must end even against a server answering nothing but 503.
+    fn sample_floor(&mut self, rtt: Duration, back_pressure: bool, now: Instant) {
+        self.alone_at = Some(now);
+        if !back_pressure {
+            if self.alone.len() >= ALONE_KEPT {
+                self.alone.pop_front();
+            }
+            self.alone.push_back(rtt);
+        }
+        if let Some((back_to, left)) = self.measuring.as_mut() {
+            *left -= 1;
+            if *left == 0 {
+                self.limit = *back_to;
+                self.measuring = None;
+            }
+        }
+    }
+
+    /// Everything failed for a while (an outage): start again from one request, as at
+    /// start, so that a fleet coming back does not come back at full load.
+    pub fn restart(&mut self, now: Instant) {
+        if let Mode::Auto { .. } = self.mode {
+            self.limit = 1.0;
+            self.past = None;
+            self.measuring = None;
+            self.window = Window::new(now);
+        }
+    }
+
+    fn end_window(&mut self, now: Instant) {
+        let w = std::mem::replace(&mut self.window, Window::new(now));
+        if w.answers == 0 || self.measuring.is_some() {
+            return;
+        }
+        let window_rtt = w.rtt_sum / w.answers;
+        let rtt = window_rtt.as_secs_f64();
+        let (mean, var) = self.past.unwrap_or((rtt, 0.0));
+        let queued = rtt > mean + RTT_DEVIATIONS * var.sqrt()
+            || self
+                .floor()
+                .is_some_and(|f| window_rtt > f.mul_f64(RTT_FACTOR) + RTT_SLACK);
+        if w.back_pressure || queued {
+            // Kept fractional: rounded down at every cut, a limit of 2 would halve at once
+            // and random 503s (a flaky proxy, not a full server) would pin it at one.
+            self.limit = (self.limit * DECREASE).max(1.0);
+        } else if w.full && rtt <= mean * NOT_LONGER {
+            self.limit = (self.limit + 1.0).min(self.max());
+        }
+        let diff = rtt - mean;
+        self.past = Some((
+            mean + EWMA_ALPHA * diff,
+            (1.0 - EWMA_ALPHA) * (var + EWMA_ALPHA * diff * diff),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server with `slots` requests served at once, each taking `service`, and a queue
+    /// before them: the round trip of `n` requests in flight.
+    fn rtt_of(n: usize, slots: usize, service: Duration) -> Duration {
+        service.mul_f64((n as f64 / slots as f64).max(1.0))
+    }
+
+    /// Runs `windows` windows at the limit, answering as a server of `slots` slots would.
+    fn run(c: &mut Concurrency, t: &mut Instant, windows: usize, slots: usize, service: Duration) {
+        for _ in 0..windows {
+            let n = c.limit();
+            let rtt = rtt_of(n, slots, service);
+            for i in 1..=n {
+                c.on_send(i);
+            }
+            *t += rtt;
+            for _ in 0..n {
+                c.on_answer(rtt, false, n == 1, *t);
+            }
+        }
+    }
+
+    #[test]
+    fn grows_to_a_servers_limit_and_stays_near_it() {
+        let mut t = Instant::now();
+        let mut c = Concurrency::new(Mode::Auto { max: 64 }, t);
+        // 8 slots of 10 ms: the knee at 8; queueing past 3x10+20 ms means more than 40.
+        run(&mut c, &mut t, 200, 8, Duration::from_millis(10));
+        let mut seen = Vec::new();
+        for _ in 0..100 {
+            run(&mut c, &mut t, 1, 8, Duration::from_millis(10));
+            seen.push(c.limit());
+        }
+        let (lo, hi) = (seen.iter().min(), seen.iter().max());
+        assert!(lo >= Some(&8), "{seen:?}");
+        assert!(hi <= Some(&45), "{seen:?}");
+    }
+
+    #[test]
+    fn stays_at_its_maximum_when_the_server_keeps_up() {
+        let mut t = Instant::now();
+        let mut c = Concurrency::new(Mode::Auto { max: 32 }, t);
+        run(&mut c, &mut t, 100, 1000, Duration::from_millis(40));
+        assert_eq!(c.limit(), 32);
+    }
+
+    #[test]
+    fn back_pressure_cuts_and_a_pinned_limit_never_moves() {
+        let mut t = Instant::now();
+        let mut c = Concurrency::new(Mode::Auto { max: 32 }, t);
+        run(&mut c, &mut t, 40, 1000, Duration::from_millis(5));
+        let before = c.limit();
+        t += Duration::from_millis(20);
+        c.on_answer(Duration::from_millis(5), true, false, t);
+        assert!(c.limit() < before, "{before} -> {}", c.limit());
+
+        let mut pinned = Concurrency::new(Mode::Fixed(6), t);
+        for _ in 0..100 {
+            t += Duration::from_millis(20);
+            pinned.on_answer(Duration::from_secs(5), true, false, t);
+        }
+        assert_eq!(pinned.limit(), 6);
+    }
+
+    #[test]
+    fn a_slower_server_lowers_the_limit_then_the_new_round_trip_is_learnt() {
+        let mut t = Instant::now();
+        let mut c = Concurrency::new(Mode::Auto { max: 64 }, t);
+        run(&mut c, &mut t, 300, 8, Duration::from_millis(20));
+        let before = c.limit();
+        // Every request now takes twice as long.
+        run(&mut c, &mut t, 3, 8, Duration::from_millis(40));
+        let after = c.limit();
+        assert!(after < before, "{before} -> {after}");
+        // A minute on, the floor is measured again (one request at a time): the new round
+        // trip is the norm and the limit finds the 8 slots again.
+        run(&mut c, &mut t, 3000, 8, Duration::from_millis(40));
+        assert!(
+            c.floor().is_some_and(|f| f >= Duration::from_millis(39)),
+            "{:?}",
+            c.floor()
+        );
+        assert!(c.limit() >= 8, "{}", c.limit());
+    }
+
+    #[test]
+    fn random_503s_for_a_third_of_the_requests_do_not_pin_the_limit_at_one() {
+        let mut t = Instant::now();
+        let mut c = Concurrency::new(Mode::Auto { max: 32 }, t);
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut seen = Vec::new();
+        for _ in 0..2000 {
+            let n = c.limit();
+            for i in 1..=n {
+                c.on_send(i);
+            }
+            t += Duration::from_millis(20);
+            for _ in 0..n {
+                c.on_answer(Duration::from_millis(20), rng.f64() < 0.3, n == 1, t);
+            }
+            seen.push(n);
+        }
+        let mean = seen[1000..].iter().sum::<usize>() as f64 / 1000.0;
+        assert!(mean >= 2.5, "{mean}");
+    }
+
+    #[test]
+    fn a_machine_slow_at_any_concurrency_does_not_pin_the_limit_at_one() {
+        let mut t = Instant::now();
+        let mut c = Concurrency::new(Mode::Auto { max: 32 }, t);
+        run(&mut c, &mut t, 50, 1000, Duration::from_millis(5));
+        // Everything 40 times slower, whatever the concurrency (a loaded machine).
+        run(&mut c, &mut t, 200, 1000, Duration::from_millis(200));
+        assert!(c.limit() >= 16, "{}", c.limit());
+    }
+}
