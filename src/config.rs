@@ -65,6 +65,7 @@ pub struct Config {
     pub sampling: SamplingConfig,
     pub upload: UploadConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
     /// The sensors read at every tick; one simulated sensor when none is configured.
     pub sensors: Vec<SensorConfig>,
 }
@@ -305,6 +306,17 @@ impl Default for LogConfig {
             level: "info".into(),
         }
     }
+}
+
+/// `[metrics]`: off by default. The `metrics` command works without it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` (Prometheus text) and `/health` on this address, e.g.
+    /// `"127.0.0.1:9464"`. The shipped unit denies binding sockets: the drop-in
+    /// `systemd/metrics.conf` (installed under /usr/share/doc/profilo-gateway/examples/)
+    /// opens this port only.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 fn default_queue_path() -> PathBuf {

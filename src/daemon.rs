@@ -181,6 +181,12 @@ pub async fn serve(deps: Deps, shutdown: CancellationToken) -> Result<(), Daemon
         interval = %humantime::format_duration(config.sampling.interval),
         "starting"
     );
+    if config.api.username.is_none() {
+        tracing::warn!(
+            "uploads are off: api.username is not set, so readings are only queued; set `username = \"...\"` under [api] in the configuration file (default {}), store the password (`profilo-gateway set-password`, api.password_file or a systemd credential) and restart",
+            crate::config::DEFAULT_CONFIG_PATH
+        );
+    }
     let (store, store_thread) =
         crate::queue::writer::spawn(queue, config.queue.commit_interval, boot_id, clock.clone())
             .map_err(|source| DaemonError::Start {
@@ -237,13 +243,36 @@ pub async fn serve(deps: Deps, shutdown: CancellationToken) -> Result<(), Daemon
         let cancel = cancel.child_token();
         tracker.spawn(async move { auth.keep_fresh(cancel).await })
     });
+    let heartbeats = vec![
+        ("sampler", sampler_heartbeat),
+        ("uploader", uploader_heartbeat),
+        ("queue", queue_heartbeat),
+    ];
+    if let Some(addr) = config.metrics.listen {
+        let probe = crate::metrics::http::Probe {
+            store: store.clone(),
+            clock: clock.clone(),
+            heartbeats: heartbeats.clone(),
+            stall_after: stall_after(config.api.request_timeout),
+        };
+        match crate::metrics::http::bind(addr).await {
+            Ok(listener) => tasks.push(tracker.spawn(crate::metrics::http::serve(
+                listener,
+                probe,
+                cancel.child_token(),
+            ))),
+            // Sampling and queueing matter more than being watched: go on without it.
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
+    tasks.push(tracker.spawn(crate::metrics::summary::summary_loop(
+        store.clone(),
+        crate::metrics::summary::SUMMARY_EVERY,
+        cancel.child_token(),
+    )));
     tasks.push(tracker.spawn(crate::watchdog::watchdog_loop(
         notifier.clone(),
-        vec![
-            ("sampler", sampler_heartbeat),
-            ("uploader", uploader_heartbeat),
-            ("queue", queue_heartbeat),
-        ],
+        heartbeats,
         stall_after(config.api.request_timeout),
         cancel.child_token(),
     )));

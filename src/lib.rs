@@ -40,6 +40,10 @@
 //! - [`systemd`]: sd_notify (READY, STATUS, WATCHDOG).
 //! - [`logging`]: the journal or the terminal, the filter and its reload on SIGHUP.
 //! - [`daemon`]: `serve(deps, shutdown)` wires the tasks; `run` adds the signals.
+//! - [`metrics`]: what monitoring reads: the state in Prometheus text, progress rates:
+//!   - `metrics::http`: the `[metrics] listen` responder (`/metrics`, `/health`);
+//!   - `metrics::rate`: taken, uploaded, upload rate, time to an empty queue (pure);
+//!   - `metrics::summary`: the daemon's line a minute.
 //! - [`cli`]: the command line, one file per command (its arguments, handler and output).
 
 pub mod api;
@@ -50,6 +54,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod logging;
+pub mod metrics;
 pub mod queue;
 pub mod reading;
 pub mod sampler;

@@ -14,6 +14,9 @@ fn main() -> ExitCode {
     let config = match cli::load_config(cli.config.clone()) {
         Ok(c) => c,
         Err(e) => {
+            if let Some(code) = cli::report_config_failure(&cli.command, &e) {
+                return code;
+            }
             eprintln!("profilo-gateway: {e}");
             return ExitCode::from(cli::EXIT_CONFIG);
         }

@@ -509,3 +509,37 @@ fn api_proxy_carries_every_request() {
         "the proxy's password was printed: {stderr}"
     );
 }
+
+#[test]
+fn doctor_names_the_certificate_and_its_expiry_and_fails_on_an_untrusted_one() {
+    let (served, ca_file) = private_ca_server(
+        &["127.0.0.1", "localhost"],
+        Some((2099, 12, 31)),
+        ServerOptions::default(),
+    );
+    let server = &served.server;
+    let gw = gateway(
+        server,
+        &[("ca_file", ca_file), ("system_roots", "false".into())],
+    );
+    let (code, report) = doctor(&gw);
+    assert_eq!(code, 0, "{report:#}");
+    let tls = doctor_check(&report, "tls");
+    assert_eq!(tls["level"], "ok", "{tls}");
+    let detail = tls["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("CN=127.0.0.1"), "{tls}");
+    assert!(detail.contains("valid until 2099-12-31T00:00:00Z"), "{tls}");
+    // Without the private CA the handshake is refused: TLS and login fail, with fixes.
+    let untrusting = gateway(server, &[]);
+    let (code, report) = doctor(&untrusting);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(doctor_level(&report, "tls"), "fail", "{report:#}");
+    let login = doctor_check(&report, "login");
+    assert!(
+        login["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("api.ca_file"),
+        "{login}"
+    );
+}

@@ -40,7 +40,19 @@ pub(super) fn password_origin(config: &Config) -> String {
     }
 }
 
-pub(super) fn login(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+/// What one login found: who, with which password source, the profile, the session and
+/// the certificate the server showed (https).
+pub(super) struct LoginOutcome {
+    pub user: String,
+    pub source: password::Source,
+    pub profile: serde_json::Value,
+    pub session: Option<crate::auth::manager::SessionInfo>,
+    pub server_certificate: Option<crate::tls::CertSummary>,
+}
+
+/// Logs in once with the configured credentials and fetches the profile (for `login` and
+/// `doctor`); prints nothing.
+pub(super) fn login_once(config: &Config) -> anyhow::Result<LoginOutcome> {
     let user = username(config)?.to_owned();
     let sources = PasswordSources::new(&user, config.api.password_file.clone());
     let (_, source) = sources.read()?;
@@ -69,39 +81,56 @@ pub(super) fn login(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             .await
             .context("logged in, but GET /api/auth/profile/ failed")?;
         let session = manager.session_info().await;
+        Ok(LoginOutcome {
+            user,
+            source,
+            profile,
+            session,
+            server_certificate: api.server_certificate(),
+        })
+    })
+}
+
+pub(super) fn login(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let LoginOutcome {
+        user,
+        source,
+        profile,
+        session,
+        server_certificate,
+    } = login_once(config)?;
+    if json {
         let out = serde_json::json!({
             "server": config.api.base_url,
             "username": user,
             "password_source": source.to_string(),
             "profile": profile,
             "session": session,
-            "server_certificate": api.server_certificate(),
+            "server_certificate": server_certificate,
         });
-        if json {
-            println!("{out}");
-        } else {
-            println!(
-                "logged in to {} as {user:?} (password from {source})",
-                config.api.base_url
-            );
-            println!("profile: {profile:#}");
-            if let Some(c) = api.server_certificate() {
-                println!("server certificate: {c}");
-            }
-            if let Some(s) = session {
-                println!("access token expires:  {}", s.access_expires_at);
-                println!(
-                    "refresh token expires: {}",
-                    s.refresh_expires_at.as_deref().unwrap_or("-")
-                );
-                println!(
-                    "clock offset (server - device): {:+.1} s",
-                    s.clock_offset_secs
-                );
-            }
+        println!("{out}");
+    } else {
+        println!(
+            "logged in to {} as {user:?} (password from {source})",
+            config.api.base_url
+        );
+        println!("profile: {profile:#}");
+        if let Some(c) = &server_certificate {
+            println!("server certificate: {c}");
         }
-        Ok(ExitCode::SUCCESS)
-    })
+        if let Some(s) = session {
+            println!("access token expires:  {}", s.access_expires_at);
+            println!(
+                "refresh token expires: {}",
+                s.refresh_expires_at.as_deref().unwrap_or("-")
+            );
+            println!(
+                "clock offset (server - device): {:+.1} s",
+                s.clock_offset_secs
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A failed renewal says when the daemon would try again; this command tries once, so the

@@ -4,7 +4,9 @@
 //! This is the application layer, so handlers return `anyhow` errors with context.
 
 mod config;
+mod doctor;
 mod login;
+mod metrics;
 mod queue;
 mod sensors;
 
@@ -17,6 +19,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, ConfigSource};
 
 pub use self::config::ConfigCommand;
+pub use self::doctor::DoctorArgs;
 pub use self::login::LoginArgs;
 pub use self::queue::{ExportFormat, QueueCommand};
 pub use self::sensors::SensorsCommand;
@@ -71,6 +74,13 @@ pub enum Command {
     /// Sensor commands: supported types, I2C scan, one test reading.
     #[command(subcommand)]
     Sensors(SensorsCommand),
+    /// Is this gateway healthy? Checks the configuration, the password source, the server
+    /// (DNS, TCP, TLS, login), each sensor, the I2C buses, the clock, the disk, the queue
+    /// and the service, each with its fix. Exits 1 when a check fails.
+    Doctor(DoctorArgs),
+    /// Print the state in the Prometheus text format (for node_exporter's textfile
+    /// collector or Telegraf's inputs.exec). The daemon serves the same on `[metrics] listen`.
+    Metrics,
 }
 
 impl Command {
@@ -87,7 +97,8 @@ impl Command {
             Command::Run => config.log.level.clone(),
             // The token manager's warnings speak of the next attempt; a one-shot login
             // has none, and its error is printed on its own.
-            Command::Login(_) => "error".to_owned(),
+            // `doctor` reports every failure as a check of its own.
+            Command::Login(_) | Command::Doctor(_) => "error".to_owned(),
             _ => "warn".to_owned(),
         }
     }
@@ -138,6 +149,17 @@ pub fn dispatch(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::SetPassword => login::set_password(&config),
         Command::DeletePassword => login::delete_password(&config),
         Command::Sensors(s) => sensors::run(s, &config),
+        Command::Doctor(args) => doctor::doctor(&config, args.json),
+        Command::Metrics => metrics::print(&config),
+    }
+}
+
+/// A command that reports a configuration that does not load as its own result (`doctor`)
+/// does so here and gives its exit code; `None` for the others (the caller exits 78).
+pub fn report_config_failure(command: &Command, error: &ConfigFailure) -> Option<ExitCode> {
+    match command {
+        Command::Doctor(args) => Some(doctor::config_failure(&error.to_string(), args.json)),
+        _ => None,
     }
 }
 

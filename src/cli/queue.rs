@@ -1,15 +1,17 @@
 //! `queue ...`: inspect and manage the reading queue; its arguments, handler, text output
 //! and export.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Subcommand, ValueEnum};
 
 use super::print_json_or;
 use crate::config::Config;
+use crate::metrics::rate::Progress;
 use crate::queue::{DeadLetter, Queue, QueueError, Stats, Stored};
 
 #[derive(Debug, Subcommand)]
@@ -21,6 +23,10 @@ pub enum QueueCommand {
         /// db_bytes, ... and the daemon's sensors, auth and uploads state) instead of text.
         #[arg(long)]
         json: bool,
+        /// Redraw every second, with the upload rate and the time to an empty queue,
+        /// until interrupted (Ctrl-C).
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
     },
     /// The oldest pending readings, as they will be sent.
     List {
@@ -93,15 +99,12 @@ pub enum ExportFormat {
 pub(super) fn run(command: QueueCommand, config: &Config) -> anyhow::Result<ExitCode> {
     let path = &config.queue.path;
     match command {
-        QueueCommand::Stats { json } => {
-            let stats = match Queue::open_read_only(path) {
-                Ok(q) => q.stats()?,
-                Err(QueueError::Missing(_)) => Stats {
-                    path: path.display().to_string(),
-                    ..Default::default()
-                },
-                Err(e) => return Err(e.into()),
-            };
+        QueueCommand::Stats {
+            json: _,
+            watch: true,
+        } => watch(path),
+        QueueCommand::Stats { json, watch: false } => {
+            let stats = current_stats(path)?;
             print_json_or(json, &stats, || stats_text(&stats))
         }
         QueueCommand::List { limit, json } => {
@@ -164,14 +167,120 @@ pub(super) fn run(command: QueueCommand, config: &Config) -> anyhow::Result<Exit
                 )),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
-            let n = export(&q, format, dead, &mut sink)?;
+            let mut progress = std::io::stderr().is_terminal().then(|| {
+                let stats = q.stats().unwrap_or_default();
+                ExportProgress::new(if dead { stats.dead } else { stats.pending })
+            });
+            let n = export(&q, format, dead, &mut sink, progress.as_mut())?;
             sink.flush()?;
+            if let Some(p) = progress {
+                p.finish();
+            }
             if let Some(file) = output {
                 eprintln!("{n} reading(s) written to {}", file.display());
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The queue's figures as `queue stats` shows them (zeros while the queue does not
+/// exist): the one place the commands (`queue stats`, `doctor`, `metrics`) read them.
+pub(super) fn current_stats(path: &Path) -> anyhow::Result<Stats> {
+    match Queue::open_read_only(path) {
+        Ok(q) => Ok(q.stats()?),
+        Err(QueueError::Missing(_)) => Ok(Stats {
+            path: path.display().to_string(),
+            ..Default::default()
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// How many seconds of samples `--watch` takes its rates over: one second is noise.
+const WATCH_WINDOW: usize = 10;
+
+/// `queue stats --watch`: the text of `queue stats`, redrawn every second, with the rates.
+fn watch(path: &Path) -> anyhow::Result<ExitCode> {
+    let mut samples: std::collections::VecDeque<(Instant, Stats)> = Default::default();
+    loop {
+        let stats = current_stats(path)?;
+        let now = Instant::now();
+        let rate = match samples.front() {
+            Some((at, before)) => Progress::between(before, &stats, now - *at).rate_line(),
+            None => "upload rate: measuring...".to_owned(),
+        };
+        let mut out = std::io::stdout().lock();
+        // Home and clear, as watch(1) does; the terminal keeps no scrollback of it.
+        writeln!(
+            out,
+            "\x1b[H\x1b[2J{}{:<16}{rate}",
+            stats_text(&stats),
+            "progress:"
+        )?;
+        out.flush()?;
+        drop(out);
+        samples.push_back((now, stats));
+        if samples.len() > WATCH_WINDOW {
+            samples.pop_front();
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// `queue export`'s progress on stderr (only when stderr is a terminal): count, rate
+/// and time left, redrawn in place at most every 200 ms.
+struct ExportProgress {
+    total: u64,
+    started: Instant,
+    drawn: Option<Instant>,
+}
+
+impl ExportProgress {
+    fn new(total: u64) -> Self {
+        ExportProgress {
+            total,
+            started: Instant::now(),
+            drawn: None,
+        }
+    }
+
+    fn update(&mut self, done: u64) {
+        if self
+            .drawn
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(200))
+        {
+            return;
+        }
+        self.drawn = Some(Instant::now());
+        eprint!(
+            "\r{}\x1b[K",
+            progress_line(done, self.total, self.started.elapsed())
+        );
+    }
+
+    fn finish(self) {
+        if self.drawn.is_some() {
+            eprintln!();
+        }
+    }
+}
+
+/// `1200/5000 readings (24%), 600/s, 6s left`.
+fn progress_line(done: u64, total: u64, elapsed: Duration) -> String {
+    let rate = done as f64 / elapsed.as_secs_f64().max(1e-3);
+    let total = total.max(done);
+    let percent = (done * 100).checked_div(total).unwrap_or(100);
+    let left = if rate > 0.0 {
+        let secs = ((total - done) as f64 / rate).ceil() as u64;
+        format!(
+            ", {} left",
+            humantime::format_duration(Duration::from_secs(secs))
+        )
+    } else {
+        String::new()
+    };
+    format!("{done}/{total} readings ({percent}%), {rate:.0}/s{left}")
 }
 
 fn stats_text(s: &Stats) -> String {
@@ -206,16 +315,49 @@ fn stats_text(s: &Stats) -> String {
         opt(&s.uploader_state),
         opt(&s.daemon_updated_at),
     );
-    for (name, value) in [
-        ("sensors", &s.sensors),
-        ("auth", &s.auth),
-        ("uploads", &s.uploads),
-    ] {
+    if let Some(sensors) = s.sensors.as_ref().and_then(|v| v.as_array()) {
+        for h in sensors {
+            out.push_str(&format!("{:<16}{}\n", "sensor:", sensor_line(h)));
+        }
+    }
+    for (name, value) in [("auth", &s.auth), ("uploads", &s.uploads)] {
         if let Some(v) = value {
-            out.push_str(&format!("{:<16}{v}\n", format!("{name}:")));
+            out.push_str(&format!("{:<16}{}\n", format!("{name}:"), counters_line(v)));
         }
     }
     out
+}
+
+/// `bme280@i2c-1:0x76 ok (last good reading 2027-...)` or `... FAILING 3x: error`.
+fn sensor_line(h: &serde_json::Value) -> String {
+    let text = |key: &str| h.get(key).and_then(|v| v.as_str()).unwrap_or("-");
+    let name = text("name");
+    if text("state") == "ok" {
+        format!("{name} ok (last good reading {})", text("last_ok"))
+    } else {
+        let failures = h
+            .get("consecutive_failures")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        format!(
+            "{name} FAILING {failures}x since {}: {}",
+            text("last_ok"),
+            text("last_error")
+        )
+    }
+}
+
+/// A counters object as words, by name: `0 login failures, 2 logins, ...`; a counter
+/// added later shows without a change here.
+fn counters_line(v: &serde_json::Value) -> String {
+    match v.as_object() {
+        Some(o) => o
+            .iter()
+            .map(|(k, v)| format!("{v} {}", k.replace('_', " ")))
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => v.to_string(),
+    }
 }
 
 fn list_text(rows: &[Stored]) -> String {
@@ -247,6 +389,7 @@ fn export(
     format: ExportFormat,
     dead: bool,
     out: &mut dyn Write,
+    mut progress: Option<&mut ExportProgress>,
 ) -> Result<u64, ExportError> {
     const PAGE: usize = 1000;
     let mut n = 0;
@@ -290,6 +433,9 @@ fn export(
                 }
             }
             n += 1;
+        }
+        if let Some(p) = progress.as_deref_mut() {
+            p.update(n);
         }
     }
     Ok(n)
@@ -347,6 +493,42 @@ mod tests {
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
     #[test]
+    fn stats_text_shows_sensors_auth_and_uploads_as_lines() {
+        let stats = Stats {
+            sensors: Some(serde_json::json!([
+                {"name": "simulated", "state": "ok", "last_ok": "2027-01-15T08:00:00.000Z"},
+                {"name": "bme280@i2c-1:0x76", "state": "failing", "consecutive_failures": 3,
+                 "last_ok": null, "last_error": "no answer at 0x76"}
+            ])),
+            auth: Some(serde_json::json!({"logins": 2, "login_failures": 0})),
+            uploads: Some(serde_json::json!({"accepted": 40, "transient_failures": 1})),
+            ..Stats::default()
+        };
+        let text = stats_text(&stats);
+        for line in [
+            "sensor:         simulated ok (last good reading 2027-01-15T08:00:00.000Z)\n",
+            "sensor:         bme280@i2c-1:0x76 FAILING 3x since -: no answer at 0x76\n",
+            "auth:           0 login failures, 2 logins\n",
+            "uploads:        40 accepted, 1 transient failures\n",
+        ] {
+            assert!(text.contains(line), "{line:?} not in:\n{text}");
+        }
+        assert!(!text.contains('{'), "raw JSON left: {text}");
+    }
+
+    #[test]
+    fn export_progress_line_has_the_rate_and_time_left() {
+        assert_eq!(
+            progress_line(1000, 4000, Duration::from_secs(2)),
+            "1000/4000 readings (25%), 500/s, 6s left"
+        );
+        assert_eq!(
+            progress_line(10, 0, Duration::from_secs(1)),
+            "10/10 readings (100%), 10/s, 0s left"
+        );
+    }
+
+    #[test]
     fn csv_quotes_per_rfc_4180() {
         assert_eq!(csv("plain"), "plain");
         assert_eq!(csv("a,b"), "\"a,b\"");
@@ -384,7 +566,7 @@ mod tests {
 
         let ro = Queue::open_read_only(&config.path)?;
         let mut out = Vec::new();
-        let n = export(&ro, ExportFormat::Csv, true, &mut out)?;
+        let n = export(&ro, ExportFormat::Csv, true, &mut out, None)?;
         assert_eq!(n, 2);
         let text = String::from_utf8(out)?;
         let mut lines = text.lines();

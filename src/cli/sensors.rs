@@ -221,23 +221,24 @@ pub fn scan(bus: u8, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One configured sensor's test reading: its values or its error.
 #[derive(Debug, Serialize)]
-struct ReadResult {
-    index: usize,
+pub(super) struct ReadResult {
+    pub index: usize,
     #[serde(rename = "type")]
-    sensor_type: &'static str,
-    sensor: String,
-    ok: bool,
-    values: serde_json::Map<String, serde_json::Value>,
-    error: Option<String>,
+    pub sensor_type: &'static str,
+    pub sensor: String,
+    pub ok: bool,
+    pub values: serde_json::Map<String, serde_json::Value>,
+    pub error: Option<String>,
 }
 
 /// How long accelerometers sample before `sensors read` takes their aggregate.
 pub const ACCEL_WINDOW: Duration = Duration::from_millis(1500);
 
-/// `sensors read [--json]`: one reading from each configured sensor, errors spelled out.
-/// Fails (non-zero exit) when any sensor failed, after printing every result.
-pub fn read(configs: &[SensorConfig], json: bool) -> anyhow::Result<()> {
+/// One reading from each configured sensor (for `sensors read` and `doctor`); prints
+/// nothing. Errs only when the configuration cannot build the sensors.
+pub(super) fn read_each(configs: &[SensorConfig]) -> anyhow::Result<Vec<ReadResult>> {
     let mut built = sensors::build(configs).context("invalid [[sensors]] configuration")?;
     // What `build` built: an `iio` entry's omitted fields resolved against the others.
     let configs = &sensors::resolve_defaults(configs);
@@ -286,6 +287,13 @@ pub fn read(configs: &[SensorConfig], json: bool) -> anyhow::Result<()> {
         });
     }
     drop(built); // stops the sampling threads
+    Ok(results)
+}
+
+/// `sensors read [--json]`: one reading from each configured sensor, errors spelled out.
+/// Fails (non-zero exit) when any sensor failed, after printing every result.
+pub fn read(configs: &[SensorConfig], json: bool) -> anyhow::Result<()> {
+    let results = read_each(configs)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else if results.is_empty() {

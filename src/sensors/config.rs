@@ -38,6 +38,10 @@ pub trait SensorType {
     /// on their own thread ([`super::worker::Threaded`]) and give up after `deadline`.
     /// `index` is the entry's position (the simulated sensor seeds from it).
     fn build(&self, index: usize, deadline: Duration) -> Box<dyn Sensor>;
+    /// The I2C bus the entry's chip is on (`doctor` checks it); `None` off I2C.
+    fn i2c_bus(&self) -> Option<super::i2c::BusLocation> {
+        None
+    }
 }
 
 /// One setting of a sensor type, for `sensors list`.

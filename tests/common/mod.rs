@@ -37,6 +37,7 @@
 
 pub mod delivery;
 pub mod gateway;
+pub mod ops;
 pub mod queue_tools;
 pub mod server;
 pub mod tls;
@@ -47,6 +48,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use delivery::{capture_time_problem, parse_us, Edges, Run, CLOCK_SLACK_US, MAX_GAP_US};
 pub use gateway::{Exit, Gateway, GatewayOptions, QueueCounts};
+pub use ops::{doctor, doctor_check, doctor_level, parse_prometheus, queue_on_tmpfs, sample};
 pub use queue_tools::{integrity_check, refused_url, BlackHole, Tmpfs};
 pub use server::{Faults, Misbehave, Reading, ServerOptions, Stats, TestServer};
 pub use tls::{Ca, Issued, ServerTls};

@@ -155,7 +155,7 @@ pub struct TestServer {
 }
 
 /// Where the server's Python lives, or a panic that says how to get it.
-fn python() -> PathBuf {
+pub(super) fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("PROFILO_TEST_PYTHON") {
         return PathBuf::from(p);
     }

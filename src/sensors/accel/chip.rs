@@ -163,6 +163,10 @@ impl<C: AccelChip> SensorType for AccelConfig<C> {
         C::TYPE
     }
 
+    fn i2c_bus(&self) -> Option<i2c::BusLocation> {
+        Some(Target::new::<C>(self.bus, self.device.as_deref(), self.address).location)
+    }
+
     fn doc() -> TypeDoc {
         let mut settings = i2c::settings_doc::<C>();
         settings.extend(settings_doc(

@@ -117,6 +117,10 @@ impl<C: ClimateChip> SensorType for ClimateConfig<C> {
         C::TYPE
     }
 
+    fn i2c_bus(&self) -> Option<i2c::BusLocation> {
+        Some(self.target().location)
+    }
+
     fn doc() -> TypeDoc {
         let mut settings = i2c::settings_doc::<C>();
         let (default, description) = C::FIELDS_DOC;
