@@ -233,6 +233,12 @@ def restart_same(args, s, port):
         rb.free_port, rb.shutil.copy = orig_port, orig_copy
 
 
+
+def met(ok):
+    """A target's verdict in the table."""
+    return "MET" if ok else "**MISSED**"
+
+
 def report(R):
     L = []
     L.append(f"## Issue 12: defaults (`upload.concurrency = \"auto\"`), {R['date']}\n")
@@ -242,18 +248,18 @@ def report(R):
         L.append(f"| A {r['server']} | drain with defaults vs wrk -c{r['wrk_connections']} "
                  f"(mean of before/after {r['wrk']}) | {d['readings_per_s']} / {r['wrk_mean']} = "
                  f"**{r['ratio']}** ({d['readings']} readings, {d['seconds']} s) | >= 0.9 | "
-                 f"{'MET' if r['ratio'] >= 0.9 else '**MISSED**'} |")
+                 f"{met(r['ratio'] >= 0.9)} |")
     if "link" in R:
         k = R["link"]
         L.append(f"| B | 40 ms RTT link: defaults vs naive client | {k['drain']['readings_per_s']} / "
                  f"{k['naive']['readings_per_s']} = **{k['ratio']}** | >= 20 | "
-                 f"{'MET' if k['ratio'] >= 20 else '**MISSED**'} |")
+                 f"{met(k['ratio'] >= 20)} |")
     if "flaky" in R:
         f = R["flaky"]
         L.append(f"| C | 30 % HTML 503 + Retry-After: 1 vs healthy (2x4) | "
                  f"{f['flaky']['readings_per_s']} / {f['healthy']['readings_per_s']} = **{f['ratio']}**; "
                  f"{f['duplicates']} duplicates in {f['stored']} stored, {f['server_503']} 503s | "
-                 f">= 0.5, 0 dup | {'MET' if f['ratio'] >= 0.5 and f['duplicates'] == 0 else '**MISSED**'} |")
+                 f">= 0.5, 0 dup | {met(f['ratio'] >= 0.5 and f['duplicates'] == 0)} |")
     if "latency" in R:
         t = R["latency"]
         a, b, c = t["20ms"], t["40ms_first_10s"], t["40ms_end"]
@@ -263,7 +269,7 @@ def report(R):
                  f"{a['median_concurrency']} ({a['min']}-{a['max']}), {a['readings_per_s']}/s -> "
                  f"first 10 s {b['median_concurrency']} ({b['min']}-{b['max']}), {b['readings_per_s']}/s; "
                  f"last 10 s {c['median_concurrency']}, {c['readings_per_s']}/s | falls | "
-                 f"{'MET' if fell else '**MISSED**'} |")
+                 f"{met(fell)} |")
     if "fleet" in R:
         e = R["fleet"]
         ok = e["drain_s"] is not None and e["drain_s"] <= 2 * max(e["limit_allows_s"], 1)
@@ -272,7 +278,7 @@ def report(R):
                  f"all stored after **{e['drain_s']} s** vs {e['limit_allows_s']} s the limit "
                  f"({e['wrk_limit']} req/s) allows and {e['one_gateway_s']} s for one gateway at (A) 2x4's rate; "
                  f"{e['server_non_2xx']} non-2xx; server peak in-flight not measured | <= 2x | "
-                 f"{'MET' if ok else '**MISSED**'} |")
+                 f"{met(ok)} |")
     return "\n".join(L) + "\n"
 
 

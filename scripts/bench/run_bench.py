@@ -42,6 +42,19 @@ def log(msg):
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+
+def write_marked_block(path, begin, end, body, heading=""):
+    """Puts `body` between the markers `begin` and `end` in the Markdown file `path`
+    (appended, after `heading`, when the markers are not there yet)."""
+    old = open(path).read() if os.path.exists(path) else ""
+    block = f"{begin}\n{body}\n{end}"
+    if begin in old and end in old:
+        new = old.split(begin)[0] + block + old.split(end, 1)[1]
+    else:
+        new = old.rstrip("\n") + "\n\n" + heading + block + "\n"
+    with open(path, "w") as f:
+        f.write(new)
+
 def free_port():
     for _ in range(200):
         port = random.randint(20000, 31999)

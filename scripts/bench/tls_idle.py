@@ -193,14 +193,7 @@ def main():
     print(body)
     if not args.no_md:
         path = os.path.join(args.root, "BENCHMARKS.md")
-        old = open(path).read()
-        block = f"{MARK_BEGIN}\n{body}\n{MARK_END}"
-        if MARK_BEGIN in old and MARK_END in old:
-            new = old.split(MARK_BEGIN)[0] + block + old.split(MARK_END, 1)[1]
-        else:
-            new = old.rstrip("\n") + "\n\n" + block + "\n"
-        with open(path, "w") as f:
-            f.write(new)
+        rb.write_marked_block(path, MARK_BEGIN, MARK_END, body)
         rb.log(f"wrote {path}")
 
 

@@ -188,14 +188,7 @@ MARK_END = "<!-- wear:end -->"
 
 
 def write_md(path, body):
-    old = open(path).read() if os.path.exists(path) else ""
-    block = f"{MARK_BEGIN}\n{body}\n{MARK_END}"
-    if MARK_BEGIN in old and MARK_END in old:
-        new = old.split(MARK_BEGIN)[0] + block + old.split(MARK_END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n## SD card wear\n\n" + block + "\n"
-    with open(path, "w") as f:
-        f.write(new)
+    rb.write_marked_block(path, MARK_BEGIN, MARK_END, body, "## SD card wear\n\n")
 
 
 if __name__ == "__main__":
