@@ -367,6 +367,8 @@ impl Writer {
                 commit_interval
             } else if !self.settlements.is_empty() {
                 self.ack_wait().unwrap_or(Duration::ZERO)
+            } else if self.redate_due() {
+                Duration::ZERO
             } else {
                 // Status alone: saved when due.
                 STATUS_SAVE_EVERY.saturating_sub(self.status_saved_at.elapsed())
@@ -393,6 +395,13 @@ impl Writer {
             || !self.settlements.is_empty()
             || !self.unsaved.is_empty()
             || self.status_unsaved
+            || self.redate_due()
+    }
+
+    /// Held readings can be dated now (the clock became trustworthy): a write of its own,
+    /// since an idle queue may see no other for hours.
+    fn redate_due(&self) -> bool {
+        self.maybe_unsynced && self.clock.trusted(self.clock.now_ms())
     }
 
     /// The status goes into the queue file with this write.
