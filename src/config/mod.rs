@@ -9,6 +9,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::sensors::{simulated::SimulatedConfig, SensorConfig};
 
+mod parse_error;
+mod validate;
+
+use parse_error::parse_error;
+use validate::is_loopback;
+
 /// The default configuration file of a packaged install.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/profilo-gateway/config.toml";
 /// Prefix of the environment variables that override single keys.
@@ -479,197 +485,6 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            origin: origin.to_owned(),
-            key: key.to_owned(),
-            message,
-        };
-        self.validate_base_url(origin)?;
-        // ---- TLS and proxy (issue 15) ----
-        crate::tls::check(&self.api.tls_files()).map_err(|e| invalid(e.key, e.message))?;
-        if let Some(proxy) = &self.api.proxy {
-            // Never quoted: it may hold credentials.
-            check_proxy(proxy).map_err(|m| invalid("api.proxy", m))?;
-        }
-        if self
-            .api
-            .username
-            .as_deref()
-            .is_some_and(|u| u.trim().is_empty())
-        {
-            return Err(invalid("api.username", "is empty".into()));
-        }
-        for (key, d, min, max) in self.durations() {
-            if d < min {
-                return Err(invalid(
-                    key,
-                    format!("must be at least {}", humantime::format_duration(min)),
-                ));
-            }
-            if d > max.limit {
-                return Err(invalid(
-                    key,
-                    format!(
-                        "must be at most {} ({})",
-                        humantime::format_duration(max.limit),
-                        max.why
-                    ),
-                ));
-            }
-        }
-        if self.api.login_backoff_max < self.api.login_backoff_base {
-            return Err(invalid(
-                "api.login_backoff_max",
-                "must not be below api.login_backoff_base".into(),
-            ));
-        }
-        if self.upload.backoff_max < self.upload.backoff_base {
-            return Err(invalid(
-                "upload.backoff_max",
-                "must not be below upload.backoff_base".into(),
-            ));
-        }
-        if let UploadConcurrency::Fixed(n) = self.upload.concurrency {
-            if !(1..=64).contains(&n) {
-                return Err(invalid(
-                    "upload.concurrency",
-                    "must be \"auto\" or between 1 and 64".into(),
-                ));
-            }
-        }
-        if !(1..=256).contains(&self.upload.max_concurrency) {
-            return Err(invalid(
-                "upload.max_concurrency",
-                "must be between 1 and 256".into(),
-            ));
-        }
-        if !(1..=10_000).contains(&self.upload.batch_size) {
-            return Err(invalid(
-                "upload.batch_size",
-                "must be between 1 and 10000".into(),
-            ));
-        }
-        if let UploadConcurrency::Fixed(n) = self.upload.concurrency {
-            if self.upload.batch_size < n {
-                return Err(invalid(
-                    "upload.batch_size",
-                    "must be at least upload.concurrency".into(),
-                ));
-            }
-        }
-        if self.queue.max_readings == 0 {
-            return Err(invalid("queue.max_readings", "must be at least 1".into()));
-        }
-        if self.queue.path.as_os_str().is_empty() {
-            return Err(invalid("queue.path", "is empty".into()));
-        }
-        crate::sensors::validate(&self.sensors).map_err(|e| invalid("sensors", e.to_string()))?;
-        Ok(())
-    }
-
-    /// Every duration key with its bounds. The upper bounds keep deadline arithmetic far
-    /// from overflow (`sampling.interval = "300000000000y"` would panic at the first tick)
-    /// and the watchdog meaningful (its stall limit follows `api.request_timeout`).
-    fn durations(&self) -> [(&'static str, Duration, Duration, Max); 8] {
-        const MS: Duration = Duration::from_millis(1);
-        const HOUR: Duration = Duration::from_secs(3600);
-        let backoff = Max {
-            limit: HOUR,
-            why: "a fixed fault is noticed within the hour",
-        };
-        [
-            (
-                "api.request_timeout",
-                self.api.request_timeout,
-                MS,
-                Max {
-                    limit: Duration::from_secs(120),
-                    why: "the watchdog's stall limit follows it",
-                },
-            ),
-            (
-                "api.refresh_margin",
-                self.api.refresh_margin.unwrap_or_default(),
-                Duration::ZERO,
-                Max {
-                    limit: HOUR,
-                    why: "it is capped at half the token's lifetime anyway",
-                },
-            ),
-            (
-                "api.login_backoff_base",
-                self.api.login_backoff_base,
-                MS,
-                backoff,
-            ),
-            (
-                "api.login_backoff_max",
-                self.api.login_backoff_max,
-                MS,
-                backoff,
-            ),
-            (
-                "sampling.interval",
-                self.sampling.interval,
-                MS,
-                Max {
-                    limit: Duration::from_secs(86_400),
-                    why: "at least one reading a day",
-                },
-            ),
-            ("upload.backoff_base", self.upload.backoff_base, MS, backoff),
-            ("upload.backoff_max", self.upload.backoff_max, MS, backoff),
-            (
-                "queue.commit_interval",
-                self.queue.commit_interval,
-                Duration::ZERO,
-                Max {
-                    limit: Duration::from_secs(10),
-                    why: "a crash loses up to this window",
-                },
-            ),
-        ]
-    }
-
-    /// An http(s) URL with a host, no credentials in it, and TLS unless the server is this
-    /// machine or `api.insecure_http` says otherwise. The URL is not quoted when it may
-    /// hold a `user:password@`.
-    fn validate_base_url(&self, origin: &str) -> Result<(), ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid {
-            origin: origin.to_owned(),
-            key: "api.base_url".to_owned(),
-            message,
-        };
-        let raw = &self.api.base_url;
-        let shown = if raw.contains('@') {
-            "the URL".to_owned()
-        } else {
-            format!("{raw:?}")
-        };
-        let url =
-            reqwest::Url::parse(raw).map_err(|e| invalid(format!("{shown} is not a URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(invalid(format!(
-                "{shown} must be an http:// or https:// URL"
-            )));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(invalid(
-                "must not hold a user name or password (`user:password@`): remove it; the \
-                 gateway logs in with api.username and the password file"
-                    .into(),
-            ));
-        }
-        if url.scheme() == "http" && !is_loopback(&url) && !self.api.insecure_http {
-            return Err(invalid(format!(
-                "{shown} is plain http to another machine: the password and the tokens would \
-                 cross the network in clear; use https://, or set api.insecure_http = true"
-            )));
-        }
-        Ok(())
-    }
-
     /// What `run` logs and `config check` prints as warnings: settings that work but
     /// weaken the gateway.
     pub fn warnings(&self) -> Vec<String> {
@@ -694,86 +509,6 @@ impl Config {
     }
 }
 
-/// A TOML error as message, line, column and key. toml's own `Display` quotes the source
-/// line, which may be a `password = "..."` typed under `[api]`: it would land on stderr and
-/// in the journal.
-fn parse_error(origin: &str, text: &str, e: &toml::de::Error) -> ConfigError {
-    let message = e
-        .message()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ");
-    let (line, column, key) = match e.span() {
-        Some(span) => {
-            let (line, column) = line_column(text, span.start);
-            (Some(line), Some(column), key_at(text, line))
-        }
-        None => (None, None, None),
-    };
-    ConfigError::Parse {
-        path: origin.to_owned(),
-        message,
-        key,
-        line,
-        column,
-    }
-}
-
-/// 1-based line and column (in characters) of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text.as_bytes()[..offset.min(text.len())];
-    let line_start = before
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
-    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let column = String::from_utf8_lossy(&before[line_start..])
-        .chars()
-        .count()
-        + 1;
-    (line, column)
-}
-
-/// The dotted key defined on 1-based `line` (`api.password`, `sensors[1].address`), or the
-/// table its header names: read from the text, as toml does not expose the key it knows.
-fn key_at(text: &str, line: usize) -> Option<String> {
-    let mut table = String::new();
-    let mut arrays: Vec<(String, usize)> = Vec::new();
-    for (number, raw) in text.lines().enumerate() {
-        let l = raw.trim();
-        let is_here = number + 1 == line;
-        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split_once("]]")) {
-            let name = name.0.trim().to_owned();
-            let index = match arrays.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, i)) => {
-                    *i += 1;
-                    *i
-                }
-                None => {
-                    arrays.push((name.clone(), 0));
-                    0
-                }
-            };
-            table = format!("{name}[{index}]");
-        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split_once(']')) {
-            table = name.0.trim().to_owned();
-        } else if is_here {
-            let key = l.split_once('=')?.0.trim().trim_matches(['"', '\'']);
-            return Some(if table.is_empty() {
-                key.to_owned()
-            } else {
-                format!("{table}.{key}")
-            });
-        }
-        if is_here {
-            return (!table.is_empty()).then_some(table);
-        }
-    }
-    None
-}
-
 /// `(name, value)` as strings when the variable is ours (`PROFILO_GATEWAY__*`), `None` for
 /// any other. `std::env::vars()` would panic on a variable that is not UTF-8, anyone's.
 fn our_variable(var: OsString, raw: OsString) -> Result<Option<(String, String)>, ConfigError> {
@@ -792,43 +527,6 @@ fn our_variable(var: OsString, raw: OsString) -> Result<Option<(String, String)>
             message: "its name is not valid UTF-8; unset it".into(),
         }),
     }
-}
-
-/// An upper bound of a duration key and why it is there.
-#[derive(Clone, Copy)]
-struct Max {
-    limit: Duration,
-    why: &'static str,
-}
-
-/// This machine: `localhost`, 127.0.0.0/8 or `::1`. Plain http there never leaves it.
-fn is_loopback(url: &reqwest::Url) -> bool {
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// An http(s) proxy URL without credentials: the configuration is printed by `config check`,
-/// the environment is not.
-fn check_proxy(proxy: &str) -> Result<(), String> {
-    let url = reqwest::Url::parse(proxy).map_err(|e| format!("is not a URL: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err("must be an http://host:port or https://host:port URL".into());
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(
-            "must not hold credentials (`config check` prints the configuration): \
-                    leave api.proxy unset and set HTTPS_PROXY=http://user:password@host:port \
-                    in the service's environment instead"
-                .into(),
-        );
-    }
-    Ok(())
 }
 
 /// Env values are TOML when they parse as such (`10`, `true`, `"x"`, `[1, 2]`), else plain strings,
@@ -857,6 +555,7 @@ fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Res
 
 #[cfg(test)]
 mod tests {
+    use super::parse_error::{key_at, line_column};
     use super::*;
     use std::io::Write;
 
