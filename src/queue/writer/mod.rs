@@ -34,12 +34,17 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch, Notify};
 
-use super::health::{Failures, Fault, FileIdentity};
+use self::commit::{DropLog, Written};
+use self::thread_health::Health;
+use super::health::{Failures, FileIdentity};
 use super::runtime::RuntimeFile;
-use super::{CaptureClock, Queue, QueueError, Stats, Stored};
+use super::{Queue, Stats, Stored};
 use crate::clock::Clock;
 use crate::reading::Reading;
 use crate::watchdog::Heartbeat;
+
+mod commit;
+mod thread_health;
 
 /// Readings held in memory while the disk refuses writes; beyond this they are dropped
 /// (and counted) rather than letting memory grow on a small Pi.
@@ -298,17 +303,6 @@ struct Writer {
     last_failure_log: Option<Instant>,
     notify: Arc<Notify>,
     health: Health,
-}
-
-/// The queue thread's own health: its heartbeat, the verdict on its failures, and the
-/// file it opened.
-struct Health {
-    heartbeat: Heartbeat,
-    failures: Failures,
-    file: Option<FileIdentity>,
-    last_verified: Instant,
-    broken: watch::Sender<Option<String>>,
-    gave_up: bool,
 }
 
 impl Writer {
@@ -577,170 +571,6 @@ impl Writer {
             }
         }
     }
-
-    /// Beats the heartbeat while the queue works, and checks the file now and then.
-    fn check_health(&mut self) {
-        if self.health.failures.feeds_watchdog() {
-            self.health.heartbeat.beat();
-        }
-        let Some(file) = self.health.file else { return };
-        if self.health.last_verified.elapsed() < VERIFY_EVERY {
-            return;
-        }
-        self.health.last_verified = Instant::now();
-        if let Err(e) = self.queue.verify_file(file) {
-            self.note_failure(&e);
-        }
-    }
-
-    /// Counts a failure of the queue; gives up on a queue that is broken for good, so that
-    /// the daemon exits and systemd starts it again on a repaired or fresh queue.
-    fn note_failure(&mut self, e: &QueueError) {
-        if self.health.gave_up || !self.health.failures.failed(Fault::of(e), Instant::now()) {
-            return;
-        }
-        tracing::error!(
-            lost = self.readings.len(),
-            "the queue cannot be used any more: {e}; the daemon stops so that it is started again (a corrupt queue is then moved aside)"
-        );
-        for (_, reply) in self.settlements.drain(..) {
-            let _ = reply.send(Err(e.to_string()));
-        }
-        self.health.gave_up = true;
-        let _ = self.health.broken.send(Some(e.to_string()));
-    }
-
-    /// Logs the drops (and evictions) of the last minute, if due.
-    fn log_drops(&mut self) {
-        let now = Instant::now();
-        if let Some(dropped) = self.drops.due(now) {
-            tracing::warn!(
-                dropped,
-                "queue full: dropped readings since the last report (see queue.max_readings, queue.max_bytes, queue.overflow)"
-            );
-        }
-        if let Some(evicted) = self.evictions.due(now) {
-            tracing::warn!(
-                evicted,
-                "queue over queue.max_bytes: deleted the oldest dead letters since the last report (see `queue dead`)"
-            );
-        }
-    }
-
-    /// Corrects this boot's unsynchronised timestamps once the wall clock can be trusted
-    /// (`Clock::trusted`: past the build date, and synchronised or vouched for by the server).
-    fn fix_timestamps(&mut self) -> Result<u64, QueueError> {
-        if !self.maybe_unsynced {
-            return Ok(0);
-        }
-        let now = self.clock.now_ms();
-        if !self.clock.trusted(now) {
-            return Ok(0);
-        }
-        let fixed = self
-            .queue
-            .fix_unsynced(&self.boot_id, now, crate::clock::boottime_ms())?;
-        if fixed == 0 {
-            self.maybe_unsynced = false;
-        }
-        Ok(fixed)
-    }
-
-    fn write_all(&mut self) -> Result<Written, QueueError> {
-        self.queue.begin()?;
-        let mut inserted = 0;
-        let (mut dropped, mut dead_evicted) = (0, 0);
-        if !self.readings.is_empty() {
-            let readings: Vec<Reading> = self.readings.iter().map(|c| c.reading.clone()).collect();
-            let clocks: Vec<CaptureClock> = self
-                .readings
-                .iter()
-                .map(|c| CaptureClock {
-                    monotonic_ms: c.monotonic_ms,
-                    synced: c.clock_synced,
-                })
-                .collect();
-            self.maybe_unsynced |= clocks.iter().any(|c| !c.synced);
-            let result = self
-                .queue
-                .enqueue_with_origin(&readings, Some((&self.boot_id, &clocks)))?;
-            inserted = result.inserted;
-            // Logged once committed, at most once a minute (`log_drops`).
-            dropped = result.dropped;
-            dead_evicted = result.dead_evicted;
-        }
-        if self.dropped_in_memory > 0 {
-            self.queue.add_dropped(self.dropped_in_memory)?;
-        }
-        let settlements = self
-            .unsaved
-            .iter()
-            .chain(self.settlements.iter().map(|(s, _)| s));
-        for settlement in settlements {
-            self.queue.ack(&settlement.acked)?;
-            for (id, status, body) in &settlement.dead {
-                self.queue.dead_letter(*id, *status, body)?;
-            }
-        }
-        let status_saved = self.status_due();
-        if status_saved {
-            for (key, value) in &self.status {
-                self.queue.set_status(key, value)?;
-            }
-        }
-        let corrected = self.fix_timestamps()?;
-        self.queue.commit()?;
-        if corrected > 0 {
-            self.maybe_unsynced = false;
-            tracing::info!(
-                corrected,
-                "wall clock is synchronised now: corrected the capture time of readings taken before"
-            );
-            inserted += corrected;
-        }
-        Ok(Written {
-            inserted,
-            dropped,
-            dead_evicted,
-            status_saved,
-        })
-    }
-}
-
-/// What one successful write did.
-struct Written {
-    inserted: u64,
-    dropped: u64,
-    dead_evicted: u64,
-    /// The status went into the queue file.
-    status_saved: bool,
-}
-
-/// Sums losses between two log lines: at a high sampling rate a full queue drops at every
-/// commit (20 a second), and one line each time would flood the journal and the SD card.
-#[derive(Debug, Default)]
-struct DropLog {
-    unlogged: u64,
-    last: Option<Instant>,
-}
-
-impl DropLog {
-    fn add(&mut self, n: u64) {
-        self.unlogged += n;
-    }
-
-    /// The total to log now, if there is one and the last line is a minute old.
-    fn due(&mut self, now: Instant) -> Option<u64> {
-        if self.unlogged == 0
-            || self
-                .last
-                .is_some_and(|t| now.duration_since(t) < FAILURE_LOG_EVERY)
-        {
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.unlogged))
-    }
 }
 
 #[cfg(test)]
@@ -771,6 +601,14 @@ mod tests {
         let (store, thread) = spawn(queue, commit_interval, "boot".into(), Clock::system())
             .map_err(|e| e.to_string())?;
         Ok((dir, config, store, thread))
+    }
+
+    /// Drops the last handle and waits for the thread's last commit.
+    fn stopped(store: StoreHandle, thread: JoinHandle<()>) -> Result<(), String> {
+        drop(store);
+        thread
+            .join()
+            .map_err(|_| "queue thread panicked".to_string())
     }
 
     /// Like `started`, committing every 20 ms, whose writes give up waiting for another
@@ -816,10 +654,7 @@ mod tests {
             (9, 1, 90)
         );
         store.set_status(crate::queue::status_key::LAST_ERROR, "x".into());
-        drop(store);
-        thread
-            .join()
-            .map_err(|_| "queue thread panicked".to_string())?;
+        stopped(store, thread)?;
         let q = Queue::open_read_only(&config.path).map_err(|e| e.to_string())?;
         assert_eq!(
             q.stats().map_err(|e| e.to_string())?.last_error.as_deref(),
@@ -861,10 +696,7 @@ mod tests {
         assert_eq!(frames[1], 2, "{frames:?}");
         let stats = store.stats().await?;
         assert_eq!((stats.pending, stats.uploaded_total), (1, 2));
-        drop(store);
-        thread
-            .join()
-            .map_err(|_| "queue thread panicked".to_string())?;
+        stopped(store, thread)?;
         Ok(())
     }
 
@@ -903,10 +735,7 @@ mod tests {
         let rest = store.peek(0, 100).await?;
         assert_eq!(rest.len(), 5, "the kept acks were committed first");
         assert_eq!(store.stats().await?.uploaded_total, 5);
-        drop(store);
-        thread
-            .join()
-            .map_err(|_| "queue thread panicked".to_string())?;
+        stopped(store, thread)?;
         Ok(())
     }
 
@@ -940,10 +769,7 @@ mod tests {
         poll("beats again", &|| silence() < Duration::from_millis(1500));
         let pending = store.stats().await?.pending;
         assert!(pending >= 2, "kept in memory, then written: {pending}");
-        drop(store);
-        thread
-            .join()
-            .map_err(|_| "queue thread panicked".to_string())?;
+        stopped(store, thread)?;
         Ok(())
     }
 
@@ -983,10 +809,7 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        drop(store);
-        thread
-            .join()
-            .map_err(|_| "queue thread panicked".to_string())?;
+        stopped(store, thread)?;
         let q = Queue::open_read_only(&config.path).map_err(|e| e.to_string())?;
         let stats = q.stats().map_err(|e| e.to_string())?;
         assert_eq!((stats.pending, stats.dropped_total), (30_000, 0));
