@@ -4,7 +4,8 @@
 //! auth beside the uploader. Nothing upstream knows about anything downstream, and no
 //! two top-level modules import each other. The map, one line a module:
 //!
-//! - [`config`]: typed settings from TOML and `PROFILO_GATEWAY__*`, validated with bounds.
+//! - [`config`]: typed settings from TOML and `PROFILO_GATEWAY__*`, validated with bounds
+//!   (`config::validate`; `config::parse_error`: a TOML error without its source line).
 //! - [`reading`]: a reading (capture time + values) and its wire JSON.
 //! - [`clock`]: boot id, boottime, build-date floor, sync detection, trust in the server's clock.
 //! - [`sensors`]: the `Sensor` trait, its errors and the set read at each tick:
@@ -25,10 +26,12 @@
 //!   - `queue::dead`: dead letters and quarantine;
 //!   - `queue::stats`: what `queue stats` shows;
 //!   - `queue::runtime`: the per-second status in a file under /run, not on the card;
-//!   - `queue::writer`: the queue thread, the one writer, group commit;
+//!   - `queue::writer`: the queue thread, the one writer, group commit (`writer::commit`:
+//!     one write of readings, acks and status; `writer::thread_health`: its heartbeat and faults);
 //!   - `queue::health`: whether the open file is still the queue (deleted, replaced, corrupt);
 //!   - `queue::lock`: one daemon per queue (flock).
-//! - [`api`]: the HTTP client of shared/API.md, classifying every answer (`api::summary`: error bodies a person can read).
+//! - [`api`]: the HTTP client of shared/API.md (`api::classify`: what every answer means;
+//!   `api::summary`: error bodies a person can read).
 //! - [`tls`]: the TLS client configuration: CA file, pinned self-signed certificates, client certificates, errors explained.
 //! - [`auth`]: the token manager (`auth::manager`), JWT claims (`auth::jwt`), password sources (`auth::password`).
 //! - [`uploader`]: the event loop that drains the queue:
@@ -44,7 +47,8 @@
 //!   - `metrics::http`: the `[metrics] listen` responder (`/metrics`, `/health`);
 //!   - `metrics::rate`: taken, uploaded, upload rate, time to an empty queue (pure);
 //!   - `metrics::summary`: the daemon's line a minute.
-//! - [`cli`]: the command line, one file per command (its arguments, handler and output).
+//! - [`cli`]: the command line, one file per command (its arguments, handler and output);
+//!   `cli::doctor` has its checks in `doctor::network` and `doctor::local`.
 
 pub mod api;
 pub mod auth;
