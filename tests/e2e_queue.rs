@@ -85,7 +85,7 @@ fn drain_dry(gw: &mut Gateway, what: &str, timeout: Duration, context: &str) -> 
 fn wait_server_quiet(server: &TestServer) {
     let mut last = u64::MAX;
     let mut stable_since = Instant::now();
-    wait_until("the server to go quiet", Duration::from_secs(20), || {
+    wait_until("the server to go quiet", Duration::from_secs(60), || {
         let n = server.stats().requests_total;
         if n != last {
             last = n;
