@@ -56,6 +56,26 @@ struct Held {
     expires_at: Instant,
 }
 
+/// Why a renewal failed, as the backoff and the log need it.
+struct Failure {
+    reason: String,
+    /// The server's `Retry-After`, when it sent one.
+    retry_after: Option<Duration>,
+    /// The server's HTTP status when it answered (journal field `STATUS`).
+    status: Option<u16>,
+}
+
+impl Failure {
+    /// A failure the server said nothing about (not sent, or its answer unusable).
+    fn local(reason: String) -> Failure {
+        Failure {
+            reason,
+            retry_after: None,
+            status: None,
+        }
+    }
+}
+
 struct State {
     access: Option<Held>,
     refresh: Option<Held>,
@@ -339,9 +359,9 @@ impl TokenManager {
                         // The server answered 2xx: it rotated (and blacklisted) the token.
                         Err(e) => Err(self.refresh_failed(
                             st,
-                            format!("token refresh answer unusable ({e}); logging in next"),
-                            None,
-                            None,
+                            Failure::local(format!(
+                                "token refresh answer unusable ({e}); logging in next"
+                            )),
                         )),
                     },
                     Err(CallError::NotSent { detail }) => {
@@ -349,9 +369,7 @@ impl TokenManager {
                         st.refresh = Some(refresh);
                         Err(self.refresh_failed(
                             st,
-                            format!("token refresh failed: {detail}"),
-                            None,
-                            None,
+                            Failure::local(format!("token refresh failed: {detail}")),
                         ))
                     }
                     Err(CallError::Transient {
@@ -363,9 +381,11 @@ impl TokenManager {
                         // token: it is dropped, and the next renewal is a login (always safe).
                         Err(self.refresh_failed(
                             st,
-                            format!("token refresh failed: {detail}; logging in next"),
-                            retry_after,
-                            status,
+                            Failure {
+                                reason: format!("token refresh failed: {detail}; logging in next"),
+                                retry_after,
+                                status,
+                            },
                         ))
                     }
                     Err(e @ (CallError::Unauthorized { .. } | CallError::Refused { .. })) => {
@@ -383,17 +403,11 @@ impl TokenManager {
         self.login(st, username).await
     }
 
-    fn refresh_failed(
-        &self,
-        st: &mut State,
-        reason: String,
-        retry_after: Option<Duration>,
-        status: Option<u16>,
-    ) -> AuthError {
+    fn refresh_failed(&self, st: &mut State, failure: Failure) -> AuthError {
         self.counters
             .refresh_failures
             .fetch_add(1, Ordering::Relaxed);
-        self.fail(st, reason, retry_after, status)
+        self.fail(st, failure)
     }
 
     async fn login(&self, st: &mut State, username: &str) -> Result<SecretString, AuthError> {
@@ -404,8 +418,8 @@ impl TokenManager {
             .clone();
         let password = match sources.as_ref().map(|p| p.read()) {
             Some(Ok((password, _source))) => password,
-            Some(Err(e)) => return Err(self.fail(st, e.to_string(), None, None)),
-            None => return Err(self.fail(st, PasswordError::None.to_string(), None, None)),
+            Some(Err(e)) => return Err(self.fail(st, Failure::local(e.to_string()))),
+            None => return Err(self.fail(st, Failure::local(PasswordError::None.to_string()))),
         };
         match self.api.login(username, &password).await {
             Ok(tokens) => match self.install(st, tokens, None) {
@@ -420,22 +434,39 @@ impl TokenManager {
                 }
                 Err(e) => {
                     self.counters.login_failures.fetch_add(1, Ordering::Relaxed);
-                    Err(self.fail(st, format!("login answer unusable: {e}"), None, None))
+                    Err(self.fail(st, Failure::local(format!("login answer unusable: {e}"))))
                 }
             },
             Err(e) => {
                 self.counters.login_failures.fetch_add(1, Ordering::Relaxed);
-                let (reason, retry_after, status) = match e {
-                    CallError::Unauthorized { detail, .. } => (format!(
-                        "login refused for user {username:?}: {detail} (check the password and that the account is active)"
-                    ), None, Some(401)),
-                    CallError::Refused { status, detail } => {
-                        (format!("login refused ({status}) for user {username:?}: {detail}"), None, Some(status))
+                let failure = match e {
+                    CallError::Unauthorized { detail, .. } => Failure {
+                        reason: format!(
+                            "login refused for user {username:?}: {detail} (check the password \
+                             and that the account is active)"
+                        ),
+                        retry_after: None,
+                        status: Some(401),
+                    },
+                    CallError::Refused { status, detail } => Failure {
+                        reason: format!("login refused ({status}) for user {username:?}: {detail}"),
+                        retry_after: None,
+                        status: Some(status),
+                    },
+                    CallError::Transient {
+                        detail,
+                        retry_after,
+                        status,
+                    } => Failure {
+                        reason: format!("login failed: {detail}"),
+                        retry_after,
+                        status,
+                    },
+                    CallError::NotSent { detail } => {
+                        Failure::local(format!("login failed: {detail}"))
                     }
-                    CallError::Transient { detail, retry_after, status } => (format!("login failed: {detail}"), retry_after, status),
-                    CallError::NotSent { detail } => (format!("login failed: {detail}"), None, None),
                 };
-                Err(self.fail(st, reason, retry_after, status))
+                Err(self.fail(st, failure))
             }
         }
     }
@@ -456,14 +487,12 @@ impl TokenManager {
 
     /// Records a failed renewal: sets the backoff deadline every renewal waits for, and
     /// logs the failure when it differs from the previous one, not at every attempt.
-    /// `status` is the server's HTTP status when it answered (journal field `STATUS`).
-    fn fail(
-        &self,
-        st: &mut State,
-        reason: String,
-        retry_after: Option<Duration>,
-        status: Option<u16>,
-    ) -> AuthError {
+    fn fail(&self, st: &mut State, failure: Failure) -> AuthError {
+        let Failure {
+            reason,
+            retry_after,
+            status,
+        } = failure;
         let wait = self.backoff_wait(st, retry_after);
         if st.last_failure.as_deref() != Some(reason.as_str()) {
             tracing::warn!(

@@ -10,7 +10,7 @@
 use embedded_hal::i2c::I2c;
 
 use super::chip::{AccelChip, AccelConfig};
-use crate::sensors::i2c::{Backend, I2cBus, Target};
+use crate::sensors::i2c::{Backend, I2cBus, Registers, Target};
 use crate::sensors::SensorError;
 
 /// Value of [`reg::DEVID`].
@@ -71,6 +71,12 @@ pub enum Error<E> {
     Setting(&'static str),
 }
 
+impl<E> From<E> for Error<E> {
+    fn from(e: E) -> Self {
+        Error::Bus(e)
+    }
+}
+
 impl<E: std::fmt::Display> std::fmt::Display for Error<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -87,29 +93,18 @@ impl<E: std::fmt::Display> std::fmt::Display for Error<E> {
 
 /// The ADXL345 driver, generic over the I2C bus.
 pub struct Adxl345<I2C> {
-    i2c: I2C,
-    address: u8,
+    regs: Registers<I2C>,
 }
 
 impl<I2C: I2c> Adxl345<I2C> {
     pub fn new(i2c: I2C, address: u8) -> Self {
-        Adxl345 { i2c, address }
+        Adxl345 {
+            regs: Registers::new(i2c, address),
+        }
     }
 
     pub fn destroy(self) -> I2C {
-        self.i2c
-    }
-
-    fn read_reg(&mut self, register: u8, buf: &mut [u8]) -> Result<(), Error<I2C::Error>> {
-        self.i2c
-            .write_read(self.address, &[register], buf)
-            .map_err(Error::Bus)
-    }
-
-    fn write_reg(&mut self, register: u8, value: u8) -> Result<(), Error<I2C::Error>> {
-        self.i2c
-            .write(self.address, &[register, value])
-            .map_err(Error::Bus)
+        self.regs.release()
     }
 
     /// Checks DEVID, then configures in standby: rate, full resolution and range, FIFO in
@@ -118,15 +113,16 @@ impl<I2C: I2c> Adxl345<I2C> {
         let rate = rate_code(rate_hz).ok_or(Error::Setting("rate_hz"))?;
         let range = range_code(range_g).ok_or(Error::Setting("range_g"))?;
         let mut id = [0u8];
-        self.read_reg(reg::DEVID, &mut id)?;
+        self.regs.read(reg::DEVID, &mut id)?;
         if id[0] != DEVICE_ID {
             return Err(Error::DeviceId(id[0]));
         }
-        self.write_reg(reg::POWER_CTL, 0x00)?;
-        self.write_reg(reg::BW_RATE, rate)?;
-        self.write_reg(reg::DATA_FORMAT, DATA_FORMAT_FULL_RES | range)?;
-        self.write_reg(reg::FIFO_CTL, FIFO_CTL_STREAM)?;
-        self.write_reg(reg::POWER_CTL, POWER_CTL_MEASURE)?;
+        self.regs.write(reg::POWER_CTL, 0x00)?;
+        self.regs.write(reg::BW_RATE, rate)?;
+        self.regs
+            .write(reg::DATA_FORMAT, DATA_FORMAT_FULL_RES | range)?;
+        self.regs.write(reg::FIFO_CTL, FIFO_CTL_STREAM)?;
+        self.regs.write(reg::POWER_CTL, POWER_CTL_MEASURE)?;
         Ok(())
     }
 
@@ -134,11 +130,11 @@ impl<I2C: I2c> Adxl345<I2C> {
     /// many were waiting (32 means the FIFO was full: samples may have been lost).
     pub fn read_fifo(&mut self, out: &mut Vec<[f64; 3]>) -> Result<u8, Error<I2C::Error>> {
         let mut status = [0u8];
-        self.read_reg(reg::FIFO_STATUS, &mut status)?;
+        self.regs.read(reg::FIFO_STATUS, &mut status)?;
         let entries = status[0] & FIFO_STATUS_ENTRIES;
         for _ in 0..entries {
             let mut d = [0u8; 6];
-            self.read_reg(reg::DATAX0, &mut d)?;
+            self.regs.read(reg::DATAX0, &mut d)?;
             out.push(to_g(&d));
         }
         Ok(entries)

@@ -12,7 +12,7 @@ use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 
 use super::chip::{AccelChip, AccelConfig};
-use crate::sensors::i2c::{Backend, I2cBus, StdDelay, Target};
+use crate::sensors::i2c::{Backend, I2cBus, Registers, StdDelay, Target};
 use crate::sensors::SensorError;
 
 /// Value of [`reg::WHO_AM_I`].
@@ -88,6 +88,12 @@ pub enum Error<E> {
     Setting(&'static str),
 }
 
+impl<E> From<E> for Error<E> {
+    fn from(e: E) -> Self {
+        Error::Bus(e)
+    }
+}
+
 impl<E: std::fmt::Display> std::fmt::Display for Error<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -105,34 +111,20 @@ impl<E: std::fmt::Display> std::fmt::Display for Error<E> {
 
 /// The MPU-6050 driver, generic over the I2C bus.
 pub struct Mpu6050<I2C> {
-    i2c: I2C,
-    address: u8,
+    regs: Registers<I2C>,
     lsb_per_g: f64,
 }
 
 impl<I2C: I2c> Mpu6050<I2C> {
     pub fn new(i2c: I2C, address: u8) -> Self {
         Mpu6050 {
-            i2c,
-            address,
+            regs: Registers::new(i2c, address),
             lsb_per_g: 16384.0,
         }
     }
 
     pub fn destroy(self) -> I2C {
-        self.i2c
-    }
-
-    fn read_reg(&mut self, register: u8, buf: &mut [u8]) -> Result<(), Error<I2C::Error>> {
-        self.i2c
-            .write_read(self.address, &[register], buf)
-            .map_err(Error::Bus)
-    }
-
-    fn write_reg(&mut self, register: u8, value: u8) -> Result<(), Error<I2C::Error>> {
-        self.i2c
-            .write(self.address, &[register, value])
-            .map_err(Error::Bus)
+        self.regs.release()
     }
 
     /// Checks WHO_AM_I, resets the chip, wakes it, sets rate, filter and range, and
@@ -146,19 +138,19 @@ impl<I2C: I2c> Mpu6050<I2C> {
         let divider = sample_divider(rate_hz).ok_or(Error::Setting("rate_hz"))?;
         let (afs, lsb_per_g) = range_setting(range_g).ok_or(Error::Setting("range_g"))?;
         let mut id = [0u8];
-        self.read_reg(reg::WHO_AM_I, &mut id)?;
+        self.regs.read(reg::WHO_AM_I, &mut id)?;
         if id[0] != WHO_AM_I {
             return Err(Error::WhoAmI(id[0]));
         }
-        self.write_reg(reg::PWR_MGMT_1, PWR_MGMT_1_DEVICE_RESET)?;
+        self.regs.write(reg::PWR_MGMT_1, PWR_MGMT_1_DEVICE_RESET)?;
         delay.delay_ms(100); // the reset takes up to 100 ms
-        self.write_reg(reg::PWR_MGMT_1, PWR_MGMT_1_CLK_PLL_X)?;
-        self.write_reg(reg::SMPLRT_DIV, divider)?;
-        self.write_reg(reg::CONFIG, dlpf(rate_hz))?;
-        self.write_reg(reg::ACCEL_CONFIG, afs)?;
-        self.write_reg(reg::USER_CTRL, USER_CTRL_FIFO_RESET)?;
-        self.write_reg(reg::FIFO_EN, FIFO_EN_ACCEL)?;
-        self.write_reg(reg::USER_CTRL, USER_CTRL_FIFO_EN)?;
+        self.regs.write(reg::PWR_MGMT_1, PWR_MGMT_1_CLK_PLL_X)?;
+        self.regs.write(reg::SMPLRT_DIV, divider)?;
+        self.regs.write(reg::CONFIG, dlpf(rate_hz))?;
+        self.regs.write(reg::ACCEL_CONFIG, afs)?;
+        self.regs.write(reg::USER_CTRL, USER_CTRL_FIFO_RESET)?;
+        self.regs.write(reg::FIFO_EN, FIFO_EN_ACCEL)?;
+        self.regs.write(reg::USER_CTRL, USER_CTRL_FIFO_EN)?;
         self.lsb_per_g = lsb_per_g;
         Ok(())
     }
@@ -167,19 +159,20 @@ impl<I2C: I2c> Mpu6050<I2C> {
     /// overflow the FIFO is reset (its alignment is lost) and `Ok(false)` returned.
     pub fn read_fifo(&mut self, out: &mut Vec<[f64; 3]>) -> Result<bool, Error<I2C::Error>> {
         let mut status = [0u8];
-        self.read_reg(reg::INT_STATUS, &mut status)?;
+        self.regs.read(reg::INT_STATUS, &mut status)?;
         if status[0] & INT_STATUS_FIFO_OFLOW != 0 {
-            self.write_reg(reg::USER_CTRL, USER_CTRL_FIFO_EN | USER_CTRL_FIFO_RESET)?;
+            self.regs
+                .write(reg::USER_CTRL, USER_CTRL_FIFO_EN | USER_CTRL_FIFO_RESET)?;
             return Ok(false);
         }
         let mut count = [0u8; 2];
-        self.read_reg(reg::FIFO_COUNTH, &mut count)?;
+        self.regs.read(reg::FIFO_COUNTH, &mut count)?;
         let count = u16::from_be_bytes(count).min(FIFO_SIZE);
         let mut remaining = count - count % SAMPLE_BYTES;
         let mut buf = [0u8; MAX_BURST as usize];
         while remaining > 0 {
             let n = usize::from(remaining.min(MAX_BURST));
-            self.read_reg(reg::FIFO_R_W, &mut buf[..n])?;
+            self.regs.read(reg::FIFO_R_W, &mut buf[..n])?;
             for chunk in buf[..n].chunks_exact(usize::from(SAMPLE_BYTES)) {
                 let axis = |i: usize| {
                     f64::from(i16::from_be_bytes([chunk[i], chunk[i + 1]])) / self.lsb_per_g

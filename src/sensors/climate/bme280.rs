@@ -15,7 +15,7 @@ use embedded_hal::i2c::I2c;
 use serde::{Deserialize, Serialize};
 
 use super::{ClimateChip, ClimateConfig};
-use crate::sensors::i2c::{Backend, I2cBus, StdDelay, Target};
+use crate::sensors::i2c::{Backend, I2cBus, Registers, StdDelay, Target};
 use crate::sensors::{defaults, limits, push_checked, round, Measurement, SensorError};
 
 /// Chip id of the BME280 in [`reg::CHIP_ID`].
@@ -73,6 +73,12 @@ pub enum Error<E> {
     NotReady,
     /// The chip skipped the measurement (its settings were lost, e.g. after a reset).
     Skipped,
+}
+
+impl<E> From<E> for Error<E> {
+    fn from(e: E) -> Self {
+        Error::Bus(e)
+    }
 }
 
 impl<E: std::fmt::Display> std::fmt::Display for Error<E> {
@@ -254,8 +260,7 @@ impl Calibration {
 
 /// The BME280 driver, generic over the I2C bus.
 pub struct Bme280<I2C> {
-    i2c: I2C,
-    address: u8,
+    regs: Registers<I2C>,
     calibration: Calibration,
     humidity: bool,
 }
@@ -264,8 +269,7 @@ impl<I2C: I2c> Bme280<I2C> {
     /// Takes the bus; call [`init`](Self::init) before measuring.
     pub fn new(i2c: I2C, address: u8) -> Self {
         Bme280 {
-            i2c,
-            address,
+            regs: Registers::new(i2c, address),
             calibration: Calibration::default(),
             humidity: true,
         }
@@ -273,7 +277,7 @@ impl<I2C: I2c> Bme280<I2C> {
 
     /// Gives the bus back.
     pub fn destroy(self) -> I2C {
-        self.i2c
+        self.regs.release()
     }
 
     /// Whether the chip measures humidity (a BME280, not a BMP280). Valid after `init`.
@@ -285,39 +289,27 @@ impl<I2C: I2c> Bme280<I2C> {
         &self.calibration
     }
 
-    fn read_reg(&mut self, register: u8, buf: &mut [u8]) -> Result<(), Error<I2C::Error>> {
-        self.i2c
-            .write_read(self.address, &[register], buf)
-            .map_err(Error::Bus)
-    }
-
-    fn write_reg(&mut self, register: u8, value: u8) -> Result<(), Error<I2C::Error>> {
-        self.i2c
-            .write(self.address, &[register, value])
-            .map_err(Error::Bus)
-    }
-
     /// Checks the chip id, resets the chip, reads its calibration and sets the filter
     /// off. Returns the chip id. (Humidity oversampling is set by every `measure`.)
     pub fn init(&mut self, delay: &mut impl DelayNs) -> Result<u8, Error<I2C::Error>> {
         let mut id = [0u8];
-        self.read_reg(reg::CHIP_ID, &mut id)?;
+        self.regs.read(reg::CHIP_ID, &mut id)?;
         self.humidity = match id[0] {
             CHIP_ID_BME280 => true,
             CHIP_ID_BMP280 => false,
             other => return Err(Error::ChipId(other)),
         };
-        self.write_reg(reg::RESET, RESET_COMMAND)?;
+        self.regs.write(reg::RESET, RESET_COMMAND)?;
         delay.delay_ms(2); // start-up time after reset, datasheet table 1
         self.wait_until_clear(STATUS_IM_UPDATE, delay)?;
         let mut tp = [0u8; reg::CALIB_TP_LEN];
-        self.read_reg(reg::CALIB_TP, &mut tp)?;
+        self.regs.read(reg::CALIB_TP, &mut tp)?;
         let mut h = [0u8; reg::CALIB_H_LEN];
         if self.humidity {
-            self.read_reg(reg::CALIB_H, &mut h)?;
+            self.regs.read(reg::CALIB_H, &mut h)?;
         }
         self.calibration = Calibration::from_registers(&tp, &h);
-        self.write_reg(reg::CONFIG, 0x00)?;
+        self.regs.write(reg::CONFIG, 0x00)?;
         Ok(id[0])
     }
 
@@ -328,7 +320,7 @@ impl<I2C: I2c> Bme280<I2C> {
     ) -> Result<(), Error<I2C::Error>> {
         for _ in 0..5 {
             let mut status = [0u8];
-            self.read_reg(reg::STATUS, &mut status)?;
+            self.regs.read(reg::STATUS, &mut status)?;
             if status[0] & bit == 0 {
                 return Ok(());
             }
@@ -345,14 +337,14 @@ impl<I2C: I2c> Bme280<I2C> {
             // and a change of ctrl_hum takes effect only at the next ctrl_meas write
             // (datasheet 5.4.3). One extra byte per reading buys a chip that always
             // measures humidity.
-            self.write_reg(reg::CTRL_HUM, CTRL_HUM_OSRS_X1)?;
+            self.regs.write(reg::CTRL_HUM, CTRL_HUM_OSRS_X1)?;
         }
-        self.write_reg(reg::CTRL_MEAS, CTRL_MEAS_FORCED_X1)?;
+        self.regs.write(reg::CTRL_MEAS, CTRL_MEAS_FORCED_X1)?;
         delay.delay_ms(MEASUREMENT_MS);
         self.wait_until_clear(STATUS_MEASURING, delay)?;
         let mut data = [0u8; 8];
         let len = if self.humidity { 8 } else { 6 };
-        self.read_reg(reg::DATA, &mut data[..len])?;
+        self.regs.read(reg::DATA, &mut data[..len])?;
         let raw = Raw::from_registers(&data[..len]);
         // A skipped humidity measurement (0x8000) would still compensate to a believable
         // %RH: refuse it like a skipped temperature or pressure. A BMP280 has no humidity

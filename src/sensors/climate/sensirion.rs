@@ -141,6 +141,42 @@ pub trait SensirionChip: I2cChip {
     type Driver: Driver;
 }
 
+/// Declares a Sensirion chip: its `[[sensors]]` type (as [`i2c_chip!`]) and how the shared
+/// climate sensor drives its driver `$driver`, whose `new`, `init` and `measure` both chip
+/// files write from their datasheets.
+///
+/// [`i2c_chip!`]: crate::sensors::i2c::i2c_chip
+macro_rules! sensirion_chip {
+    ($(#[$meta:meta])* $chip:ident($driver:ident) { $($settings:tt)* }) => {
+        $crate::sensors::i2c::i2c_chip! { $(#[$meta])* $chip { $($settings)* } }
+
+        impl $crate::sensors::climate::sensirion::SensirionChip for $chip {
+            type Driver = $driver<$crate::sensors::i2c::I2cBus>;
+        }
+
+        impl $crate::sensors::climate::sensirion::Driver for $driver<$crate::sensors::i2c::I2cBus> {
+            fn open(bus: $crate::sensors::i2c::I2cBus, address: u8) -> Self {
+                $driver::new(bus, address)
+            }
+
+            fn reset(
+                &mut self,
+                delay: &mut $crate::sensors::i2c::StdDelay,
+            ) -> Result<(), $crate::sensors::climate::sensirion::Error<$crate::sensors::i2c::I2cBusError>> {
+                self.init(delay).map(drop)
+            }
+
+            fn measure_th(
+                &mut self,
+                delay: &mut $crate::sensors::i2c::StdDelay,
+            ) -> Result<(f64, f64), $crate::sensors::climate::sensirion::Error<$crate::sensors::i2c::I2cBusError>> {
+                self.measure(delay)
+            }
+        }
+    };
+}
+pub(crate) use sensirion_chip;
+
 impl<C: SensirionChip> ClimateChip for C {
     type Fields = ThFields;
     type Driver = C::Driver;

@@ -6,9 +6,8 @@
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 
-use super::sensirion::{self, Error, SensirionChip};
+use super::sensirion::{self, Error};
 use super::ClimateConfig;
-use crate::sensors::i2c::{I2cBus, I2cBusError, StdDelay};
 
 /// ADDR pin low (the default) or high.
 pub const ADDRESSES: [u8; 2] = [0x44, 0x45];
@@ -85,9 +84,9 @@ impl<I2C: I2c> Sht3x<I2C> {
     }
 }
 
-crate::sensors::i2c::i2c_chip! {
+sensirion::sensirion_chip! {
     /// The SHT3x as a `[[sensors]]` type.
-    Sht3xChip {
+    Sht3xChip(Sht3x) {
         type: "sht3x",
         addresses: &ADDRESSES,
         address_doc: "0x44 (ADDR low) or 0x45",
@@ -98,24 +97,6 @@ crate::sensors::i2c::i2c_chip! {
 /// A `type = "sht3x"` entry ([`ClimateConfig`], which shows one).
 /// `address`: 0x44 (ADDR low, the default) or 0x45 (ADDR high).
 pub type Sht3xConfig = ClimateConfig<Sht3xChip>;
-
-impl SensirionChip for Sht3xChip {
-    type Driver = Sht3x<I2cBus>;
-}
-
-impl sensirion::Driver for Sht3x<I2cBus> {
-    fn open(bus: I2cBus, address: u8) -> Self {
-        Sht3x::new(bus, address)
-    }
-
-    fn reset(&mut self, delay: &mut StdDelay) -> Result<(), Error<I2cBusError>> {
-        self.init(delay).map(drop)
-    }
-
-    fn measure_th(&mut self, delay: &mut StdDelay) -> Result<(f64, f64), Error<I2cBusError>> {
-        self.measure(delay)
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -6,9 +6,8 @@
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 
-use super::sensirion::{self, Error, SensirionChip};
+use super::sensirion::{self, Error};
 use super::ClimateConfig;
-use crate::sensors::i2c::{I2cBus, I2cBusError, StdDelay};
 
 /// SHT4x-A (the common part, the default), -B and -C addresses.
 pub const ADDRESSES: [u8; 3] = [0x44, 0x45, 0x46];
@@ -81,9 +80,9 @@ impl<I2C: I2c> Sht4x<I2C> {
     }
 }
 
-crate::sensors::i2c::i2c_chip! {
+sensirion::sensirion_chip! {
     /// The SHT4x as a `[[sensors]]` type.
-    Sht4xChip {
+    Sht4xChip(Sht4x) {
         type: "sht4x",
         addresses: &ADDRESSES,
         address_doc: "0x44 (SHT4x-A), 0x45 (-B) or 0x46 (-C)",
@@ -94,24 +93,6 @@ crate::sensors::i2c::i2c_chip! {
 /// A `type = "sht4x"` entry ([`ClimateConfig`], which shows one).
 /// `address`: 0x44 (SHT4x-A, the default), 0x45 (-B) or 0x46 (-C).
 pub type Sht4xConfig = ClimateConfig<Sht4xChip>;
-
-impl SensirionChip for Sht4xChip {
-    type Driver = Sht4x<I2cBus>;
-}
-
-impl sensirion::Driver for Sht4x<I2cBus> {
-    fn open(bus: I2cBus, address: u8) -> Self {
-        Sht4x::new(bus, address)
-    }
-
-    fn reset(&mut self, delay: &mut StdDelay) -> Result<(), Error<I2cBusError>> {
-        self.init(delay).map(drop)
-    }
-
-    fn measure_th(&mut self, delay: &mut StdDelay) -> Result<(f64, f64), Error<I2cBusError>> {
-        self.measure(delay)
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -30,9 +30,11 @@ use linux_embedded_hal::I2cdev;
 use crate::sensors::SensorError;
 
 mod driver;
+mod registers;
 mod target;
 
 pub use driver::{ChipError, LazyDriver};
+pub use registers::Registers;
 pub(crate) use target::i2c_chip;
 pub use target::{
     check_address, check_target, default_address, settings_doc, BusLocation, I2cChip, Target,
