@@ -10,6 +10,7 @@
 use embedded_hal::i2c::I2c;
 
 use super::chip::{AccelChip, AccelConfig};
+pub use super::error::{Error, Identity};
 use crate::sensors::i2c::{Backend, I2cBus, Registers, Target};
 use crate::sensors::SensorError;
 
@@ -61,35 +62,13 @@ pub fn range_code(range_g: u8) -> Option<u8> {
     RANGES_G.iter().position(|r| *r == range_g).map(|i| i as u8)
 }
 
-/// A driver error; `E` is the bus's error.
-#[derive(Debug)]
-pub enum Error<E> {
-    Bus(E),
-    /// DEVID is not 0xE5: another chip answers at this address.
-    DeviceId(u8),
-    /// A rate or range this chip does not support.
-    Setting(&'static str),
-}
-
-impl<E> From<E> for Error<E> {
-    fn from(e: E) -> Self {
-        Error::Bus(e)
-    }
-}
-
-impl<E: std::fmt::Display> std::fmt::Display for Error<E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Error::Bus(e) => write!(f, "bus error: {e}"),
-            Error::DeviceId(id) => write!(
-                f,
-                "device id 0x{id:02x} is not an ADXL345's (0xE5): another chip answers at this \
-                 address (see `sensors scan`)"
-            ),
-            Error::Setting(what) => write!(f, "unsupported {what}"),
-        }
-    }
-}
+/// DEVID of every ADXL345.
+pub const IDENTITY: Identity = Identity {
+    chip: "ADXL345",
+    register: "device id",
+    value: DEVICE_ID,
+    hint: "another chip answers at this address (see `sensors scan`)",
+};
 
 /// The ADXL345 driver, generic over the I2C bus.
 pub struct Adxl345<I2C> {
@@ -115,7 +94,10 @@ impl<I2C: I2c> Adxl345<I2C> {
         let mut id = [0u8];
         self.regs.read(reg::DEVID, &mut id)?;
         if id[0] != DEVICE_ID {
-            return Err(Error::DeviceId(id[0]));
+            return Err(Error::WrongChip {
+                found: id[0],
+                chip: &IDENTITY,
+            });
         }
         self.regs.write(reg::POWER_CTL, 0x00)?;
         self.regs.write(reg::BW_RATE, rate)?;
@@ -154,7 +136,7 @@ crate::sensors::i2c::i2c_chip! {
         addresses: &ADDRESSES,
         address_doc: "0x53 (ALT ADDRESS low) or 0x1D",
         description: "ADXL345 accelerometer on I2C, sampled from its FIFO in its own thread",
-    } error: Error
+    }
 }
 
 /// A `type = "adxl345"` entry ([`AccelConfig`], which shows one).
@@ -323,7 +305,10 @@ mod tests {
         ];
         let mut i2c = Mock::new(&tx);
         let mut dev = Adxl345::new(i2c.clone(), ADDR);
-        assert!(matches!(dev.init(100, 2), Err(Error::DeviceId(0x68))));
+        assert!(matches!(
+            dev.init(100, 2),
+            Err(Error::WrongChip { found: 0x68, .. })
+        ));
         assert!(matches!(dev.read_fifo(&mut Vec::new()), Err(Error::Bus(_))));
         i2c.done();
     }

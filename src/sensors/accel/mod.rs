@@ -10,6 +10,7 @@
 pub mod adxl345;
 pub mod aggregate;
 mod chip;
+mod error;
 pub mod mpu6050;
 
 pub use chip::{AccelChip, AccelConfig};

@@ -12,6 +12,7 @@ use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 
 use super::chip::{AccelChip, AccelConfig};
+pub use super::error::{Error, Identity};
 use crate::sensors::i2c::{Backend, I2cBus, Registers, StdDelay, Target};
 use crate::sensors::SensorError;
 
@@ -79,35 +80,14 @@ pub fn range_setting(range_g: u8) -> Option<(u8, f64)> {
         .map(|i| ((i as u8) << 3, 16384.0 / f64::from(1u16 << i)))
 }
 
-/// A driver error; `E` is the bus's error.
-#[derive(Debug)]
-pub enum Error<E> {
-    Bus(E),
-    /// WHO_AM_I is not 0x68: another chip (or an MPU-6500/9250 clone) answers.
-    WhoAmI(u8),
-    Setting(&'static str),
-}
-
-impl<E> From<E> for Error<E> {
-    fn from(e: E) -> Self {
-        Error::Bus(e)
-    }
-}
-
-impl<E: std::fmt::Display> std::fmt::Display for Error<E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Error::Bus(e) => write!(f, "bus error: {e}"),
-            Error::WhoAmI(id) => write!(
-                f,
-                "WHO_AM_I 0x{id:02x} is not an MPU-6050's (0x68): another chip answers at this \
-                 address, or a clone with a different register set (0x70 is an MPU-6500, 0x71 \
-                 an MPU-9250)"
-            ),
-            Error::Setting(what) => write!(f, "unsupported {what}"),
-        }
-    }
-}
+/// WHO_AM_I of every MPU-6050.
+pub const IDENTITY: Identity = Identity {
+    chip: "MPU-6050",
+    register: "WHO_AM_I",
+    value: WHO_AM_I,
+    hint: "another chip answers at this address, or a clone with a different register set \
+           (0x70 is an MPU-6500, 0x71 an MPU-9250)",
+};
 
 /// The MPU-6050 driver, generic over the I2C bus.
 pub struct Mpu6050<I2C> {
@@ -140,7 +120,10 @@ impl<I2C: I2c> Mpu6050<I2C> {
         let mut id = [0u8];
         self.regs.read(reg::WHO_AM_I, &mut id)?;
         if id[0] != WHO_AM_I {
-            return Err(Error::WhoAmI(id[0]));
+            return Err(Error::WrongChip {
+                found: id[0],
+                chip: &IDENTITY,
+            });
         }
         self.regs.write(reg::PWR_MGMT_1, PWR_MGMT_1_DEVICE_RESET)?;
         delay.delay_ms(100); // the reset takes up to 100 ms
@@ -192,7 +175,7 @@ crate::sensors::i2c::i2c_chip! {
         addresses: &ADDRESSES,
         address_doc: "0x68 (AD0 low) or 0x69",
         description: "MPU-6050 accelerometer on I2C, sampled from its FIFO in its own thread",
-    } error: Error
+    }
 }
 
 /// A `type = "mpu6050"` entry ([`AccelConfig`], which shows one).
