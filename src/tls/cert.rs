@@ -238,12 +238,12 @@ mod tests {
     fn cert(subject_cn: &str, not_after: (i32, u8, u8)) -> Vec<u8> {
         let mut params = rcgen::CertificateParams::new(vec!["gw.example".to_owned()])
             .unwrap_or_else(|e| panic!("{e}"));
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, subject_cn);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::OrganizationName, "Profilo Test");
+        for (kind, value) in [
+            (rcgen::DnType::CommonName, subject_cn),
+            (rcgen::DnType::OrganizationName, "Profilo Test"),
+        ] {
+            params.distinguished_name.push(kind, value);
+        }
         params.not_before = rcgen::date_time_ymd(2021, 3, 4);
         params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
         let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
