@@ -13,9 +13,9 @@
 //!   - `sensors::build`: entries to sensors, without opening devices;
 //!   - `sensors::set`: every sensor once per tick, with per-sensor health and backoff;
 //!   - `sensors::worker`: reads that can hang, on their own thread with a deadline;
-//!   - `sensors::i2c`: bus selection, chip address (`target`), the lazy driver and error glue (`driver`);
+//!   - `sensors::i2c`: bus selection, chip address (`target`), the lazy driver and error glue (`driver`), register access (`registers`);
 //!   - `sensors::climate`: BME280, SHT3x, SHT4x (and what Sensirion chips share);
-//!   - `sensors::accel`: the accelerometer thread, its aggregate, ADXL345, MPU-6050;
+//!   - `sensors::accel`: the accelerometer thread, its aggregate, the drivers' error, ADXL345, MPU-6050;
 //!   - `sensors::sysfs`: DS18B20 (1-Wire) and IIO devices;
 //!   - `sensors::gpio`, `sensors::simulated`: a digital input; random plausible values.
 //! - [`sampler`]: ticks, reads the sensors, stamps the capture time, hands readings to the queue.
