@@ -185,7 +185,7 @@ pid="$(main_pid)"
 since="$(date '+%Y-%m-%d %H:%M:%S')"
 reload_out="$(systemctl reload "$UNIT" 2>&1)"
 rc=$?
-reload_out="$(tr '\n' ' ' <<<"$reload_out")"
+reload_out="$(tr '\n' ' ' <<<"$reload_out" | sed 's/ *$//')"
 # The daemon says what SIGHUP made it do: the signal reached it, not only systemd's job.
 reloaded() { journalctl -u "$UNIT" --since "$since" --no-pager -o cat 2>/dev/null | grep -m1 '^reload: password sources read again, the password comes from'; }
 wait_for 20 reloaded >/dev/null
