@@ -5,7 +5,11 @@
 # meets, against the Django + SimpleJWT test server running inside the guest on
 # its own 127.0.0.1 (scripts/vm-guest/checks.sh has the list).
 #
-#   scripts/vm-test.sh
+#   scripts/vm-test.sh [--image-only]
+#
+# --image-only: only make sure the cached guest image exists (debootstrap when
+# the package list changed), then exit; .ci/run starts it early, in the
+# background, so that the VM step finds the image ready.
 #
 # Environment:
 #   VM_TEST_PENDING   checks expected to fail until the feature they test lands,
@@ -23,6 +27,10 @@
 #                     on a quiet 2-core machine under TCG, far more on a busy one).
 #   VM_TEST_REUSE_DEBS=1  skip the build, reuse the packages of the last run
 #                     (to iterate on the guest's checks).
+#   VM_TEST_TARGET_DIR  a cargo target dir whose release/profilo-gateway another
+#                     step already built from this tree (.ci/run: the MSRV step's
+#                     `cargo +MSRV build --release`): packaged as is, no second
+#                     release build (the longest part of this script).
 #
 # What it installs when missing (Debian host, as root): debootstrap,
 # qemu-system-x86, e2fsprogs, lintian (apt-get), cargo-deb (cargo install).
@@ -33,6 +41,9 @@
 #   debs/           the two packages (this version, and a higher one for the upgrade)
 #   run/            disk.img, console.log (the guest's serial console),
 #                   results.txt (its check lines, through a virtio serial port)
+#
+# A missing guest image is debootstrapped in the background while cargo builds,
+# and the KVM probe runs while the disk image is written.
 #
 # Prints one line per check, the duration of each phase, and ends with
 # `N passed, N failed`; exits 1 when a check failed.
@@ -53,10 +64,12 @@ PENDING=" ${VM_TEST_PENDING-} "
 LINTIAN_PENDING=" ${VM_TEST_LINTIAN_PENDING-} "
 ACCEL="${VM_TEST_ACCEL:-auto}"
 GUEST_TIMEOUT="${VM_TEST_TIMEOUT:-1200}"
+IMAGE_ONLY=0
 for arg in "$@"; do
     case "$arg" in
+        --image-only) IMAGE_ONLY=1 ;;
         -h | --help)
-            sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,48p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -68,7 +81,7 @@ done
 
 if [ "$(id -u)" -ne 0 ]; then
     # debootstrap, chroot and reading the guest's root-only files need root.
-    exec sudo --preserve-env=VM_TEST_PENDING,VM_TEST_LINTIAN_PENDING,VM_TEST_ACCEL,VM_TEST_MIRROR,VM_TEST_TIMEOUT,VM_TEST_REUSE_DEBS,PATH,CARGO_HOME,RUSTUP_HOME \
+    exec sudo --preserve-env=VM_TEST_PENDING,VM_TEST_LINTIAN_PENDING,VM_TEST_ACCEL,VM_TEST_MIRROR,VM_TEST_TIMEOUT,VM_TEST_REUSE_DEBS,VM_TEST_TARGET_DIR,PATH,CARGO_HOME,RUSTUP_HOME \
         bash "$0" "$@"
 fi
 
@@ -160,59 +173,7 @@ if ! command -v cargo-deb >/dev/null 2>&1; then
     cargo install cargo-deb --locked
 fi
 
-# ---- packages ---------------------------------------------------------------------
-phase "build: release binary and two .debs"
-if [ "${VM_TEST_REUSE_DEBS:-0}" = 1 ] && [ -f "$DEBS/old" ] && [ -f "$DEBS/new" ]; then
-    DEB1="$(cat "$DEBS/old")"
-    DEB2="$(cat "$DEBS/new")"
-    echo "VM_TEST_REUSE_DEBS=1: the packages of the last run"
-else
-    nice cargo build --release --locked
-    # The man page and the completions the package installs (Cargo.toml's assets).
-    cargo run --quiet --locked --example gen_docs -- target/gen-docs >/dev/null
-    rm -f "$DEBS"/*.deb "$DEBS/old" "$DEBS/new"
-    # cargo-deb prints the path of the package it wrote.
-    DEB1="$(cargo deb --no-build --no-strip --output "$DEBS" | tail -1)"
-    # The upgrade: the same tree under a higher version, as a release would be.
-    DEB2="$(cargo deb --no-build --no-strip --deb-version "$(dpkg-deb -f "$DEB1" Version)+vmtest" \
-        --output "$DEBS" | tail -1)"
-    echo "$DEB1" >"$DEBS/old"
-    echo "$DEB2" >"$DEBS/new"
-fi
-V1="$(dpkg-deb -f "$DEB1" Version)"
-V2="$(dpkg-deb -f "$DEB2" Version)"
-echo "packages: $DEB1 ($V1), $DEB2 ($V2)"
-
-phase "lintian"
-lintian_out="$(lintian --tag-display-limit 0 "$DEB1" 2>&1 || true)"
-while IFS= read -r line; do echo "  $line"; done <<<"$lintian_out"
-# "E: pkg: tag ..." and "W: pkg: tag ..." lines; tags in LINTIAN_PENDING are
-# tolerated for now and said so.
-bad=()
-tolerated=()
-while read -r sev _pkg tag _rest; do
-    case "$sev" in
-        E: | W:)
-            if [[ "$LINTIAN_PENDING" == *" $tag "* ]]; then
-                tolerated+=("$tag")
-            else
-                bad+=("${sev%:} $tag")
-            fi
-            ;;
-    esac
-done <<<"$lintian_out"
-if [ ${#bad[@]} -eq 0 ]; then
-    note="no error, no warning"
-    if [ ${#tolerated[@]} -gt 0 ]; then
-        note="$note (tolerated until their change lands: ${tolerated[*]}; VM_TEST_LINTIAN_PENDING)"
-    fi
-    result PASS lintian "$note"
-else
-    result FAIL lintian "${bad[*]}"
-fi
-
 # ---- guest image --------------------------------------------------------------------
-phase "guest image (debootstrap, cached)"
 key="$(printf '%s\n' "$SUITE" "$GUEST_PACKAGES" "$IMAGE_RECIPE" | sha256sum | cut -c1-12)"
 ROOTFS="$VM/rootfs-$key"
 
@@ -272,14 +233,121 @@ build_rootfs() {
     touch "$ROOTFS/.vm-test-complete"
 }
 
-if [ -f "$ROOTFS/.vm-test-complete" ]; then
-    echo "cached: $ROOTFS"
+# Started now, waited for after the build: debootstrap is mostly one core and the
+# network, the release build's LTO link one core too.
+if [ $IMAGE_ONLY = 1 ]; then
+    phase "guest image (debootstrap, cached)"
+    if [ -f "$ROOTFS/.vm-test-complete" ]; then echo "cached: $ROOTFS"; else build_rootfs; fi
+    phase_end
+    echo "vm-test --image-only: $ROOTFS ready"
+    exit 0
+fi
+image_pid=""
+if [ ! -f "$ROOTFS/.vm-test-complete" ]; then
+    echo "guest image: debootstrap in the background (log: $VM/image.log)"
+    (
+        start=$(date +%s)
+        build_rootfs
+        echo "$(($(date +%s) - start))" >"$VM/image.secs"
+    ) >"$VM/image.log" 2>&1 &
+    image_pid=$!
+fi
+
+# ---- packages ---------------------------------------------------------------------
+phase "build: release binary and two .debs"
+if [ "${VM_TEST_REUSE_DEBS:-0}" = 1 ] && [ -f "$DEBS/old" ] && [ -f "$DEBS/new" ]; then
+    DEB1="$(cat "$DEBS/old")"
+    DEB2="$(cat "$DEBS/new")"
+    echo "VM_TEST_REUSE_DEBS=1: the packages of the last run"
 else
-    build_rootfs
+    if [ -n "${VM_TEST_TARGET_DIR:-}" ]; then
+        # cargo-deb reads target/release/ paths from CARGO_TARGET_DIR.
+        export CARGO_TARGET_DIR="$VM_TEST_TARGET_DIR"
+        if [ ! -x "$CARGO_TARGET_DIR/release/profilo-gateway" ]; then
+            echo "vm-test: VM_TEST_TARGET_DIR=$VM_TEST_TARGET_DIR has no release/profilo-gateway: build it first" >&2
+            exit 1
+        fi
+        echo "VM_TEST_TARGET_DIR: packaging $CARGO_TARGET_DIR/release/profilo-gateway (built by the caller)"
+    else
+        nice cargo build --release --locked
+    fi
+    # The man page and the completions the package installs (Cargo.toml's assets).
+    CARGO_TARGET_DIR=target cargo run --quiet --locked --example gen_docs -- target/gen-docs >/dev/null
+    rm -f "$DEBS"/*.deb "$DEBS/old" "$DEBS/new"
+    # cargo-deb prints the path of the package it wrote.
+    DEB1="$(cargo deb --no-build --no-strip --output "$DEBS" | tail -1)"
+    # The upgrade: the same tree under a higher version, as a release would be.
+    DEB2="$(cargo deb --no-build --no-strip --deb-version "$(dpkg-deb -f "$DEB1" Version)+vmtest" \
+        --output "$DEBS" | tail -1)"
+    echo "$DEB1" >"$DEBS/old"
+    echo "$DEB2" >"$DEBS/new"
+fi
+V1="$(dpkg-deb -f "$DEB1" Version)"
+V2="$(dpkg-deb -f "$DEB2" Version)"
+echo "packages: $DEB1 ($V1), $DEB2 ($V2)"
+
+phase "lintian"
+lintian_out="$(lintian --tag-display-limit 0 "$DEB1" 2>&1 || true)"
+while IFS= read -r line; do echo "  $line"; done <<<"$lintian_out"
+# "E: pkg: tag ..." and "W: pkg: tag ..." lines; tags in LINTIAN_PENDING are
+# tolerated for now and said so.
+bad=()
+tolerated=()
+while read -r sev _pkg tag _rest; do
+    case "$sev" in
+        E: | W:)
+            if [[ "$LINTIAN_PENDING" == *" $tag "* ]]; then
+                tolerated+=("$tag")
+            else
+                bad+=("${sev%:} $tag")
+            fi
+            ;;
+    esac
+done <<<"$lintian_out"
+if [ ${#bad[@]} -eq 0 ]; then
+    note="no error, no warning"
+    if [ ${#tolerated[@]} -gt 0 ]; then
+        note="$note (tolerated until their change lands: ${tolerated[*]}; VM_TEST_LINTIAN_PENDING)"
+    fi
+    result PASS lintian "$note"
+else
+    result FAIL lintian "${bad[*]}"
+fi
+
+phase "guest image (debootstrap, cached)"
+if [ -n "$image_pid" ]; then
+    if ! wait "$image_pid"; then
+        tail -20 "$VM/image.log" >&2
+        exit 1
+    fi
+    echo "built: $ROOTFS in $(cat "$VM/image.secs")s, alongside the build"
+    phases+=("$(printf '  %-32s %4ds' "debootstrap (background)" "$(cat "$VM/image.secs")")")
+else
+    echo "cached: $ROOTFS"
 fi
 kernels=("$ROOTFS"/boot/vmlinuz-*)
 KERNEL="${kernels[-1]}"
 INITRD="$ROOTFS/boot/initrd.img-${KERNEL##*/vmlinuz-}"
+
+# ---- accelerator ----------------------------------------------------------------------
+qemu_base=(qemu-system-x86_64 -nodefaults -no-user-config -nic none -display none
+    -monitor none -no-reboot)
+kvm_works() {
+    [ -r /dev/kvm ] && [ -w /dev/kvm ] || return 1
+    # The guest kernel itself, to its panic for want of a root file system:
+    # proves that KVM runs this kernel here (it hung or aborted on some hosts).
+    local out
+    out="$(timeout -k 2 10 "${qemu_base[@]}" -accel kvm -cpu host -m 256 -serial stdio \
+        -kernel "$KERNEL" -append "console=ttyS0 panic=-1 root=/dev/vm-test-none" 2>&1 || true)"
+    grep -q "Kernel panic" <<<"$out"
+}
+rm -f "$RUN/kvm-probe"
+probe_pid=""
+if [ "$ACCEL" = auto ]; then
+    # Alongside the disk image: the probe waits up to 10 s where KVM hangs.
+    (if kvm_works; then echo works; else echo no; fi >"$RUN/kvm-probe") &
+    probe_pid=$!
+fi
 
 # ---- disk ---------------------------------------------------------------------------
 phase "disk image (payload + mkfs.ext4 -d)"
@@ -344,24 +412,13 @@ truncate -s "${size_mb}M" "$DISK"
 mkfs.ext4 -q -F -L vm-test -E lazy_itable_init=1,lazy_journal_init=1 -d "$ROOTFS" "$DISK"
 echo "disk: $DISK (${size_mb} MiB, sparse)"
 
-# ---- accelerator ----------------------------------------------------------------------
-phase "accelerator probe"
-qemu_base=(qemu-system-x86_64 -nodefaults -no-user-config -nic none -display none
-    -monitor none -no-reboot)
-kvm_works() {
-    [ -r /dev/kvm ] && [ -w /dev/kvm ] || return 1
-    # The guest kernel itself, to its panic for want of a root file system:
-    # proves that KVM runs this kernel here (it hung or aborted on some hosts).
-    local out
-    out="$(timeout -k 2 10 "${qemu_base[@]}" -accel kvm -cpu host -m 256 -serial stdio \
-        -kernel "$KERNEL" -append "console=ttyS0 panic=-1 root=/dev/vm-test-none" 2>&1 || true)"
-    grep -q "Kernel panic" <<<"$out"
-}
+phase "accelerator probe (the rest of it)"
+[ -z "$probe_pid" ] || wait "$probe_pid"
 case "$ACCEL" in
     kvm) accel=(-accel kvm -cpu host) ;;
     tcg) accel=(-accel tcg -cpu max) ;;
     auto)
-        if kvm_works; then
+        if [ "$(cat "$RUN/kvm-probe")" = works ]; then
             accel=(-accel kvm -cpu host)
         else
             accel=(-accel tcg -cpu max)

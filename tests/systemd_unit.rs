@@ -178,7 +178,8 @@ fn unit_keeps_the_contract() {
         "NotifyAccess=main",
         "ExecStart=/usr/bin/profilo-gateway --config /etc/profilo-gateway/config.toml run",
         // `systemctl reload` re-reads the log level and the password sources.
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        // dash's kill builtin: /bin/kill (procps) is not on every system.
+        "ExecReload=/bin/sh -c 'kill -HUP \"$MAINPID\"'",
         "Restart=on-failure",
         // A year unattended: a failing start is retried for ever, never left `failed`.
         "StartLimitIntervalSec=0",

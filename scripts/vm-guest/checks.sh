@@ -182,13 +182,19 @@ report $? journal-fields "journalctl -u $UNIT STATUS=400 (a refused reading):$fi
 # ---- reload (SIGHUP) -------------------------------------------------------------------------
 timed reload
 pid="$(main_pid)"
+since="$(date '+%Y-%m-%d %H:%M:%S')"
 reload_out="$(systemctl reload "$UNIT" 2>&1)"
 rc=$?
-sleep 3
+reload_out="$(tr '\n' ' ' <<<"$reload_out" | sed 's/ *$//')"
+# The daemon says what SIGHUP made it do: the signal reached it, not only systemd's job.
+reloaded() { journalctl -u "$UNIT" --since "$since" --no-pager -o cat 2>/dev/null | grep -m1 '^reload: password sources read again, the password comes from'; }
+wait_for 20 reloaded >/dev/null
+said="$(reloaded)"
 new_pid="$(main_pid)"
 state="$(prop ActiveState)/$(prop SubState)"
-[[ $rc = 0 && $pid = "$new_pid" && $state = active/running ]]
-report $? reload "systemctl reload: rc $rc${reload_out:+ ($reload_out)}; main PID $pid -> $new_pid, $state"
+[[ $rc = 0 && $pid = "$new_pid" && $state = active/running && -n $said ]]
+report $? reload "systemctl reload: rc $rc${reload_out:+ ($reload_out)}; main PID $pid -> $new_pid, $state; daemon: ${said:-nothing logged}"
+[[ $rc = 0 && -n $said ]] || journal_tail
 is_running || { systemctl reset-failed "$UNIT"; systemctl restart "$UNIT"; }
 
 # ---- systemd-analyze security ------------------------------------------------------------------

@@ -203,7 +203,7 @@ impl Uploader {
                     let now = Instant::now();
                     let (answer, pause) = match sent {
                         Sent::Answered(outcome) => {
-                            let answer = self.account(outcome, &mut failures, &mut published, now).await;
+                            let answer = self.account(id, outcome, &mut failures, &mut published, now).await;
                             let got_through = matches!(answer, Answer::Accepted | Answer::Refused { .. });
                             if got_through {
                                 for line in failures.succeeded(now) {
@@ -299,6 +299,7 @@ impl Uploader {
     /// Counts an outcome and says a failure; what the drain should make of it.
     async fn account(
         &self,
+        id: i64,
         outcome: SendOutcome,
         failures: &mut FailureLog,
         published: &mut Published,
@@ -311,7 +312,9 @@ impl Uploader {
             }
             SendOutcome::Rejected { status, body } => {
                 self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                // READING_ID= in the journal: `journalctl READING_ID=N` tells one reading's story.
                 tracing::warn!(
+                    reading_id = id,
                     status,
                     "server refused a reading for good; kept as a dead letter: {}",
                     crate::api::summarize(&body)
