@@ -16,8 +16,8 @@ pub(super) const SCHEMA_VERSION: i64 = 2;
 /// plus 24 bytes), and the kernel writes whole 4 KiB blocks: a 4 KiB page's frame (4,120
 /// bytes) always touches two blocks, a 1 KiB page's frame (1,048 bytes) one, or two one
 /// time in four (5.1 KiB on average). Measured (`bash scripts/bench.sh --wear`, README "SD
-/// card wear"): about 30 % less written per reading than 4 KiB pages at 1 s and 5 s
-/// sampling, and less at 1 kHz. Smaller pages would split the table's pages more often.
+/// card wear"): 20-50 % less written per reading than 4 KiB pages at 1 s and 5 s
+/// sampling, 28 % less at 1 kHz. Smaller pages would split the table's pages more often.
 /// A queue made with another page size is converted at the daemon's start while it is
 /// small (`convert_page_size`).
 const PAGE_SIZE: i64 = 1024;
