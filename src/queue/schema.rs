@@ -185,6 +185,8 @@ impl Queue {
 /// take at most this much: `VACUUM` rewrites the whole file (seconds on an SD card at
 /// this size) and needs about as much free space again.
 const CONVERT_PAGE_SIZE_UP_TO: u64 = 8 * 1024 * 1024;
+/// Free space kept beyond three times the file's size for the conversion.
+const CONVERT_SPARE_ROOM: u64 = 4 * 1024 * 1024;
 
 /// Rewrites a queue made with another page size (by a version before 1 KiB pages) with
 /// `PAGE_SIZE`, when it is small enough (a drained queue is). SQLite changes the page size
@@ -197,6 +199,24 @@ fn convert_page_size(conn: &Connection, path: &Path) -> Result<(), QueueError> {
     let free: u64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
     let live = pages.saturating_sub(free) * page;
     if page == PAGE_SIZE as u64 || live > CONVERT_PAGE_SIZE_UP_TO {
+        return Ok(());
+    }
+    // Leaving WAL and coming back both write, and a `VACUUM` needs a copy of the file and
+    // its journal: on a nearly full disk the queue would be left outside WAL mode, unable
+    // to open. Tried only with room to spare; otherwise a later start does it.
+    let file = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let room = super::health::free_space(dir).map_or(0, |(free, _)| free);
+    if room < file.saturating_mul(3).saturating_add(CONVERT_SPARE_ROOM) {
+        tracing::info!(
+            queue = %path.display(),
+            page_size = page,
+            free_bytes = room,
+            "not rewriting the queue with smaller pages now: too little free space; a later start tries again"
+        );
         return Ok(());
     }
     let converted = conn
