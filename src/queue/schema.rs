@@ -115,12 +115,7 @@ impl Queue {
         // checkpointed: the queue would stay stuck even after space returned. A queue
         // rewrites the same few pages (tail and head of `readings`), so a checkpoint copies
         // few distinct pages: at 1 MiB the checkpoints cost under 5 % of what is written.
-        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        conn.pragma_update(
-            None,
-            "wal_autocheckpoint",
-            WAL_CHECKPOINT_BYTES / page_size.max(512),
-        )?;
+        checkpoint_every_wal_bytes(&conn)?;
         migrate(&conn, path)?;
         Ok(conn)
     }
@@ -181,6 +176,18 @@ impl Queue {
     }
 }
 
+/// Sets `wal_autocheckpoint` (in pages) to `WAL_CHECKPOINT_BYTES` for the file's page
+/// size; returns the page size.
+fn checkpoint_every_wal_bytes(conn: &Connection) -> Result<i64, QueueError> {
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    conn.pragma_update(
+        None,
+        "wal_autocheckpoint",
+        WAL_CHECKPOINT_BYTES / page_size.max(512),
+    )?;
+    Ok(page_size)
+}
+
 /// A queue is converted to `PAGE_SIZE` at the daemon's start only while its live pages
 /// take at most this much: `VACUUM` rewrites the whole file (seconds on an SD card at
 /// this size) and needs about as much free space again.
@@ -226,12 +233,7 @@ fn convert_page_size(conn: &Connection, path: &Path) -> Result<(), QueueError> {
     // Back to WAL whatever happened: the queue's durability rests on it.
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(|source| open_error(path, source))?;
-    let now: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-    conn.pragma_update(
-        None,
-        "wal_autocheckpoint",
-        WAL_CHECKPOINT_BYTES / now.max(512),
-    )?;
+    let now = checkpoint_every_wal_bytes(conn)?;
     match converted {
         Ok(()) => tracing::info!(
             queue = %path.display(),
