@@ -22,6 +22,26 @@ pub const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 /// The first bytes of every SQLite database file.
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
+/// Free bytes (for an unprivileged user) and total bytes of the filesystem holding `dir`.
+pub fn free_space(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills the struct we own; `c` is a valid C string.
+    unsafe {
+        let mut s: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut s) != 0 {
+            return None;
+        }
+        #[allow(clippy::useless_conversion)]
+        let frsize = u64::from(s.f_frsize);
+        #[allow(clippy::useless_conversion)]
+        Some((
+            u64::from(s.f_bavail) * frsize,
+            u64::from(s.f_blocks) * frsize,
+        ))
+    }
+}
+
 /// Device and inode of the queue file, as opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileIdentity {

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use super::{Check, BACKLOG_WARN, FREE_FAIL, FREE_WARN, I2C_DEV_MAJOR, SERVICE_UNIT, SERVICE_USER};
 use crate::clock::{clock_floor_ms, Clock};
 use crate::config::Config;
+use crate::queue::health::free_space;
 use crate::queue::Stats;
 use crate::sensors::i2c::BusLocation;
 
@@ -250,26 +251,6 @@ pub(super) fn existing_ancestor(path: &Path) -> PathBuf {
         PathBuf::from(".")
     } else {
         p
-    }
-}
-
-/// Free bytes (for an unprivileged user) and total bytes of the filesystem holding `dir`.
-pub(super) fn free_space(dir: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs fills the struct we own; `c` is a valid C string.
-    unsafe {
-        let mut s: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut s) != 0 {
-            return None;
-        }
-        #[allow(clippy::useless_conversion)]
-        let frsize = u64::from(s.f_frsize);
-        #[allow(clippy::useless_conversion)]
-        Some((
-            u64::from(s.f_bavail) * frsize,
-            u64::from(s.f_blocks) * frsize,
-        ))
     }
 }
 

@@ -663,12 +663,17 @@ mod tests {
         Ok(())
     }
 
-    /// Frames in the WAL: `(len - header) / (page + frame header)`.
+    /// Frames in the WAL: `(len - header) / (page + frame header)`, the page size as the
+    /// WAL header says (bytes 8..12, big-endian).
     fn wal_frames(config: &QueueConfig) -> u64 {
         let mut wal = config.path.as_os_str().to_owned();
         wal.push("-wal");
-        let len = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
-        len.saturating_sub(32) / (4096 + 24)
+        let bytes = std::fs::read(wal).unwrap_or_default();
+        let page = match bytes.get(8..12) {
+            Some(&[a, b, c, d]) => u64::from(u32::from_be_bytes([a, b, c, d])),
+            _ => return 0,
+        };
+        (bytes.len() as u64).saturating_sub(32) / (page + 24)
     }
 
     #[tokio::test]
