@@ -102,6 +102,16 @@ impl Clock {
         }
     }
 
+    /// A clock whose NTP client has not synchronised it since boot (a Pi booted offline):
+    /// trusted only once the server vouches for it.
+    #[cfg(test)]
+    pub(crate) fn unsynchronised() -> Self {
+        Clock {
+            sync: SyncSource::Forced { unsynced: true },
+            ..Clock::default()
+        }
+    }
+
     /// The clock the daemon uses: the system clock, skewed when `PROFILO_GATEWAY_CLOCK_SKEW`
     /// is set, asking the machine's NTP client whether it synchronised the clock since boot.
     pub fn from_env() -> Result<Self, String> {
