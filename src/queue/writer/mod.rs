@@ -799,7 +799,10 @@ mod tests {
         // The login's token: the server's clock agrees with ours. No reading, ack or
         // status follows (sampling every hour, nothing uploadable): the dating is a write
         // of its own.
-        clock.trust().note_server_offset(0);
+        let now_ms = clock.now_ms();
+        clock
+            .trust()
+            .note_server_clock(now_ms / 1000, now_ms - 10, now_ms);
         // Nothing is asked of the queue meanwhile: the uploader waits for this notice.
         tokio::time::timeout(Duration::from_secs(20), store.new_readings.notified())
             .await
