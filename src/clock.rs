@@ -40,6 +40,8 @@ const OTHER_NTP_CLIENT_MARKS: [&str; 5] = [
 /// The server's clock (a fresh token's `iat`) within this much of ours vouches for ours:
 /// `iat` has a one-second resolution and the answer takes a moment to arrive.
 pub const SERVER_AGREEMENT_MS: i64 = 2_000;
+/// A token whose request was out longer than this tells too little of the server's clock.
+const MAX_VOUCHING_ROUND_TRIP_MS: i64 = 10_000;
 
 /// The NTP client's answer, asked at most once a second (the sampler may ask 1000 times).
 static NTP_ASKED_AT_MS: AtomicI64 = AtomicI64::new(i64::MIN);
@@ -67,10 +69,13 @@ pub struct ClockTrust {
 }
 
 impl ClockTrust {
-    /// The token manager's measure of server minus device time, at each fresh token.
-    pub fn note_server_offset(&self, offset_ms: i64) {
-        self.server_agrees
-            .store(offset_ms.abs() <= SERVER_AGREEMENT_MS, Ordering::Relaxed);
+    /// The token manager's reading of each fresh token: the server issued it at `iat_s`
+    /// (whole seconds of its clock) while the request was out, from `sent_ms` to
+    /// `received_ms` of ours. A round trip too long to tell leaves the last verdict.
+    pub fn note_server_clock(&self, iat_s: i64, sent_ms: i64, received_ms: i64) {
+        if let Some(agrees) = server_agrees(iat_s, sent_ms, received_ms) {
+            self.server_agrees.store(agrees, Ordering::Relaxed);
+        }
     }
 
     /// Whether the server's clock vouched for ours at the last fresh token.
@@ -98,6 +103,16 @@ impl Clock {
     pub fn with_skew_ms(skew_ms: i64) -> Self {
         Clock {
             skew_ms,
+            ..Clock::default()
+        }
+    }
+
+    /// A clock whose NTP client has not synchronised it since boot (a Pi booted offline):
+    /// trusted only once the server vouches for it.
+    #[cfg(test)]
+    pub(crate) fn unsynchronised() -> Self {
+        Clock {
+            sync: SyncSource::Forced { unsynced: true },
             ..Clock::default()
         }
     }
@@ -225,6 +240,24 @@ pub fn boot_id() -> String {
         .unwrap_or_default()
 }
 
+/// Whether the server's clock agrees with ours: the second it issued the token in
+/// (`iat_s`) is, within `SERVER_AGREEMENT_MS`, inside the time the request was out.
+/// Judged against the whole round trip, so that a slow answer (a loaded server or link)
+/// is not taken for a wrong clock; `None` when the round trip is too long (or negative:
+/// the clock stepped meanwhile) to tell.
+fn server_agrees(iat_s: i64, sent_ms: i64, received_ms: i64) -> Option<bool> {
+    let round_trip = received_ms.checked_sub(sent_ms)?;
+    if !(0..=MAX_VOUCHING_ROUND_TRIP_MS).contains(&round_trip) {
+        return None;
+    }
+    let issued_from = iat_s.saturating_mul(1000);
+    let issued_to = issued_from.saturating_add(1000);
+    Some(
+        issued_to > sent_ms.saturating_sub(SERVER_AGREEMENT_MS)
+            && issued_from <= received_ms.saturating_add(SERVER_AGREEMENT_MS),
+    )
+}
+
 /// The trust rule, apart from where its inputs come from.
 fn trust(at_ms: i64, floor_ms: i64, kernel_unsynced: bool, server_agrees: bool) -> bool {
     at_ms >= floor_ms && (!kernel_unsynced || server_agrees)
@@ -315,17 +348,54 @@ mod tests {
         let clone = clock.clone();
         let other = Clock::system();
         assert!(!clone.trust().server_agrees(), "not vouched for at start");
-        clock.trust().note_server_offset(SERVER_AGREEMENT_MS);
+        clock.trust().note_server_clock(100, 100_200, 100_300);
         assert!(
             clone.trust().server_agrees(),
             "a clone sees the token manager's answer"
         );
         assert!(!other.trust().server_agrees(), "another clock does not");
-        clock.trust().note_server_offset(-SERVER_AGREEMENT_MS - 1);
+        clock.trust().note_server_clock(100, 200_000, 200_300);
         assert!(
             !clone.trust().server_agrees(),
             "a later disagreement withdraws it"
         );
+        clock.trust().note_server_clock(100, 100_000, 160_000);
+        assert!(
+            !clone.trust().server_agrees(),
+            "a minute-long round trip tells nothing: the last verdict stands"
+        );
+    }
+
+    #[test]
+    fn the_server_agrees_when_its_issue_second_falls_in_the_round_trip() {
+        let s = SERVER_AGREEMENT_MS;
+        // iat 100 s: issued in [100 000, 101 000) ms of the server's clock.
+        assert_eq!(server_agrees(100, 100_400, 100_450), Some(true), "prompt");
+        // A loaded server answers 4 s after it issued the token: still our clock.
+        assert_eq!(
+            server_agrees(100, 100_900, 105_000),
+            Some(true),
+            "slow answer"
+        );
+        assert_eq!(
+            server_agrees(100, 101_000 + s, 101_100 + s),
+            Some(false),
+            "issued more than {s} ms before the request left: the server is behind"
+        );
+        assert_eq!(
+            server_agrees(100, 97_000 - s, 97_900 - s),
+            Some(false),
+            "issued more than {s} ms after the answer came: the server is ahead"
+        );
+        assert_eq!(
+            server_agrees(100, 100_000 - 7_200_000, 100_050 - 7_200_000),
+            Some(false),
+            "restored two hours early"
+        );
+        assert_eq!(server_agrees(100, 100_000, 100_000 + 60_000), None);
+        assert_eq!(server_agrees(100, 100_500, 100_400), None, "stepped back");
+        assert_eq!(server_agrees(i64::MAX, i64::MIN, 0), None, "any claim");
+        assert_eq!(server_agrees(i64::MIN, 0, 10), Some(false), "any claim");
     }
 
     #[test]

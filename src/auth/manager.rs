@@ -345,8 +345,9 @@ impl TokenManager {
         // again unless the request provably never left.
         if let Some(refresh) = st.refresh.take() {
             if Instant::now() < refresh.renew_at {
+                let sent_ms = self.clock.now_ms();
                 return match self.api.refresh(&refresh.token.secret).await {
-                    Ok(tokens) => match self.install(st, tokens, Some(refresh)) {
+                    Ok(tokens) => match self.install(st, tokens, Some(refresh), sent_ms) {
                         Ok(access) => {
                             let n = self.counters.refreshes.fetch_add(1, Ordering::Relaxed) + 1;
                             if st.last_failure.take().is_some() {
@@ -421,8 +422,9 @@ impl TokenManager {
             Some(Err(e)) => return Err(self.fail(st, Failure::local(e.to_string()))),
             None => return Err(self.fail(st, Failure::local(PasswordError::None.to_string()))),
         };
+        let sent_ms = self.clock.now_ms();
         match self.api.login(username, &password).await {
-            Ok(tokens) => match self.install(st, tokens, None) {
+            Ok(tokens) => match self.install(st, tokens, None, sent_ms) {
                 Ok(access) => {
                     self.counters.logins.fetch_add(1, Ordering::Relaxed);
                     if st.last_failure.take().is_some() {
@@ -509,13 +511,14 @@ impl TokenManager {
         AuthError::Waiting { until, reason }
     }
 
-    /// Installs the tokens of a login (`used_refresh` None) or of a refresh, measures the
-    /// clock offset, and ends any backoff.
+    /// Installs the tokens of a login (`used_refresh` None) or of a refresh whose request
+    /// left at `sent_ms` (wall clock), measures the clock offset, and ends any backoff.
     fn install(
         &self,
         st: &mut State,
         tokens: RawTokens,
         used_refresh: Option<Held>,
+        sent_ms: i64,
     ) -> Result<SecretString, String> {
         let access = Token::parse(tokens.access).map_err(|e| format!("access token: {e}"))?;
         let refresh = match (tokens.refresh, used_refresh) {
@@ -531,10 +534,11 @@ impl TokenManager {
         if let Some(iat) = access.claims.iat {
             // iat has one-second resolution: +500 ms centres the estimate. The server's
             // claims may hold any value: saturated, then kept within a thousand years.
+            let received_ms = self.clock.now_ms();
             let offset = iat
                 .saturating_mul(1000)
                 .saturating_add(IAT_CENTRE.as_millis() as i64)
-                .saturating_sub(self.clock.now_ms())
+                .saturating_sub(received_ms)
                 .clamp(-MAX_OFFSET_MS, MAX_OFFSET_MS);
             if (offset - st.offset_ms).abs() > 5_000 {
                 tracing::info!(
@@ -545,7 +549,10 @@ impl TokenManager {
             st.offset_ms = offset;
             // The server's clock vouches for ours (or not): readings held because the
             // kernel has not synchronised the clock yet may then be dated (clock.rs).
-            self.clock.trust().note_server_offset(offset);
+            // Judged against the whole round trip: a slow answer is no wrong clock.
+            self.clock
+                .trust()
+                .note_server_clock(iat, sent_ms, received_ms);
         }
         if let Some(r) = refresh {
             let margin = self.refresh_margin(&r);

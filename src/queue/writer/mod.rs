@@ -499,7 +499,9 @@ impl Writer {
     fn flush(&mut self) {
         let data =
             !self.readings.is_empty() || !self.settlements.is_empty() || !self.unsaved.is_empty();
-        if !data && !self.status_due() {
+        // Dating held readings is a write of its own: with sampling slow and every reading
+        // held (nothing to upload, so no acks), no other write may come for hours.
+        if !data && !self.status_due() && !self.redate_due() {
             return;
         }
         match self.write_all() {
@@ -592,14 +594,18 @@ mod tests {
 
     /// A fresh queue in a temporary directory, served by its thread.
     fn started(commit_interval: Duration) -> Result<Started, String> {
+        started_with(commit_interval, Clock::system())
+    }
+
+    fn started_with(commit_interval: Duration, clock: Clock) -> Result<Started, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let config = QueueConfig {
             path: dir.path().join("q.db"),
             ..QueueConfig::default()
         };
         let queue = Queue::open(&config).map_err(|e| e.to_string())?;
-        let (store, thread) = spawn(queue, commit_interval, "boot".into(), Clock::system())
-            .map_err(|e| e.to_string())?;
+        let (store, thread) =
+            spawn(queue, commit_interval, "boot".into(), clock).map_err(|e| e.to_string())?;
         Ok((dir, config, store, thread))
     }
 
@@ -774,6 +780,49 @@ mod tests {
         poll("beats again", &|| silence() < Duration::from_millis(1500));
         let pending = store.stats().await?.pending;
         assert!(pending >= 2, "kept in memory, then written: {pending}");
+        stopped(store, thread)?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn held_readings_are_dated_once_the_server_vouches_though_nothing_else_is_written(
+    ) -> Result<(), String> {
+        // A Pi booted offline: the kernel says unsynchronised, the server has not spoken.
+        let clock = Clock::unsynchronised();
+        let (_dir, _config, store, thread) =
+            started_with(Duration::from_millis(20), clock.clone())?;
+        // Taken 5 s ago (boot time), stamped by a clock two hours early.
+        let taken_boot_ms = crate::clock::boottime_ms() - 5_000;
+        let mut held = captured(clock.now_ms() - 7_200_000);
+        held.monotonic_ms = taken_boot_ms;
+        held.clock_synced = false;
+        store.enqueue(held).map_err(|e| e.to_string())?;
+        store.new_readings.notified().await;
+        assert_eq!(store.stats().await?.pending, 1, "committed");
+        assert!(store.peek(0, 10).await?.is_empty(), "held, not uploadable");
+
+        // The login's token: the server's clock agrees with ours. No reading, ack or
+        // status follows (sampling every hour, nothing uploadable): the dating is a write
+        // of its own.
+        let now_ms = clock.now_ms();
+        clock
+            .trust()
+            .note_server_clock(now_ms / 1000, now_ms - 10, now_ms);
+        // Nothing is asked of the queue meanwhile: the uploader waits for this notice.
+        tokio::time::timeout(Duration::from_secs(20), store.new_readings.notified())
+            .await
+            .map_err(|_| "the held reading was never dated after the server vouched".to_string())?;
+        let batch = store.peek(0, 10).await?;
+        let dated = batch
+            .first()
+            .ok_or("dated, yet still held")?
+            .reading
+            .captured_at_ms;
+        let expected = clock.now_ms() - (crate::clock::boottime_ms() - taken_boot_ms);
+        assert!(
+            (dated - expected).abs() < 60_000,
+            "dated {dated} ms, expected about {expected} ms (from its boot time)"
+        );
         stopped(store, thread)?;
         Ok(())
     }
