@@ -795,10 +795,11 @@ fn full_disk_while_the_server_is_up_pauses_uploads_and_sends_nothing_twice() {
     );
 
     fs::remove_file(&filler).expect("cannot remove the filler");
+    // A liveness bound, not a speed: 1,500 readings at a loaded machine's 15/s take 100 s.
     wait_alive(
         &mut gw,
         "the queue to drain once space returned",
-        Duration::from_secs(60),
+        Duration::from_secs(300),
         |gw| gw.queue_counts().pending == 0,
     );
     stop(&mut gw, "after the drain");
