@@ -12,13 +12,17 @@ Reuses run_bench.py's Server/Gateway/DelayProxy; writes its own section of BENCH
 between its markers. Standard library only.
 """
 import argparse
+import datetime
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run_bench as rb  # noqa: E402
@@ -58,7 +62,8 @@ def server_readings(s):
 def step_limits(args, backlog, R):
     R["limits"] = []
     for workers, threads in [(1, 4), (2, 4), (4, 8)]:
-        log(f"(A) gunicorn {workers}x{threads}")
+        log(f"(A) gunicorn {workers}x{threads}, load average {loadavg()}")
+        load = loadavg()
         s = server(args, workers, threads)
         try:
             conns = max(8, 2 * workers * threads)
@@ -70,7 +75,7 @@ def step_limits(args, backlog, R):
         limit = (w["requests_per_s"] + w2["requests_per_s"]) / 2
         r = {"server": f"{workers}x{threads}", "wrk_connections": conns,
              "wrk": [w["requests_per_s"], w2["requests_per_s"]], "wrk_mean": round(limit, 1),
-             "drain": d, "ratio": round(d["readings_per_s"] / limit, 2)}
+             "drain": d, "ratio": round(d["readings_per_s"] / limit, 2), "load": load}
         log(f"    {r}")
         R["limits"].append(r)
 
@@ -151,67 +156,167 @@ def step_latency(args, backlog, R):
     log(f"    {dict((k, v) for k, v in R['latency'].items() if k != 'samples')}")
 
 
+def fleet_stats(gws):
+    """`queue stats --json` of every gateway, a few at a time (each is a process)."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(lambda g: g.stats(), gws))
+
+
+class InFlightSampler(threading.Thread):
+    """The server's load as the kernel sees it, from /proc/net/tcp every 50 ms: its open
+    connections, and those holding a request it has not read yet (gthread reads a request
+    only when a thread is free for it; the accept queue counts too). Requests in flight at
+    the server = waiting + those being served (at most workers x threads)."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.hexport = f":{port:04X}"
+        self.peak_open = self.peak_waiting = 0
+        self.stop_at = None
+
+    def sample(self):
+        open_, waiting = 0, 0
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if not fields[1].endswith(self.hexport):
+                    continue
+                rx = int(fields[4].split(":")[1], 16)
+                if fields[3] == "01":  # ESTABLISHED, server side
+                    open_ += 1
+                    waiting += rx > 0
+                elif fields[3] == "0A":  # LISTEN: rx_queue is the accept queue
+                    waiting += rx
+        self.peak_open = max(self.peak_open, open_)
+        self.peak_waiting = max(self.peak_waiting, waiting)
+
+    def run(self):
+        while self.stop_at is None:
+            self.sample()
+            time.sleep(0.05)
+
+
+# Every pause the uploader logs says when its next request goes: "... retry_in=3s 345ms".
+RETRY_IN = re.compile(r"^(\S+Z) .*uploads? (?:paused|still paused).*retry_in=(.+?)(?: pending=.*)?$")
+
+
+def parse_span(text):
+    """humantime's "3s 345ms" (as the daemon logs it), in seconds."""
+    unit = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+    return sum(float(n) * unit[u] for n, u in re.findall(r"([\d.]+)(h|ms|us|ns|m|s)\b", text))
+
+
+def first_probe_after(log_path, restarted_wall):
+    """When the gateway's first request after the server came back went, in seconds after
+    the restart: the earliest of the times its pauses scheduled (logged time + retry_in)
+    that is not before the restart."""
+    due = []
+    with open(log_path, errors="replace") as f:
+        for line in f:
+            m = RETRY_IN.match(line.rstrip("\n"))
+            if m:
+                at = datetime.datetime.fromisoformat(m.group(1).replace("Z", "+00:00"))
+                due.append(at.timestamp() + parse_span(m.group(2)))
+    after = [d - restarted_wall for d in due if d >= restarted_wall]
+    return min(after) if after else None
+
+
 def step_fleet(args, R):
     n = args.fleet
-    log(f"(E) fleet of {n} gateways (500 ms sampling) through a {args.outage_s} s outage, 2x4")
+    rate = n / args.fleet_interval_s
+    log(f"(E) fleet of {n} gateways (sampling every {args.fleet_interval_s:g} s, {rate:g} "
+        f"readings/s in all) through a {args.outage_s:g} s outage, 2x4")
     s = server(args, 2, 4)
     port = s.port
     gws = []
+    sampler = InFlightSampler(port)
     try:
-        w = wrk_limit(args, s, 16, 8)
+        w = wrk_limit(args, s, 16, args.wrk_seconds)
         for i in range(n):
-            g = rb.Gateway(args.binary, args.work, f"fleet-{i}", s.base, interval="500ms",
-                           concurrency=AUTO, batch_size=args.batch_size)
+            g = rb.Gateway(args.binary, args.work, f"fleet-{i}", s.base,
+                           interval=f"{int(args.fleet_interval_s * 1000)}ms", concurrency=AUTO,
+                           batch_size=args.batch_size,
+                           log_level="warn,profilo_gateway::uploader=debug")
             g.start(wait_ready=True)
             gws.append(g)
         time.sleep(5)
+        # The server's count when it goes down (wrk's requests and what the fleet sent
+        # before): the backlog is stored once it has grown by what the gateways hold.
         before = s.stats()
         log("    server down")
         s.stop()
-        time.sleep(args.outage_s)
+        down = time.monotonic()
+        time.sleep(max(0.0, args.outage_s - 3))
+        # Nothing is uploaded now: what every gateway holds is the backlog.
+        sts = fleet_stats(gws)
+        backlog = sum(st["pending"] for st in sts)
+        failures0 = sum(st["uploads"]["transient_failures"] for st in sts)
+        time.sleep(max(0.0, args.outage_s - (time.monotonic() - down)))
         restart_same(args, s, port)
-        restarted = time.monotonic()
-        captured = 0
-        for g in gws:
-            st = g.stats()
-            captured += st["pending"] + st["uploaded_total"]
-            g.drain_notify()
-        log(f"    server up again; {captured} readings captured so far")
-        first_ok = None
-        t_done = None
+        restarted, restarted_wall = time.monotonic(), time.time()
+        sampler.start()
+        log(f"    server up again; the gateways hold {backlog} readings")
+        first_ok = t_done = None
         base_ok = before.get("data_ok", 0)
-        deadline = restarted + 600
+        ok = base_ok
+        deadline = restarted + args.fleet_timeout_s
         while time.monotonic() < deadline:
             try:
                 ok = s.stats().get("data_ok", 0)
             except OSError:
                 # The control endpoint queues behind the fleet's requests: ask again.
+                time.sleep(0.2)
                 continue
             if first_ok is None and ok > base_ok:
                 first_ok = time.monotonic() - restarted
-            # The DB is kept: the server's count includes what was stored before the
-            # outage, as `captured` does.
-            if ok >= captured:
+            # Each gateway sends its oldest first: the backlog is in once the server
+            # has stored as many.
+            if ok - base_ok >= backlog:
                 t_done = time.monotonic() - restarted
                 break
             for g in gws:
                 g.drain_notify()
             time.sleep(0.2)
+        sampler.stop_at = time.monotonic()
         st = rb.wait_until(lambda: safe_stats(s), 120)
+        failures = sum(x["uploads"]["transient_failures"] for x in fleet_stats(gws)) - failures0
+        stop_all(gws)
+        probes = [first_probe_after(os.path.join(g.dir, "gateway.log"), restarted_wall)
+                  for g in gws]
+        probes = sorted(p for p in probes if p is not None)
+        log(f"    one gateway, the same {backlog} readings, same server")
+        one = drain(args, s, args.backlog_path, "fleet-one", backlog)
+        w2 = wrk_limit(args, s, 16, args.wrk_seconds)
     finally:
-        for g in gws:
-            g.stop()
+        sampler.stop_at = sampler.stop_at or time.monotonic()
+        stop_all(gws)
         s.stop()
-    backlog = captured - before.get("data_ok", 0)
-    single = next((r["drain"]["readings_per_s"] for r in R.get("limits", []) if r["server"] == "2x4"), None)
-    R["fleet"] = {"one_gateway_s": round(backlog / single, 2) if single else None,"gateways": n, "outage_s": args.outage_s, "wrk_limit": w["requests_per_s"],
-                  "backlog_at_recovery": backlog, "first_upload_after_s":
-                  round(first_ok, 2) if first_ok else None,
-                  "drain_s": round(t_done, 2) if t_done else None,
-                  "limit_allows_s": round(backlog / w["requests_per_s"], 2),
-                  "server_non_2xx": st.get("data_other", 0) + st.get("data_503", 0)
-                  - before.get("data_other", 0) - before.get("data_503", 0)}
+    limit = (w["requests_per_s"] + w2["requests_per_s"]) / 2
+    R["fleet"] = {
+        "gateways": n, "interval_s": args.fleet_interval_s, "outage_s": args.outage_s,
+        "wrk": [w["requests_per_s"], w2["requests_per_s"]], "wrk_limit": round(limit, 1),
+        "backlog_at_recovery": backlog, "left_on_gateways": backlog - (ok - base_ok) if t_done is None else 0,
+        "first_upload_after_s": round(first_ok, 2) if first_ok else None,
+        "first_probe_s": {"min": round(probes[0], 2), "median": round(statistics.median(probes), 2),
+                          "max": round(probes[-1], 2), "gateways": len(probes)} if probes else None,
+        "drain_s": round(t_done, 2) if t_done else None, "timeout_s": args.fleet_timeout_s,
+        # The fleet keeps sampling while it drains: the server has limit - rate left for it.
+        "limit_allows_s": round(backlog / max(limit - rate, 1), 2),
+        "one_gateway_s": one["seconds"], "one_gateway_per_s": one["readings_per_s"],
+        "server_peak_open": sampler.peak_open, "server_peak_waiting": sampler.peak_waiting,
+        "server_slots": 2 * 4,
+        "server_non_2xx": st.get("data_other", 0) + st.get("data_503", 0)
+        - before.get("data_other", 0) - before.get("data_503", 0),
+        "fleet_transient_failures": failures,
+    }
     log(f"    {R['fleet']}")
+
+
+def stop_all(gws):
+    """Stops the gateways side by side (each may take its shutdown grace)."""
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda g: g.proc and g.stop(), gws))
 
 
 def safe_stats(s):
@@ -234,52 +339,90 @@ def restart_same(args, s, port):
 
 
 
+def loadavg():
+    """The load average now, as `uptime` says it (the machine is shared: say it with the
+    figures)."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def met(ok):
     """A target's verdict in the table."""
     return "MET" if ok else "**MISSED**"
+
+
+def row(label, figure, value, target, ok, load=None):
+    """One line of the table; `load`: the load average when that step began."""
+    at = f" (load {load})" if load else ""
+    return f"| {label} | {figure}{at} | {value} | {target} | {met(ok)} |"
 
 
 def report(R):
     L = []
     L.append(f"## Issue 12: defaults (`upload.concurrency = \"auto\"`), {R['date']}\n")
     L.append("| # | figure | value | target | |\n|---|---|---|---|---|")
+    load = R.get("load", {})
     for r in R.get("limits", []):
         d = r["drain"]
-        L.append(f"| A {r['server']} | drain with defaults vs wrk -c{r['wrk_connections']} "
-                 f"(mean of before/after {r['wrk']}) | {d['readings_per_s']} / {r['wrk_mean']} = "
-                 f"**{r['ratio']}** ({d['readings']} readings, {d['seconds']} s) | >= 0.9 | "
-                 f"{met(r['ratio'] >= 0.9)} |")
+        L.append(row(f"A {r['server']}", f"drain with defaults vs wrk -c{r['wrk_connections']} "
+                     f"(mean of before/after {r['wrk']})",
+                     f"{d['readings_per_s']} / {r['wrk_mean']} = **{r['ratio']}** "
+                     f"({d['readings']} readings, {d['seconds']} s)", ">= 0.9", r["ratio"] >= 0.9,
+                     r.get("load") or load.get("A")))
     if "link" in R:
         k = R["link"]
-        L.append(f"| B | 40 ms RTT link: defaults vs naive client | {k['drain']['readings_per_s']} / "
-                 f"{k['naive']['readings_per_s']} = **{k['ratio']}** | >= 20 | "
-                 f"{met(k['ratio'] >= 20)} |")
+        L.append(row("B", "40 ms RTT link: defaults vs naive client",
+                     f"{k['drain']['readings_per_s']} / {k['naive']['readings_per_s']} = "
+                     f"**{k['ratio']}**", ">= 20", k["ratio"] >= 20, load.get("B")))
     if "flaky" in R:
         f = R["flaky"]
-        L.append(f"| C | 30 % HTML 503 + Retry-After: 1 vs healthy (2x4) | "
-                 f"{f['flaky']['readings_per_s']} / {f['healthy']['readings_per_s']} = **{f['ratio']}**; "
-                 f"{f['duplicates']} duplicates in {f['stored']} stored, {f['server_503']} 503s | "
-                 f">= 0.5, 0 dup | {met(f['ratio'] >= 0.5 and f['duplicates'] == 0)} |")
+        L.append(row("C", "30 % HTML 503 + Retry-After: 1 vs healthy (2x4)",
+                     f"{f['flaky']['readings_per_s']} / {f['healthy']['readings_per_s']} = "
+                     f"**{f['ratio']}**; {f['duplicates']} duplicates in {f['stored']} stored, "
+                     f"{f['server_503']} 503s", ">= 0.5, 0 dup",
+                     f["ratio"] >= 0.5 and f["duplicates"] == 0, load.get("C")))
     if "latency" in R:
         t = R["latency"]
         a, b, c = t["20ms"], t["40ms_first_10s"], t["40ms_end"]
         fell = a["median_concurrency"] and b["median_concurrency"] is not None and \
             b["median_concurrency"] < a["median_concurrency"]
-        L.append(f"| D | server latency 20 -> 40 ms: upload_concurrency median (min-max) | "
-                 f"{a['median_concurrency']} ({a['min']}-{a['max']}), {a['readings_per_s']}/s -> "
-                 f"first 10 s {b['median_concurrency']} ({b['min']}-{b['max']}), {b['readings_per_s']}/s; "
-                 f"last 10 s {c['median_concurrency']}, {c['readings_per_s']}/s | falls | "
-                 f"{met(fell)} |")
+        L.append(row("D", "server latency 20 -> 40 ms: upload_concurrency median (min-max)",
+                     f"{a['median_concurrency']} ({a['min']}-{a['max']}), {a['readings_per_s']}/s -> "
+                     f"first 10 s {b['median_concurrency']} ({b['min']}-{b['max']}), "
+                     f"{b['readings_per_s']}/s; last 10 s {c['median_concurrency']}, "
+                     f"{c['readings_per_s']}/s", "falls", fell, load.get("D")))
     if "fleet" in R:
-        e = R["fleet"]
-        ok = e["drain_s"] is not None and e["drain_s"] <= 2 * max(e["limit_allows_s"], 1)
-        L.append(f"| E | fleet of {e['gateways']} through a {e['outage_s']} s outage: "
-                 f"backlog {e['backlog_at_recovery']}, first upload after {e['first_upload_after_s']} s, "
-                 f"all stored after **{e['drain_s']} s** vs {e['limit_allows_s']} s the limit "
-                 f"({e['wrk_limit']} req/s) allows and {e['one_gateway_s']} s for one gateway at (A) 2x4's rate; "
-                 f"{e['server_non_2xx']} non-2xx; server peak in-flight not measured | <= 2x | "
-                 f"{met(ok)} |")
+        L.extend(fleet_rows(R["fleet"], load.get("E")))
     return "\n".join(L) + "\n"
+
+
+def fleet_rows(e, load):
+    fleet = (f"E fleet of {e['gateways']} processes (sampling every {e['interval_s']:g} s) "
+             f"through a {e['outage_s']:g} s outage, 2x4")
+    done = (f"all {e['backlog_at_recovery']} readings of the backlog stored after "
+            f"**{e['drain_s']} s**" if e["drain_s"] is not None else
+            f"**not drained within {e['timeout_s']:g} s** ({e['left_on_gateways']} of "
+            f"{e['backlog_at_recovery']} left)")
+    p = e["first_probe_s"] or {}
+    return [
+        row(fleet, "time to drain the backlog vs what the server's limit allows (backlog / "
+            "(wrk - the fleet's sampling rate)) and one gateway for the same total",
+            f"{done} vs **{e['limit_allows_s']} s** ({e['wrk_limit']} req/s, wrk {e['wrk']}); "
+            f"one gateway: {e['one_gateway_s']} s ({e['one_gateway_per_s']}/s)",
+            "<= 2x the limit's time",
+            e["drain_s"] is not None and e["drain_s"] <= 2 * max(e["limit_allows_s"], 1), load),
+        row("E load", "the server's peak requests in flight (waiting unread in its sockets + "
+            f"the {e['server_slots']} it serves at once), connections open, 5xx, failures the "
+            "fleet saw after recovery (timeouts included)",
+            f"<= {e['server_peak_waiting']} + {e['server_slots']}, {e['server_peak_open']} open; "
+            f"**{e['server_non_2xx']}** non-2xx, **{e['fleet_transient_failures']}** failures",
+            "0 5xx, 0 timeouts",
+            e["server_non_2xx"] == 0 and e["fleet_transient_failures"] == 0),
+        row("E jitter", "first request after the server came back, per gateway: min / median / "
+            f"max over {p.get('gateways')} gateways",
+            f"{p.get('min')} / {p.get('median')} / **{p.get('max')} s**; first stored after "
+            f"{e['first_upload_after_s']} s", f"jittered, max < {e['outage_s'] / 2:g} s",
+            bool(p) and p["max"] > p["min"] and p["max"] < e["outage_s"] / 2),
+    ]
 
 
 def main():
@@ -299,6 +442,10 @@ def main():
     ap.add_argument("--latency-phase-s", type=float, default=20)
     ap.add_argument("--fleet", type=int, default=50)
     ap.add_argument("--outage-s", type=float, default=30)
+    ap.add_argument("--fleet-interval-s", type=float, default=1.0,
+                    help="sampling interval of each fleet gateway (50 at 1 s: 50 readings/s)")
+    ap.add_argument("--fleet-timeout-s", type=float, default=180,
+                    help="the longest the fleet may take to drain; then the figures say so")
     ap.add_argument("--steps", default="A,B,C,D,E")
     ap.add_argument("--no-md", action="store_true")
     ap.add_argument("--merge", action="store_true",
@@ -313,7 +460,7 @@ def main():
             R = json.load(f)
     R["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     try:
-        backlog = os.path.join(args.work, "backlog12", "queue.db")
+        backlog = args.backlog_path = os.path.join(args.work, "backlog12", "queue.db")
         if not os.path.exists(backlog):
             log(f"backlog of {args.backlog} readings")
             path, _ = rb.build_backlog(args, rb.free_port())
@@ -324,16 +471,16 @@ def main():
                              queue_path=backlog)
             subprocess.run([args.binary, "--config", exp.config, "queue", "export", "--format",
                             "jsonl", "--output", jsonl], check=True, env=exp.env())
-        if "A" in steps:
-            step_limits(args, backlog, R)
-        if "B" in steps:
-            step_link(args, backlog, jsonl, R)
-        if "C" in steps:
-            step_flaky(args, backlog, R)
-        if "D" in steps:
-            step_latency(args, backlog, R)
-        if "E" in steps:
-            step_fleet(args, R)
+        R.setdefault("load", {})
+        run = {"A": lambda: step_limits(args, backlog, R),
+               "B": lambda: step_link(args, backlog, jsonl, R),
+               "C": lambda: step_flaky(args, backlog, R),
+               "D": lambda: step_latency(args, backlog, R),
+               "E": lambda: step_fleet(args, R)}
+        for step, go in run.items():
+            if step in steps:
+                R["load"][step] = loadavg()
+                go()
     finally:
         for proc, group in rb.STARTED:
             rb.stop_proc(proc, group=group, timeout=5)

@@ -319,6 +319,31 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_that_grows_slowly_past_the_floor_cuts() {
+        let mut t = Instant::now();
+        let mut c = Concurrency::new(Mode::Auto { max: 32 }, t);
+        run(&mut c, &mut t, 50, 1000, Duration::from_millis(10));
+        assert_eq!(c.limit(), 32);
+        // The round trip creeps up 1 % per window (never a sudden step): the limit holds
+        // while it is well within 3 x 10 + 20 ms of the floor, and comes down past it.
+        let mut rtt = 10.0;
+        let mut lowest_within = 32;
+        let mut lowest_past = 32;
+        while rtt < 60.0 {
+            rtt *= 1.01;
+            let service = Duration::from_secs_f64(rtt / 1000.0);
+            run(&mut c, &mut t, 1, 1000, service);
+            if rtt < 45.0 {
+                lowest_within = lowest_within.min(c.limit());
+            } else {
+                lowest_past = lowest_past.min(c.limit());
+            }
+        }
+        assert!(lowest_within >= 16, "{lowest_within}");
+        assert!(lowest_past < 16, "{lowest_past}");
+    }
+
+    #[test]
     fn a_machine_slow_at_any_concurrency_does_not_pin_the_limit_at_one() {
         let mut t = Instant::now();
         let mut c = Concurrency::new(Mode::Auto { max: 32 }, t);
