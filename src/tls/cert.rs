@@ -25,8 +25,8 @@ pub struct CertSummary {
 impl CertSummary {
     /// `None` when the DER is not a certificate this reader understands.
     pub fn parse(der: &[u8]) -> Option<CertSummary> {
-        let (cert, _) = Der::new(der).expect(SEQUENCE)?;
-        let (tbs, _) = cert.expect(SEQUENCE)?;
+        let (cert, _) = Der::new(der).tagged(SEQUENCE)?;
+        let (tbs, _) = cert.tagged(SEQUENCE)?;
         let mut rest = tbs;
         // version [0] EXPLICIT, optional (absent in v1 certificates).
         if rest.peek_tag() == Some(0xA0) {
@@ -34,9 +34,9 @@ impl CertSummary {
         }
         rest = rest.skip()?; // serialNumber
         rest = rest.skip()?; // signature AlgorithmIdentifier
-        let (issuer, rest) = rest.expect(SEQUENCE)?;
-        let (validity, rest) = rest.expect(SEQUENCE)?;
-        let (subject, _) = rest.expect(SEQUENCE)?;
+        let (issuer, rest) = rest.tagged(SEQUENCE)?;
+        let (validity, rest) = rest.tagged(SEQUENCE)?;
+        let (subject, _) = rest.tagged(SEQUENCE)?;
         let (not_before, validity) = validity.time()?;
         let (not_after, _) = validity.time()?;
         Some(CertSummary {
@@ -110,7 +110,8 @@ impl<'a> Der<'a> {
         Some((tag, &rest[..len], Der(&rest[len..])))
     }
 
-    fn expect(self, tag: u8) -> Option<(Der<'a>, Der<'a>)> {
+    /// The next element when its tag is `tag` (its content, and what follows), else None.
+    fn tagged(self, tag: u8) -> Option<(Der<'a>, Der<'a>)> {
         let (t, content, rest) = self.next()?;
         (t == tag).then_some((Der(content), rest))
     }
@@ -140,13 +141,13 @@ fn attributes(d: Der<'_>) -> Option<Vec<(String, String)>> {
     let mut out = Vec::new();
     let mut rdns = d;
     while !rdns.0.is_empty() {
-        let (set, rest) = rdns.expect(SET)?;
+        let (set, rest) = rdns.tagged(SET)?;
         rdns = rest;
         let mut atvs = set;
         while !atvs.0.is_empty() {
-            let (atv, rest) = atvs.expect(SEQUENCE)?;
+            let (atv, rest) = atvs.tagged(SEQUENCE)?;
             atvs = rest;
-            let (oid, value) = atv.expect(OID)?;
+            let (oid, value) = atv.tagged(OID)?;
             let (_, value, _) = value.next()?;
             out.push((
                 attribute_name(oid.0),
