@@ -20,6 +20,7 @@
 //! - `stats`: counters, daemon status and the figures of `queue stats`.
 //! - `runtime`: the daemon's status file in its runtime directory (tmpfs), read by
 //!   `queue stats` while the daemon runs.
+//! - [`wal_index`]: where SQLite keeps the wal-index (tmpfs, off the SD card).
 //! - `writer`: the queue thread (group commit, the handle the sampler and uploader use).
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ mod schema;
 mod stats;
 #[cfg(test)]
 mod testing;
+pub mod wal_index;
 pub mod writer;
 
 pub use dead::DeadLetter;
@@ -75,6 +77,8 @@ pub enum QueueError {
     BadRow { id: i64, detail: String },
     #[error("queue {path} is gone from under the daemon ({detail}): nothing written since is kept; restarting starts a fresh queue there")]
     Vanished { path: PathBuf, detail: String },
+    #[error("cannot keep the queue's wal-index in {dir} ({detail}): the queue was not opened. SQLite keeps its index of the WAL there, on tmpfs, to spare the SD card; {dir} must be a directory the service user can write (it is on every Linux; a systemd drop-in must not hide it with InaccessiblePaths= or TemporaryFileSystem=)")]
+    WalIndexDir { dir: PathBuf, detail: String },
     #[error("queue {path} is corrupt ({detail}); this command left it as it is: restart the daemon (systemctl restart profilo-gateway), which moves a corrupt queue aside and starts a fresh one")]
     CorruptNotMoved { path: PathBuf, detail: String },
 }
