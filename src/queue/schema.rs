@@ -12,7 +12,9 @@ use super::{Queue, QueueError};
 use crate::config::{OverflowPolicy, QueueConfig, UnfixableTime};
 use crate::reading::unix_ms;
 
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
+/// The first version whose rows keep their values and a layout (`layout`).
+const PACKED_SINCE: i64 = 3;
 /// Page size of a queue. A commit appends one WAL frame per page it changed (the page
 /// plus 24 bytes), and the kernel writes whole 4 KiB blocks: a 4 KiB page's frame (4,120
 /// bytes) always touches two blocks, a 1 KiB page's frame (1,048 bytes) one, or two one
@@ -74,7 +76,9 @@ impl Queue {
     /// A queue that writes, bounded as `config` says.
     fn writable(conn: Connection, config: &QueueConfig) -> Result<Queue, QueueError> {
         let next_id = std::cell::Cell::new(first_free_id(&conn)?);
+        let packed = user_version(&conn)? >= PACKED_SINCE;
         Ok(Queue {
+            packed,
             conn,
             path: config.path.clone(),
             max_readings: config.max_readings,
@@ -138,11 +142,12 @@ impl Queue {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // A daemon starting for the first time creates the file before its tables: until
         // the schema is committed the queue does not exist yet, rather than "no such table".
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let version = user_version(&conn)?;
         if version == 0 {
             return Err(QueueError::Missing(path.to_path_buf()));
         }
         Ok(Queue {
+            packed: version >= PACKED_SINCE,
             next_id: Default::default(),
             pending_bytes: Default::default(),
             conn,
@@ -289,8 +294,12 @@ fn open_error(path: &Path, source: rusqlite::Error) -> QueueError {
     }
 }
 
+fn user_version(conn: &Connection) -> Result<i64, QueueError> {
+    Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+}
+
 fn migrate(conn: &Connection, path: &Path) -> Result<(), QueueError> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = user_version(conn)?;
     if version > SCHEMA_VERSION {
         return Err(QueueError::NewerSchema {
             path: path.to_path_buf(),
@@ -312,6 +321,7 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), QueueError> {
              );
              CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS status (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+             {V3}
              PRAGMA user_version = {SCHEMA_VERSION};
              COMMIT;"
         ))?;
@@ -332,10 +342,36 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), QueueError> {
                 queue = %path.display(),
                 "the disk is too full to migrate the queue to schema version 2; running on version 1 (more bytes written per reading) until a start finds room"
             );
+            return Ok(());
+        }
+    }
+    if version < 3 {
+        if let Err(e) = conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {V3} PRAGMA user_version = 3; COMMIT;"
+        )) {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            let e = QueueError::from(e);
+            if !e.is_disk_full() {
+                return Err(e);
+            }
+            // Version 2 works: its rows keep their field names, and so do the new ones.
+            tracing::warn!(
+                queue = %path.display(),
+                "the disk is too full to migrate the queue to schema version 3; running on version 2 (more bytes written per reading) until a start finds room"
+            );
         }
     }
     Ok(())
 }
+
+/// Version 3 over version 2: a row keeps its values and a layout, whose field names are
+/// stored once (`layout`). Adding a column rewrites no row, so the migration writes a
+/// few pages whatever the size of the queue; the rows of version 2 (`layout` NULL) keep
+/// their JSON objects and are read as they are.
+const V3: &str = "ALTER TABLE readings ADD COLUMN layout INTEGER;
+     CREATE TABLE IF NOT EXISTS layouts (id INTEGER PRIMARY KEY, names TEXT NOT NULL UNIQUE);";
 
 /// The last id a version 1 file gave (its AUTOINCREMENT sequence), kept by the migration.
 const COUNTER_V1_SEQ: &str = "readings_v1_seq";
