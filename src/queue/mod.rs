@@ -250,8 +250,11 @@ impl Queue {
                 "INSERT INTO readings (id, captured_at_ms, fields, boot_id, monotonic_ms, clock_synced)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
             })?;
+            // The layout of the reading before, within this call's transaction: a batch
+            // has one layout, looked up once.
+            let mut last_layout = None;
             for (i, r) in to_insert.iter().enumerate() {
-                let (fields, layout) = self.stored_fields(conn, r)?;
+                let (fields, layout) = self.stored_fields(conn, r, &mut last_layout)?;
                 let (boot, mono, synced) = match clocks.and_then(|(b, c)| Some((b, c.get(i)?))) {
                     Some((boot, c)) => (Some(boot), Some(c.monotonic_ms), c.synced),
                     None => (None, None, true),
@@ -382,6 +385,7 @@ impl Queue {
         &self,
         conn: &Connection,
         r: &Reading,
+        last_layout: &mut Option<(String, i64)>,
     ) -> Result<(String, Option<i64>), QueueError> {
         let bad = |e: serde_json::Error| QueueError::BadRow {
             id: 0,
@@ -393,7 +397,15 @@ impl Queue {
             return Ok((r.stored_fields_json().map_err(bad)?, None));
         }
         let (names, values) = layout::pack(r).map_err(bad)?;
-        Ok((values, Some(layout::layout_id(conn, &names)?)))
+        let id = match last_layout {
+            Some((last, id)) if *last == names => *id,
+            _ => {
+                let id = layout::layout_id(conn, &names)?;
+                *last_layout = Some((names, id));
+                id
+            }
+        };
+        Ok((values, Some(id)))
     }
 
     /// Deletes one pending reading; returns its estimated size if it was there.
