@@ -327,43 +327,46 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), QueueError> {
         ))?;
         return Ok(());
     }
-    if version < 2 {
-        if let Err(e) = migrate_v1_to_v2(conn) {
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
-            }
-            let e = QueueError::from(e);
-            if !e.is_disk_full() {
-                return Err(e);
-            }
-            // The version 1 layout works (its triggers keep a counter nobody reads): run on
-            // it and migrate at a later start, once there is room.
-            tracing::warn!(
-                queue = %path.display(),
-                "the disk is too full to migrate the queue to schema version 2; running on version 1 (more bytes written per reading) until a start finds room"
-            );
-            return Ok(());
-        }
+    // A version that cannot be migrated for a full disk still works (version 1: its
+    // triggers keep a counter nobody reads; version 2: its rows keep their field names,
+    // and so do the new ones): the queue runs on it and a later start migrates.
+    if version < 2 && !migrated_unless_disk_full(conn, path, 2, migrate_v1_to_v2)? {
+        return Ok(());
     }
     if version < 3 {
-        if let Err(e) = conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {V3} PRAGMA user_version = 3; COMMIT;"
-        )) {
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
-            }
-            let e = QueueError::from(e);
-            if !e.is_disk_full() {
-                return Err(e);
-            }
-            // Version 2 works: its rows keep their field names, and so do the new ones.
-            tracing::warn!(
-                queue = %path.display(),
-                "the disk is too full to migrate the queue to schema version 3; running on version 2 (more bytes written per reading) until a start finds room"
-            );
-        }
+        migrated_unless_disk_full(conn, path, 3, |conn| {
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE; {V3} PRAGMA user_version = 3; COMMIT;"
+            ))
+        })?;
     }
     Ok(())
+}
+
+/// Runs one migration step (a transaction); false when the disk was too full for it, which
+/// leaves the file as it was.
+fn migrated_unless_disk_full(
+    conn: &Connection,
+    path: &Path,
+    to: i64,
+    step: impl FnOnce(&Connection) -> rusqlite::Result<()>,
+) -> Result<bool, QueueError> {
+    let Err(e) = step(conn) else {
+        return Ok(true);
+    };
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    let e = QueueError::from(e);
+    if !e.is_disk_full() {
+        return Err(e);
+    }
+    tracing::warn!(
+        queue = %path.display(),
+        "the disk is too full to migrate the queue to schema version {to}; running on version {} (more bytes written per reading) until a start finds room",
+        to - 1
+    );
+    Ok(false)
 }
 
 /// Version 3 over version 2: a row keeps its values and a layout, whose field names are
@@ -589,6 +592,31 @@ mod tests {
         drop(q);
         // Opening again is a no-op.
         let q = open(dir.path(), 100, OverflowPolicy::DropOldest);
+        assert_eq!(kept(&q)?, vec![2, 3, 5]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_disk_too_full_to_migrate_to_version_3_leaves_version_2_working() -> Result<(), QueueError>
+    {
+        let dir = tempdir()?;
+        let path = dir.path().join("q.db");
+        version_1_file(&path)?;
+        let conn = Connection::open(&path)?;
+        migrate_v1_to_v2(&conn)?;
+        // No page to spare: SQLite answers SQLITE_FULL, as on a full disk.
+        let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        conn.pragma_update(None, "max_page_count", pages)?;
+        migrate(&conn, &path)?;
+        assert_eq!(user_version(&conn)?, 2);
+        let q = Queue::writable(conn, &config(dir.path(), 100, OverflowPolicy::DropOldest))?;
+        assert!(!q.packed);
+        assert_eq!(kept(&q)?, vec![2, 3]);
+        drop(q);
+        // Room again: the next start migrates, and the old rows still read.
+        let q = open(dir.path(), 100, OverflowPolicy::DropOldest);
+        assert!(q.packed);
+        q.enqueue(&[reading(5)])?;
         assert_eq!(kept(&q)?, vec![2, 3, 5]);
         Ok(())
     }
