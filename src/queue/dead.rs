@@ -52,10 +52,18 @@ impl Queue {
     /// The server refused this reading for good: keep it with the answer, out of the way.
     pub fn dead_letter(&self, id: i64, status: u16, response: &str) -> Result<bool, QueueError> {
         self.atomically(|conn| {
+            // Dead letters keep the fields as a JSON object, whatever the row's layout.
+            let fields = self.fields_object_json(conn, id)?;
             let moved = conn.execute(
                 "INSERT INTO dead_letters (reading_id, captured_at_ms, fields, status, response, failed_at_ms)
-                 SELECT id, captured_at_ms, fields, ?2, ?3, ?4 FROM readings WHERE id = ?1",
-                params![id, status, truncate(response, 4096), unix_ms(SystemTime::now())],
+                 SELECT id, captured_at_ms, ?5, ?2, ?3, ?4 FROM readings WHERE id = ?1",
+                params![
+                    id,
+                    status,
+                    truncate(response, 4096),
+                    unix_ms(SystemTime::now()),
+                    fields
+                ],
             )?;
             if let Some(size) = self.delete_reading(conn, id)? {
                 self.bytes_removed(size);
@@ -125,7 +133,7 @@ impl Queue {
 }
 
 /// Any stored value as text, for listing rows whose types are not what they should be.
-fn lenient_text(v: rusqlite::types::Value) -> String {
+pub(super) fn lenient_text(v: rusqlite::types::Value) -> String {
     use rusqlite::types::Value;
     match v {
         Value::Null => "null".into(),

@@ -13,6 +13,7 @@
 //!
 //! - `schema`: opening, migrating, moving a corrupt file aside.
 //! - `bounds`: `max_readings` / `max_bytes`, the overflow policy, byte accounting.
+//! - `layout`: field names stored once per set of names, rows keep their values.
 //! - `redate`: correcting capture times taken before the clock was synchronised.
 //! - `dead`: dead letters and the quarantine of unreadable rows.
 //! - [`lock`]: one daemon per queue (`<queue>.lock`).
@@ -20,6 +21,7 @@
 //! - `stats`: counters, daemon status and the figures of `queue stats`.
 //! - `runtime`: the daemon's status file in its runtime directory (tmpfs), read by
 //!   `queue stats` while the daemon runs.
+//! - [`wal_index`]: where SQLite keeps the wal-index (tmpfs, off the SD card).
 //! - `writer`: the queue thread (group commit, the handle the sampler and uploader use).
 
 use std::path::{Path, PathBuf};
@@ -32,6 +34,7 @@ use crate::reading::Reading;
 mod bounds;
 mod dead;
 pub mod health;
+mod layout;
 pub mod lock;
 mod redate;
 pub mod runtime;
@@ -39,6 +42,7 @@ mod schema;
 mod stats;
 #[cfg(test)]
 mod testing;
+pub mod wal_index;
 pub mod writer;
 
 pub use dead::DeadLetter;
@@ -75,6 +79,8 @@ pub enum QueueError {
     BadRow { id: i64, detail: String },
     #[error("queue {path} is gone from under the daemon ({detail}): nothing written since is kept; restarting starts a fresh queue there")]
     Vanished { path: PathBuf, detail: String },
+    #[error("cannot keep the queue's wal-index in {dir} ({detail}): the queue was not opened. SQLite keeps its index of the WAL there, on tmpfs, to spare the SD card; {dir} must be a directory the service user can write (it is on every Linux; a systemd drop-in must not hide it with InaccessiblePaths= or TemporaryFileSystem=)")]
+    WalIndexDir { dir: PathBuf, detail: String },
     #[error("queue {path} is corrupt ({detail}); this command left it as it is: restart the daemon (systemctl restart profilo-gateway), which moves a corrupt queue aside and starts a fresh one")]
     CorruptNotMoved { path: PathBuf, detail: String },
 }
@@ -150,6 +156,9 @@ pub struct Queue {
     next_id: std::cell::Cell<i64>,
     /// The estimate behind `max_bytes` (see `bounds`).
     pending_bytes: std::cell::Cell<bounds::PendingBytes>,
+    /// Schema version 3 or later: rows keep their values and a layout (`layout`). False
+    /// only on a file left at an earlier version (a full disk stopped its migration).
+    packed: bool,
 }
 
 impl Queue {
@@ -234,22 +243,24 @@ impl Queue {
             let max_id: i64 =
                 conn.query_row("SELECT coalesce(max(id), 0) FROM readings", [], |r| r.get(0))?;
             let mut id = self.next_id.get().max(max_id + 1);
-            let mut stmt = conn.prepare_cached(
+            let mut stmt = conn.prepare_cached(if self.packed {
+                "INSERT INTO readings (id, captured_at_ms, fields, boot_id, monotonic_ms, clock_synced, layout)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            } else {
                 "INSERT INTO readings (id, captured_at_ms, fields, boot_id, monotonic_ms, clock_synced)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            })?;
+            // The layout of the reading before, within this call's transaction: a batch
+            // has one layout, looked up once.
+            let mut last_layout = None;
             for (i, r) in to_insert.iter().enumerate() {
-                // Never `serde_json::to_string(&r.fields)`: it writes NaN and inf as null,
-                // which no later read could parse back.
-                let fields = r.stored_fields_json().map_err(|e| QueueError::BadRow {
-                    id: 0,
-                    detail: e.to_string(),
-                })?;
+                let (fields, layout) = self.stored_fields(conn, r, &mut last_layout)?;
                 let (boot, mono, synced) = match clocks.and_then(|(b, c)| Some((b, c.get(i)?))) {
                     Some((boot, c)) => (Some(boot), Some(c.monotonic_ms), c.synced),
                     None => (None, None, true),
                 };
-                stmt.execute(params![id, r.captured_at_ms, fields, boot, mono, synced])?;
+                let row = params![id, r.captured_at_ms, fields, boot, mono, synced, layout];
+                stmt.execute(&row[..if self.packed { 7 } else { 6 }])?;
                 self.bytes_added(bounds::row_size(&fields, boot));
                 id += 1;
             }
@@ -288,12 +299,18 @@ impl Queue {
             let mut bad = Vec::new();
             let mut seen = 0;
             {
-                let mut stmt = self.conn.prepare_cached(
-                    "SELECT id, captured_at_ms, fields, clock_synced FROM readings
+                let mut stmt = self.conn.prepare_cached(if self.packed {
+                    "SELECT r.id, r.captured_at_ms, r.fields, r.clock_synced, l.names
+                     FROM readings r LEFT JOIN layouts l ON l.id = r.layout
+                     WHERE r.id > ?1 AND (r.clock_synced = 1 OR ?3 IS NULL
+                         OR (r.boot_id IS NOT ?3 AND NOT ?4 AND r.captured_at_ms >= ?5))
+                     ORDER BY r.id LIMIT ?2"
+                } else {
+                    "SELECT id, captured_at_ms, fields, clock_synced, NULL FROM readings
                      WHERE id > ?1 AND (clock_synced = 1 OR ?3 IS NULL
                          OR (boot_id IS NOT ?3 AND NOT ?4 AND captured_at_ms >= ?5))
-                     ORDER BY id LIMIT ?2",
-                )?;
+                     ORDER BY id LIMIT ?2"
+                })?;
                 let params = params![
                     cursor,
                     want as i64,
@@ -363,6 +380,34 @@ pub fn capture_time_text(ms: i64) -> String {
 }
 
 impl Queue {
+    /// A reading's `fields` column and layout id as this file stores them (`layout`).
+    fn stored_fields(
+        &self,
+        conn: &Connection,
+        r: &Reading,
+        last_layout: &mut Option<(String, i64)>,
+    ) -> Result<(String, Option<i64>), QueueError> {
+        let bad = |e: serde_json::Error| QueueError::BadRow {
+            id: 0,
+            detail: e.to_string(),
+        };
+        if !self.packed {
+            // Never `serde_json::to_string(&r.fields)`: it writes NaN and inf as null,
+            // which no later read could parse back.
+            return Ok((r.stored_fields_json().map_err(bad)?, None));
+        }
+        let (names, values) = layout::pack(r).map_err(bad)?;
+        let id = match last_layout {
+            Some((last, id)) if *last == names => *id,
+            _ => {
+                let id = layout::layout_id(conn, &names)?;
+                *last_layout = Some((names, id));
+                id
+            }
+        };
+        Ok((values, Some(id)))
+    }
+
     /// Deletes one pending reading; returns its estimated size if it was there.
     fn delete_reading(&self, conn: &Connection, id: i64) -> Result<Option<u64>, QueueError> {
         let mut stmt = conn.prepare_cached(&format!(
@@ -388,7 +433,8 @@ fn read_stored(r: &rusqlite::Row<'_>) -> Result<Stored, String> {
         ));
     }
     let fields: String = r.get(2).map_err(|e| format!("fields: {e}"))?;
-    let fields = serde_json::from_str(&fields).map_err(|e| format!("fields {fields}: {e}"))?;
+    let names: Option<String> = r.get(4).map_err(|e| format!("layout: {e}"))?;
+    let fields = layout::unpack(&fields, names.as_deref())?;
     let synced: bool = r.get(3).map_err(|e| format!("clock_synced: {e}"))?;
     Ok(Stored {
         id,

@@ -7,11 +7,14 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::wal_index::{self, WAL_INDEX_DIR};
 use super::{Queue, QueueError};
 use crate::config::{OverflowPolicy, QueueConfig, UnfixableTime};
 use crate::reading::unix_ms;
 
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
+/// The first version whose rows keep their values and a layout (`layout`).
+const PACKED_SINCE: i64 = 3;
 /// Page size of a queue. A commit appends one WAL frame per page it changed (the page
 /// plus 24 bytes), and the kernel writes whole 4 KiB blocks: a 4 KiB page's frame (4,120
 /// bytes) always touches two blocks, a 1 KiB page's frame (1,048 bytes) one, or two one
@@ -31,6 +34,7 @@ impl Queue {
     /// never turns into a crash loop.
     pub fn open(config: &QueueConfig) -> Result<Queue, QueueError> {
         let path = &config.path;
+        wal_index::check_dir(Path::new(WAL_INDEX_DIR))?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| QueueError::CreateDir {
                 path: dir.to_path_buf(),
@@ -65,13 +69,16 @@ impl Queue {
             }
             Err(e) => return Err(e),
         };
+        log_wal_index(path);
         Self::writable(conn, config)
     }
 
     /// A queue that writes, bounded as `config` says.
     fn writable(conn: Connection, config: &QueueConfig) -> Result<Queue, QueueError> {
         let next_id = std::cell::Cell::new(first_free_id(&conn)?);
+        let packed = user_version(&conn)? >= PACKED_SINCE;
         Ok(Queue {
+            packed,
             conn,
             path: config.path.clone(),
             max_readings: config.max_readings,
@@ -126,6 +133,7 @@ impl Queue {
         if !path.exists() {
             return Err(QueueError::Missing(path.to_path_buf()));
         }
+        wal_index::check_dir(Path::new(WAL_INDEX_DIR))?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -134,11 +142,12 @@ impl Queue {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // A daemon starting for the first time creates the file before its tables: until
         // the schema is committed the queue does not exist yet, rather than "no such table".
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let version = user_version(&conn)?;
         if version == 0 {
             return Err(QueueError::Missing(path.to_path_buf()));
         }
         Ok(Queue {
+            packed: version >= PACKED_SINCE,
             next_id: Default::default(),
             pending_bytes: Default::default(),
             conn,
@@ -162,6 +171,7 @@ impl Queue {
         if !path.exists() {
             return Err(QueueError::Missing(path.clone()));
         }
+        wal_index::check_dir(Path::new(WAL_INDEX_DIR))?;
         let conn = Self::open_checked(path).map_err(|e| {
             if e.is_corrupt() {
                 QueueError::CorruptNotMoved {
@@ -250,11 +260,29 @@ fn convert_page_size(conn: &Connection, path: &Path) -> Result<(), QueueError> {
     Ok(())
 }
 
+/// Says at the daemon's start where the wal-index is: a build whose SQLite lacks
+/// `SQLITE_SHM_DIRECTORY` works, but writes it to the card.
+fn log_wal_index(path: &Path) {
+    match wal_index::location(path) {
+        Some(at) if at.starts_with(WAL_INDEX_DIR) => tracing::info!(
+            queue = %path.display(),
+            wal_index = %at.display(),
+            "the queue's wal-index is on tmpfs, off the SD card"
+        ),
+        Some(at) => tracing::warn!(
+            queue = %path.display(),
+            wal_index = %at.display(),
+            "the queue's wal-index is beside the queue, on the SD card (300-500 bytes/s more written): this binary's SQLite was built without SQLITE_SHM_DIRECTORY (build it with the repository's .cargo/config.toml)"
+        ),
+        None => tracing::debug!(queue = %path.display(), "no wal-index file found for the queue"),
+    }
+}
+
 fn open_error(path: &Path, source: rusqlite::Error) -> QueueError {
     let hint = match source.sqlite_error_code() {
         Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::PermissionDenied)
         | Some(rusqlite::ErrorCode::ReadOnly) => {
-            " (the service user needs write access to the queue file and its directory, the StateDirectory)"
+            " (the service user needs write access to the queue file and its directory, the StateDirectory, and to the wal-index in /dev/shm)"
         }
         Some(rusqlite::ErrorCode::DiskFull) => " (the disk is full: free some space)",
         _ => "",
@@ -266,8 +294,12 @@ fn open_error(path: &Path, source: rusqlite::Error) -> QueueError {
     }
 }
 
+fn user_version(conn: &Connection) -> Result<i64, QueueError> {
+    Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+}
+
 fn migrate(conn: &Connection, path: &Path) -> Result<(), QueueError> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = user_version(conn)?;
     if version > SCHEMA_VERSION {
         return Err(QueueError::NewerSchema {
             path: path.to_path_buf(),
@@ -289,30 +321,60 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), QueueError> {
              );
              CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS status (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+             {V3}
              PRAGMA user_version = {SCHEMA_VERSION};
              COMMIT;"
         ))?;
         return Ok(());
     }
-    if version < 2 {
-        if let Err(e) = migrate_v1_to_v2(conn) {
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
-            }
-            let e = QueueError::from(e);
-            if !e.is_disk_full() {
-                return Err(e);
-            }
-            // The version 1 layout works (its triggers keep a counter nobody reads): run on
-            // it and migrate at a later start, once there is room.
-            tracing::warn!(
-                queue = %path.display(),
-                "the disk is too full to migrate the queue to schema version 2; running on version 1 (more bytes written per reading) until a start finds room"
-            );
-        }
+    // A version that cannot be migrated for a full disk still works (version 1: its
+    // triggers keep a counter nobody reads; version 2: its rows keep their field names,
+    // and so do the new ones): the queue runs on it and a later start migrates.
+    if version < 2 && !migrated_unless_disk_full(conn, path, 2, migrate_v1_to_v2)? {
+        return Ok(());
+    }
+    if version < 3 {
+        migrated_unless_disk_full(conn, path, 3, |conn| {
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE; {V3} PRAGMA user_version = 3; COMMIT;"
+            ))
+        })?;
     }
     Ok(())
 }
+
+/// Runs one migration step (a transaction); false when the disk was too full for it, which
+/// leaves the file as it was.
+fn migrated_unless_disk_full(
+    conn: &Connection,
+    path: &Path,
+    to: i64,
+    step: impl FnOnce(&Connection) -> rusqlite::Result<()>,
+) -> Result<bool, QueueError> {
+    let Err(e) = step(conn) else {
+        return Ok(true);
+    };
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    let e = QueueError::from(e);
+    if !e.is_disk_full() {
+        return Err(e);
+    }
+    tracing::warn!(
+        queue = %path.display(),
+        "the disk is too full to migrate the queue to schema version {to}; running on version {} (more bytes written per reading) until a start finds room",
+        to - 1
+    );
+    Ok(false)
+}
+
+/// Version 3 over version 2: a row keeps its values and a layout, whose field names are
+/// stored once (`layout`). Adding a column rewrites no row, so the migration writes a
+/// few pages whatever the size of the queue; the rows of version 2 (`layout` NULL) keep
+/// their JSON objects and are read as they are.
+const V3: &str = "ALTER TABLE readings ADD COLUMN layout INTEGER;
+     CREATE TABLE IF NOT EXISTS layouts (id INTEGER PRIMARY KEY, names TEXT NOT NULL UNIQUE);";
 
 /// The last id a version 1 file gave (its AUTOINCREMENT sequence), kept by the migration.
 const COUNTER_V1_SEQ: &str = "readings_v1_seq";
@@ -530,6 +592,31 @@ mod tests {
         drop(q);
         // Opening again is a no-op.
         let q = open(dir.path(), 100, OverflowPolicy::DropOldest);
+        assert_eq!(kept(&q)?, vec![2, 3, 5]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_disk_too_full_to_migrate_to_version_3_leaves_version_2_working() -> Result<(), QueueError>
+    {
+        let dir = tempdir()?;
+        let path = dir.path().join("q.db");
+        version_1_file(&path)?;
+        let conn = Connection::open(&path)?;
+        migrate_v1_to_v2(&conn)?;
+        // No page to spare: SQLite answers SQLITE_FULL, as on a full disk.
+        let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        conn.pragma_update(None, "max_page_count", pages)?;
+        migrate(&conn, &path)?;
+        assert_eq!(user_version(&conn)?, 2);
+        let q = Queue::writable(conn, &config(dir.path(), 100, OverflowPolicy::DropOldest))?;
+        assert!(!q.packed);
+        assert_eq!(kept(&q)?, vec![2, 3]);
+        drop(q);
+        // Room again: the next start migrates, and the old rows still read.
+        let q = open(dir.path(), 100, OverflowPolicy::DropOldest);
+        assert!(q.packed);
+        q.enqueue(&[reading(5)])?;
         assert_eq!(kept(&q)?, vec![2, 3, 5]);
         Ok(())
     }

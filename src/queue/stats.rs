@@ -37,6 +37,8 @@ pub struct Stats {
     pub daemon_updated_at: Option<String>,
     /// Requests the uploader lets be in flight now (adaptive with `upload.concurrency = "auto"`).
     pub upload_concurrency: Option<u64>,
+    /// The wal-index file while a connection has the queue open: on tmpfs (`wal_index`).
+    pub wal_index: Option<String>,
 }
 
 /// Names in the `status` table, written by the daemon, read by `queue stats`.
@@ -94,6 +96,7 @@ impl Queue {
             oldest_captured_at: oldest.map(format_rfc3339_ms),
             newest_captured_at: newest.map(format_rfc3339_ms),
             db_bytes: file_len(&self.path) + file_len(&wal_path(&self.path)),
+            wal_index: super::wal_index::location(&self.path).map(|p| p.display().to_string()),
             ..Stats::default()
         };
         // As last saved in the file, then as the running daemon sees it now.

@@ -683,6 +683,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn synced_readings_are_stored_without_the_boot_origin_unsynced_ones_with_it(
+    ) -> Result<(), String> {
+        let (_dir, config, store, thread) = started(Duration::from_millis(20))?;
+        store.enqueue(captured(1)).map_err(|e| e.to_string())?;
+        store.new_readings.notified().await;
+        let mut unsynced = captured(2);
+        unsynced.clock_synced = false;
+        store.enqueue(unsynced).map_err(|e| e.to_string())?;
+        store.new_readings.notified().await;
+        stopped(store, thread)?;
+        let conn = rusqlite::Connection::open(&config.path).map_err(|e| e.to_string())?;
+        let origins: Vec<(Option<String>, Option<i64>)> = conn
+            .prepare("SELECT boot_id, monotonic_ms FROM readings ORDER BY id")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()
+            })
+            .map_err(|e| e.to_string())?;
+        assert_eq!(
+            origins,
+            vec![(None, None), (Some("boot".to_owned()), Some(2))],
+            "only the reading that may need re-dating carries its boot and boottime"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn a_caught_up_uploaders_acks_commit_with_the_next_reading() -> Result<(), String> {
         let (_dir, config, store, thread) = started(Duration::from_millis(20))?;
         store.enqueue(captured(0)).map_err(|e| e.to_string())?;
