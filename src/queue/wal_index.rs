@@ -42,6 +42,18 @@ pub fn location(path: &Path) -> Option<PathBuf> {
     [tmpfs, beside].into_iter().find(|p| p.exists())
 }
 
+/// `<path>-shm` when it exists beside a queue whose index this build keeps on tmpfs: a
+/// program with another SQLite (the `sqlite3` shell, Python) has the queue open. Its
+/// index is not the daemon's, so its writes (and the checkpoint it may run) would
+/// corrupt the queue.
+pub fn foreign_index(path: &Path) -> Option<PathBuf> {
+    let ours = location(path).filter(|p| p.starts_with(WAL_INDEX_DIR))?;
+    let mut beside = path.as_os_str().to_owned();
+    beside.push("-shm");
+    let beside = PathBuf::from(beside);
+    (ours != beside && beside.exists()).then_some(beside)
+}
+
 /// Fails, saying what to do, when `dir` cannot hold wal-index files: SQLite would then fail
 /// every access to the queue with "unable to open database file", which names the queue,
 /// not the directory.
@@ -106,6 +118,20 @@ mod tests {
             None,
             "the last connection removes it"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn another_sqlites_index_beside_the_queue_is_noticed() -> Result<(), QueueError> {
+        let dir = tempdir()?;
+        let path = dir.path().join("q.db");
+        let q = open(dir.path(), 100, OverflowPolicy::DropOldest);
+        q.enqueue(&[reading(1)])?;
+        assert_eq!(foreign_index(&path), None);
+        // What the sqlite3 shell leaves while it has the queue open.
+        let beside = dir.path().join("q.db-shm");
+        std::fs::write(&beside, [0u8; 32]).map_err(io_error)?;
+        assert_eq!(foreign_index(&path), Some(beside));
         Ok(())
     }
 

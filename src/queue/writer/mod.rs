@@ -247,6 +247,7 @@ pub fn spawn(
                     last_verified: Instant::now(),
                     broken: broken_tx,
                     gave_up: false,
+                    foreign_index: false,
                 },
             };
             writer.serve(rx, commit_interval);

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use super::{Writer, VERIFY_EVERY};
 use crate::queue::health::{Failures, Fault, FileIdentity};
-use crate::queue::QueueError;
+use crate::queue::{wal_index, QueueError};
 use crate::watchdog::Heartbeat;
 
 /// The queue thread's own health: its heartbeat, the verdict on its failures, and the
@@ -20,6 +20,8 @@ pub(super) struct Health {
     pub(super) last_verified: Instant,
     pub(super) broken: watch::Sender<Option<String>>,
     pub(super) gave_up: bool,
+    /// Another SQLite's index was seen beside the queue (said once per appearance).
+    pub(super) foreign_index: bool,
 }
 
 impl Writer {
@@ -36,6 +38,20 @@ impl Writer {
         if let Err(e) = self.queue.verify_file(file) {
             self.note_failure(&e);
         }
+        self.check_foreign_index();
+    }
+
+    /// A program with another SQLite has the queue open: say so while it is still only
+    /// reading (nothing can stop it writing).
+    fn check_foreign_index(&mut self) {
+        let foreign = wal_index::foreign_index(self.queue.path());
+        if let (Some(at), false) = (&foreign, self.health.foreign_index) {
+            tracing::warn!(
+                wal_index = %at.display(),
+                "another program (the sqlite3 shell? Python?) has the queue open with its own SQLite: it does not share the daemon's index in /dev/shm, and if it writes to the queue while the daemon runs, the queue is corrupted; close it, and use `profilo-gateway queue stats|list|export` instead"
+            );
+        }
+        self.health.foreign_index = foreign.is_some();
     }
 
     /// Counts a failure of the queue; gives up on a queue that is broken for good, so that
