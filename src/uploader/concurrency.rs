@@ -347,11 +347,11 @@ mod tests {
         assert!(c.limit() >= 8, "{}", c.limit());
     }
 
-    #[test]
-    fn random_503s_for_a_third_of_the_requests_do_not_pin_the_limit_at_one() {
+    /// Runs 2000 windows of 20 ms at the limit, the `i`-th of `n` answers pushed back
+    /// when `pushed_back(i, n)`: the limits of the last 1000.
+    fn run_pushed_back(mut pushed_back: impl FnMut(usize, usize) -> bool) -> Vec<usize> {
         let mut t = Instant::now();
         let mut c = Concurrency::new(Mode::Auto { max: 32 }, t);
-        let mut rng = fastrand::Rng::with_seed(3);
         let mut seen = Vec::new();
         for _ in 0..2000 {
             let n = c.limit();
@@ -359,12 +359,19 @@ mod tests {
                 c.on_send(i);
             }
             t += Duration::from_millis(20);
-            for _ in 0..n {
-                c.on_answer(Duration::from_millis(20), rng.f64() < 0.3, n == 1, t);
+            for i in 0..n {
+                c.on_answer(Duration::from_millis(20), pushed_back(i, n), n == 1, t);
             }
             seen.push(n);
         }
-        let mean = seen[1000..].iter().sum::<usize>() as f64 / 1000.0;
+        seen.split_off(1000)
+    }
+
+    #[test]
+    fn random_503s_for_a_third_of_the_requests_do_not_pin_the_limit_at_one() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let seen = run_pushed_back(|_, _| rng.f64() < 0.3);
+        let mean = seen.iter().sum::<usize>() as f64 / seen.len() as f64;
         // The server keeps up at any limit: random refusals leave it near its maximum
         // (cut on any push-back, it sat near 4).
         assert!(mean >= 24.0, "{mean}");
@@ -372,23 +379,9 @@ mod tests {
 
     #[test]
     fn a_server_refusing_what_exceeds_its_slots_holds_the_limit_near_them() {
-        let mut t = Instant::now();
-        let mut c = Concurrency::new(Mode::Auto { max: 32 }, t);
-        let mut seen = Vec::new();
-        for _ in 0..2000 {
-            let n = c.limit();
-            for i in 1..=n {
-                c.on_send(i);
-            }
-            t += Duration::from_millis(20);
-            // 8 slots: the rest is answered 503 at once.
-            for i in 0..n {
-                c.on_answer(Duration::from_millis(20), i >= 8, n == 1, t);
-            }
-            seen.push(n);
-        }
-        let tail = &seen[1000..];
-        let (lo, hi) = (tail.iter().min(), tail.iter().max());
+        // 8 slots: the rest is answered 503 at once.
+        let seen = run_pushed_back(|i, _| i >= 8);
+        let (lo, hi) = (seen.iter().min(), seen.iter().max());
         assert!(lo >= Some(&6), "{lo:?}..{hi:?}");
         assert!(hi <= Some(&12), "{lo:?}..{hi:?}");
     }
