@@ -12,13 +12,15 @@
 //! Pushed back means by most of a window, not by one answer in it (Vector cuts on any).
 //! A flaky proxy refusing 30 % of requests at random refuses about 0.3 n of every window
 //! of n, whatever n is: cutting on any one pinned the limit where growth (a clean window,
-//! 0.7^n) and the cut (0.1 n the rest of the time) balance, n near 4, a third of the
-//! healthy drain. A full server refuses what exceeds its slots, a share that grows with
-//! the limit. So a window cuts when more than half of it was pushed back, or when one
-//! push-back came after three times the mean round trip plus 20 ms (a timeout, a balancer
-//! that waited before giving up: the server's load, not noise); it grows only while at
-//! most a quarter of it was. A server refusing the excess holds the limit within a third
-//! above its slots; random refusals up to about 30 % leave the limit to the round trips
+//! 0.7^n) and the cut (0.1 n the rest of the time) balance, n near 4, and the drain ran
+//! at a third to a half of its healthy rate. A full server refuses what exceeds its
+//! slots, a share that grows with the limit. So a window cuts when more than half of it
+//! was pushed back, or when one push-back came after three times the mean round trip plus
+//! 20 ms (a timeout, a balancer that waited before giving up: the server's load, not
+//! noise; the default 10 s timeout is late while the mean is under 3.3 s, and past that
+//! the served round trips are far above the floor and cut on their own). It grows only
+//! while at most a quarter of it was: a server refusing the excess holds the limit within
+//! a third above its slots; random refusals up to about 30 % leave it to the round trips
 //! (at 40 % it sits near 9, at 50 % near 4). Pushed-back answers are no round trips of a
 //! served request (Vector's `use_rtt`): they stay out of the means.
 
