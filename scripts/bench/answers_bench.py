@@ -447,16 +447,15 @@ def main():
     ap.add_argument("--fleet-timeout-s", type=float, default=180,
                     help="the longest the fleet may take to drain; then the figures say so")
     ap.add_argument("--steps", default="A,B,C,D,E")
+    ap.add_argument("--binary", dest="binary_override", help="the gateway binary to measure (default: the release "
+                    "build of --root; e.g. main's, for a before/after)")
     ap.add_argument("--no-md", action="store_true")
-    ap.add_argument("--binary", help="the gateway to measure (default: the root's release "
-                    "build); run once with main's copy and once without, alternated, for "
-                    "before/after side by side (write with --no-md, or to another --work)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the figures of the last run (answers-bench.json) for steps not run now")
     args = ap.parse_args()
-    binary = args.binary
     rb.setup(args)
-    args.binary = binary or args.binary
+    if args.binary_override:
+        args.binary = args.binary_override
     steps = set(args.steps.split(","))
     R = {}
     saved = os.path.join(args.work, "answers-bench.json")
