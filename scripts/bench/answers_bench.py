@@ -447,11 +447,15 @@ def main():
     ap.add_argument("--fleet-timeout-s", type=float, default=180,
                     help="the longest the fleet may take to drain; then the figures say so")
     ap.add_argument("--steps", default="A,B,C,D,E")
+    ap.add_argument("--binary", dest="binary_override", help="the gateway binary to measure (default: the release "
+                    "build of --root; e.g. main's, for a before/after)")
     ap.add_argument("--no-md", action="store_true")
     ap.add_argument("--merge", action="store_true",
                     help="keep the figures of the last run (answers-bench.json) for steps not run now")
     args = ap.parse_args()
     rb.setup(args)
+    if args.binary_override:
+        args.binary = args.binary_override
     steps = set(args.steps.split(","))
     R = {}
     saved = os.path.join(args.work, "answers-bench.json")

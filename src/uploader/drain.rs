@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 use super::concurrency::{Concurrency, Mode};
 use crate::backoff::Backoff;
 
-/// Consecutive failures (no success between them) that make an outage.
+/// Consecutive failures (no success between them) that make an outage, or two windows'
+/// worth at the limit if more: with 16 in flight, 8 failures in a row come by chance once
+/// in about 20 000 answers against a proxy refusing 30 % at random (0.3^8), where every
+/// request of an outage fails within a round trip.
 const STREAK_FAILURES: u32 = 8;
 /// Or: at least two failures and no success for this long (timeouts are slow to count).
 const STREAK_SILENCE: Duration = Duration::from_secs(10);
@@ -342,6 +345,7 @@ impl<T> Drain<T> {
                     id,
                     item,
                 });
+                let streak_failures = STREAK_FAILURES.max(2 * self.concurrency.limit() as u32);
                 let streak = &mut self.streak;
                 let since = *streak.since.get_or_insert(now);
                 streak.all_retry_after =
@@ -351,7 +355,7 @@ impl<T> Drain<T> {
                 if was_probe {
                     return Some(self.pause(now));
                 }
-                let outage = streak.failures >= STREAK_FAILURES
+                let outage = streak.failures >= streak_failures
                     || (streak.failures >= 2
                         && now.saturating_duration_since(since) >= STREAK_SILENCE);
                 (outage && self.outage.is_none()).then(|| self.pause(now))
@@ -695,9 +699,10 @@ mod tests {
         );
         sim.run_until(|s| s.drain.concurrency() >= 32, Duration::from_secs(60));
         assert_eq!(sim.drain.concurrency(), 32);
-        // From now on one request in ten is answered 503.
+        // From now on six requests in ten are answered 503 (a full server; a minority at
+        // random is a flaky proxy: see the next test).
         sim.answer = Box::new(|n, _| {
-            if n % 10 == 0 {
+            if n % 10 < 6 {
                 Answer::Failed {
                     retry_after: None,
                     back_pressure: true,
@@ -721,36 +726,48 @@ mod tests {
 
     #[test]
     fn a_third_of_requests_failing_with_retry_after_does_not_stall_the_drain() {
-        let mut sim = Sim::new(
-            5_000,
-            settings(64, Mode::Auto { max: 32 }),
-            8,
-            Duration::from_millis(5),
-        );
-        let mut rng = fastrand::Rng::with_seed(7);
-        sim.answer = Box::new(move |_, _| {
-            if rng.f64() < 0.3 {
-                Answer::Failed {
-                    retry_after: Some(Duration::from_secs(1)),
-                    back_pressure: true,
-                }
-            } else {
-                Answer::Accepted
+        // As the bench does: the time to store 5000 of a larger backlog, so that the
+        // last readings' run of Retry-After waits (0.3^k of them fail k times) does not
+        // count, only the rate.
+        let sim = |flaky: bool, stored: usize| {
+            let mut sim = Sim::new(
+                stored as i64 + 20_000,
+                settings(64, Mode::Auto { max: 32 }),
+                8,
+                Duration::from_millis(5),
+            );
+            let mut rng = fastrand::Rng::with_seed(7);
+            if flaky {
+                sim.answer = Box::new(move |_, _| {
+                    if rng.f64() < 0.3 {
+                        Answer::Failed {
+                            retry_after: Some(Duration::from_secs(1)),
+                            back_pressure: true,
+                        }
+                    } else {
+                        Answer::Accepted
+                    }
+                });
             }
-        });
-        sim.run_until(|s| s.queue.is_empty(), Duration::from_secs(600));
-        assert!(sim.queue.is_empty());
-        // Healthy: 5000 / 1600 per s = 3.1 s; a third lost to 503s, and the limit cut,
-        // still well within a minute (the field saw 0.1 readings/s).
+            sim.run_until(|s| s.stored.len() >= stored, Duration::from_secs(600));
+            assert!(sim.stored.len() >= stored);
+            assert!(sim.sent.values().all(|&n| n <= 20));
+            sim
+        };
+        let healthy = sim(false, 5_000).elapsed();
+        let flaky = sim(true, 5_000);
+        // The 503s take the server as long as an answer here: 0.7 of the healthy rate at
+        // best. Cut on any 503, the limit sat near 4 and the drain at a third of it.
         assert!(
-            sim.elapsed() < Duration::from_secs(30),
-            "{:?}",
-            sim.elapsed()
+            flaky.elapsed() < healthy.mul_f64(1.0 / 0.6),
+            "{:?} against {healthy:?} healthy",
+            flaky.elapsed()
         );
-        for (id, n) in &sim.sent {
-            assert!(*n >= 1, "{id}");
-        }
-        assert_eq!(sim.stored.len(), 5_000);
+        assert!(flaky.pauses.is_empty(), "{:?}", flaky.pauses);
+        // Nor does a run of 8 failures in a row, which comes by chance in a long drain:
+        // the limit is near 10, and an outage is two windows of failures.
+        let long = sim(true, 60_000);
+        assert!(long.pauses.is_empty(), "{:?}", long.pauses);
     }
 
     #[test]
