@@ -172,6 +172,7 @@ class InFlightSampler(threading.Thread):
         super().__init__(daemon=True)
         self.hexport = f":{port:04X}"
         self.peak_open = self.peak_waiting = 0
+        self.sum_waiting = self.samples = 0
         self.stop_at = None
 
     def sample(self):
@@ -190,6 +191,8 @@ class InFlightSampler(threading.Thread):
                     waiting += rx
         self.peak_open = max(self.peak_open, open_)
         self.peak_waiting = max(self.peak_waiting, waiting)
+        self.sum_waiting += waiting
+        self.samples += 1
 
     def run(self):
         while self.stop_at is None:
@@ -305,6 +308,7 @@ def step_fleet(args, R):
         "limit_allows_s": round(backlog / max(limit - rate, 1), 2),
         "one_gateway_s": one["seconds"], "one_gateway_per_s": one["readings_per_s"],
         "server_peak_open": sampler.peak_open, "server_peak_waiting": sampler.peak_waiting,
+        "server_mean_waiting": round(sampler.sum_waiting / max(sampler.samples, 1), 1),
         "server_slots": 2 * 4,
         "server_non_2xx": st.get("data_other", 0) + st.get("data_503", 0)
         - before.get("data_other", 0) - before.get("data_503", 0),
@@ -413,7 +417,8 @@ def fleet_rows(e, load):
         row("E load", "the server's peak requests in flight (waiting unread in its sockets + "
             f"the {e['server_slots']} it serves at once), connections open, 5xx, failures the "
             "fleet saw after recovery (timeouts included)",
-            f"<= {e['server_peak_waiting']} + {e['server_slots']}, {e['server_peak_open']} open; "
+            f"<= {e['server_peak_waiting']} + {e['server_slots']} (mean waiting "
+            f"{e.get('server_mean_waiting')}), {e['server_peak_open']} open; "
             f"**{e['server_non_2xx']}** non-2xx, **{e['fleet_transient_failures']}** failures",
             "0 5xx, 0 timeouts",
             e["server_non_2xx"] == 0 and e["fleet_transient_failures"] == 0),
@@ -447,11 +452,15 @@ def main():
     ap.add_argument("--fleet-timeout-s", type=float, default=180,
                     help="the longest the fleet may take to drain; then the figures say so")
     ap.add_argument("--steps", default="A,B,C,D,E")
+    ap.add_argument("--binary", dest="binary_override", help="the gateway binary to measure (default: the release "
+                    "build of --root; e.g. main's, for a before/after)")
     ap.add_argument("--no-md", action="store_true")
     ap.add_argument("--merge", action="store_true",
                     help="keep the figures of the last run (answers-bench.json) for steps not run now")
     args = ap.parse_args()
     rb.setup(args)
+    if args.binary_override:
+        args.binary = args.binary_override
     steps = set(args.steps.split(","))
     R = {}
     saved = os.path.join(args.work, "answers-bench.json")
