@@ -47,8 +47,11 @@ const RTT_SLACK: Duration = Duration::from_millis(20);
 /// The deepest single cut on a long round trip.
 const QUEUED_CUT_MAX: f64 = 0.5;
 /// The base is the `BASE_RANK`-th lowest round trip alone of the last one or two spans of
-/// `BASE_SPAN` (2.5 to 5 minutes).
+/// `BASE_SPAN` (2.5 to 5 minutes), once there are `BASE_RANK * BASE_PER_RANK` of them;
+/// of fewer (a start, which sends alone only briefly), a lower rank: the first answers of
+/// a cold server are slow ones, not fast.
 const BASE_RANK: usize = 3;
+const BASE_PER_RANK: usize = 3;
 const BASE_SPAN: Duration = Duration::from_secs(150);
 /// The lowest limit (below one: paced sends) and its growth per clean window below one.
 const MIN_LIMIT: f64 = 1.0 / 16.0;
@@ -281,12 +284,14 @@ impl Concurrency {
     }
 }
 
-/// The lowest round trips of the current span and the one before it.
+/// The lowest round trips of the current span and the one before it, and how many each
+/// saw.
 #[derive(Debug, Clone)]
 struct Base {
     since: Instant,
     current: Vec<Duration>,
     previous: Vec<Duration>,
+    seen: (usize, usize),
 }
 
 impl Base {
@@ -295,24 +300,28 @@ impl Base {
             since: now,
             current: Vec::new(),
             previous: Vec::new(),
+            seen: (0, 0),
         }
     }
 
     fn sample(&mut self, rtt: Duration, now: Instant) {
         if now.saturating_duration_since(self.since) >= BASE_SPAN {
             self.previous = std::mem::take(&mut self.current);
+            self.seen = (0, self.seen.0);
             self.since = now;
         }
         lowest_kept(&mut self.current, rtt);
+        self.seen.0 += 1;
     }
 
-    /// The `BASE_RANK`-th lowest of both spans (the highest kept while there are fewer).
+    /// Of both spans: the `BASE_RANK`-th lowest, or a lower rank while they saw few.
     fn value(&self) -> Option<Duration> {
         let mut all = self.current.clone();
         for rtt in &self.previous {
             lowest_kept(&mut all, *rtt);
         }
-        all.last().copied()
+        let rank = ((self.seen.0 + self.seen.1) / BASE_PER_RANK).clamp(1, BASE_RANK);
+        all.get(rank.min(all.len()).checked_sub(1)?).copied()
     }
 }
 
@@ -492,7 +501,7 @@ mod tests {
     fn the_base_outlasts_an_outage_and_one_fast_answer() {
         let mut t = Instant::now();
         let mut c = Concurrency::new(Mode::Auto { max: 32 }, t);
-        for rtt in [30, 31, 2, 32, 30, 33] {
+        for rtt in [30, 31, 2, 32, 30, 33, 34, 30, 35] {
             t += Duration::from_millis(500);
             c.on_answer(Duration::from_millis(rtt), false, true, true, t);
         }
@@ -518,6 +527,18 @@ mod tests {
             c.on_answer(Duration::from_millis(80), false, true, true, t);
         }
         assert_eq!(c.base(), Some(Duration::from_millis(80)));
+    }
+
+    #[test]
+    fn a_cold_servers_first_slow_answers_do_not_make_the_base() {
+        let mut t = Instant::now();
+        let mut c = Concurrency::new(Mode::Auto { max: 32 }, t);
+        // A start sends alone only a few times before the limit grows.
+        for rtt in [400, 25, 30] {
+            t += Duration::from_millis(rtt);
+            c.on_answer(Duration::from_millis(rtt), false, true, true, t);
+        }
+        assert_eq!(c.base(), Some(Duration::from_millis(25)));
     }
 
     /// A fleet of `gateways` controllers with a backlog each, sharing a server of `slots`
