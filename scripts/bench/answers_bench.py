@@ -333,8 +333,9 @@ def step_fleet(args, R):
         probes = sorted(p for p in probes if p is not None)
         kinds = {}
         for g in gws:
-            for kind, n in failures_after(os.path.join(g.dir, "gateway.log"), restarted_wall).items():
-                kinds[kind] = kinds.get(kind, 0) + n
+            for kind, count in failures_after(os.path.join(g.dir, "gateway.log"),
+                                              restarted_wall).items():
+                kinds[kind] = kinds.get(kind, 0) + count
         log(f"    one gateway, the same {backlog} readings, same server")
         one = drain(args, s, args.backlog_path, "fleet-one", backlog)
         w2 = wrk_limit(args, s, 16, args.wrk_seconds)

@@ -58,9 +58,9 @@ const MIN_LIMIT: f64 = 1.0 / 16.0;
 const GROW_BELOW_ONE: f64 = 1.0 / 16.0;
 /// The longest pause between two paced sends.
 const PACE_MAX: Duration = Duration::from_secs(30);
-/// The floor is measured again when no request went out alone for this long.
+/// The base is measured again when no request went out alone for this long.
 const FLOOR_MAX_AGE: Duration = Duration::from_secs(60);
-/// Answers that make a new floor when it is measured again.
+/// Answers that are taken alone when it is measured again.
 const FLOOR_SAMPLES: u32 = 5;
 
 /// `upload.concurrency`: adaptive up to a maximum, or pinned.
@@ -81,7 +81,7 @@ pub struct Concurrency {
     alone_at: Option<Instant>,
     /// Below a limit of one: no send before this.
     paced_until: Option<Instant>,
-    /// While the floor is measured again: the limit to come back to, answers still wanted.
+    /// While the base is measured again: the limit to come back to, answers still wanted.
     measuring: Option<(f64, u32)>,
     window: Window,
 }
@@ -185,7 +185,7 @@ impl Concurrency {
             return;
         }
         if alone {
-            self.sample_floor(rtt, back_pressure || !served, now);
+            self.sample_base(rtt, back_pressure || !served, now);
         }
         self.window.rtt_sum += rtt;
         self.window.answers += 1;
@@ -206,9 +206,9 @@ impl Concurrency {
         });
     }
 
-    /// A pushed-back answer says nothing of the floor, but counts towards the end of a
+    /// A pushed-back answer says nothing of the base, but counts towards the end of a
     /// measurement, which must end even against a server answering nothing but 503.
-    fn sample_floor(&mut self, rtt: Duration, back_pressure: bool, now: Instant) {
+    fn sample_base(&mut self, rtt: Duration, back_pressure: bool, now: Instant) {
         self.alone_at = Some(now);
         if !back_pressure {
             self.base.sample(rtt, now);
@@ -411,8 +411,9 @@ mod tests {
         run(&mut c, &mut t, 3, 8, Duration::from_millis(40));
         let after = c.limit();
         assert!(after < before, "{before} -> {after}");
-        // A minute on, the floor is measured again (one request at a time): the new round
-        // trip is the norm and the limit finds the 8 slots again.
+        // Minutes on (each window here is a round trip of up to 64 in flight), the base of
+        // before has aged out and the one measured again (one request at a time, once a
+        // minute) is the new round trip: the limit finds the 8 slots again.
         run(&mut c, &mut t, 3000, 8, Duration::from_millis(40));
         assert!(
             c.base().is_some_and(|f| f >= Duration::from_millis(39)),
@@ -444,7 +445,7 @@ mod tests {
     }
 
     #[test]
-    fn a_queue_that_grows_slowly_past_the_floor_cuts() {
+    fn a_queue_that_grows_slowly_past_the_base_cuts() {
         let mut t = Instant::now();
         let mut c = Concurrency::new(Mode::Auto { max: 32 }, t);
         run(&mut c, &mut t, 50, 1000, Duration::from_millis(10));
