@@ -19,7 +19,9 @@
 //!
 //! A long round trip takes the limit below one: a fleet of 50 gateways each keeping one
 //! request in flight is 50 against a server that serves 8 at once, and the queue they
-//! make is seen only in the round trip. Below one, one request is in flight and the
+//! make is seen only in the round trip; it goes below one only once three windows in a
+//! row were past the bound, the last at one request in flight (a queue that is not ours,
+//! not a slow answer on a loaded machine). Below one, one request is in flight and the
 //! next waits `(1 / limit - 1)` mean round trips after its answer (0.25: three); it grows
 //! back by a sixteenth per clean window, so that a fleet all growing at once adds a few
 //! requests at a time, not one each. A cut on a long round trip is proportional to how
@@ -56,6 +58,8 @@ const BASE_SPAN: Duration = Duration::from_secs(150);
 /// The lowest limit (below one: paced sends) and its growth per clean window below one.
 const MIN_LIMIT: f64 = 1.0 / 16.0;
 const GROW_BELOW_ONE: f64 = 1.0 / 16.0;
+/// Windows in a row past the base's bound, the last at a limit of one, that take it below.
+const PAST_BOUND_BELOW_ONE: u32 = 3;
 /// The longest pause between two paced sends.
 const PACE_MAX: Duration = Duration::from_secs(30);
 /// The base is measured again when no request went out alone for this long.
@@ -81,6 +85,8 @@ pub struct Concurrency {
     alone_at: Option<Instant>,
     /// Below a limit of one: no send before this.
     paced_until: Option<Instant>,
+    /// Windows in a row whose round trip was past the base's bound.
+    past_bound: u32,
     /// While the base is measured again: the limit to come back to, answers still wanted.
     measuring: Option<(f64, u32)>,
     window: Window,
@@ -122,6 +128,7 @@ impl Concurrency {
             base: Base::new(now),
             alone_at: None,
             paced_until: None,
+            past_bound: 0,
             measuring: None,
             window: Window::new(now),
         }
@@ -239,11 +246,16 @@ impl Concurrency {
     /// The cut a window's round trip calls for, if it says the server queues: past its
     /// base's bound, as far below as the bound is below the round trip; a sudden jump
     /// above the past windows, the usual cut.
-    fn queued(&self, window_rtt: Duration, mean: f64, var: f64) -> Option<f64> {
+    fn queued(&mut self, window_rtt: Duration, mean: f64, var: f64) -> Option<f64> {
         let bound = self
             .base()
             .map(|b| b.mul_f64(RTT_FACTOR) + RTT_SLACK)
             .filter(|bound| window_rtt > *bound);
+        self.past_bound = if bound.is_some() {
+            self.past_bound.saturating_add(1)
+        } else {
+            0
+        };
         if let Some(bound) = bound {
             let cut = bound.as_secs_f64() / window_rtt.as_secs_f64();
             return Some(cut.clamp(QUEUED_CUT_MAX, DECREASE));
@@ -265,7 +277,14 @@ impl Concurrency {
             // and random 503s (a flaky proxy, not a full server) would pin it at one.
             self.limit = (self.limit * DECREASE).max(1.0);
         } else if let Some(cut) = self.queued(window_rtt, mean, var) {
-            self.limit = (self.limit * cut).max(MIN_LIMIT);
+            // Below one only on a queue that lasts at one request in flight: it is not
+            // ours then (a fleet's); one slow window on a loaded machine is not that.
+            let lowest = if self.limit <= 1.0 && self.past_bound >= PAST_BOUND_BELOW_ONE {
+                MIN_LIMIT
+            } else {
+                1.0
+            };
+            self.limit = (self.limit * cut).max(lowest.min(self.limit));
         } else if w.full && rtt <= mean * NOT_LONGER {
             let step = if self.limit < 1.0 {
                 GROW_BELOW_ONE
@@ -528,6 +547,30 @@ mod tests {
             c.on_answer(Duration::from_millis(80), false, true, true, t);
         }
         assert_eq!(c.base(), Some(Duration::from_millis(80)));
+    }
+
+    #[test]
+    fn only_a_queue_that_lasts_at_one_request_takes_the_limit_below_one() {
+        let mut t = Instant::now();
+        let mut c = Concurrency::new(Mode::Auto { max: 32 }, t);
+        for _ in 0..3 {
+            t += Duration::from_millis(30);
+            c.on_answer(Duration::from_millis(30), false, true, true, t);
+        }
+        // A slow answer now and then (a loaded machine): never below one.
+        for rtt in [300, 30, 30, 30, 30, 300, 30, 30, 30, 30, 300, 30] {
+            t += Duration::from_millis(rtt);
+            c.on_answer(Duration::from_millis(rtt), false, true, true, t);
+            assert!(c.fractional() >= 1.0, "{}", c.fractional());
+            assert_eq!(c.paced_until(), None);
+        }
+        // A queue that stays (a fleet's): below one, and paced.
+        for _ in 0..4 {
+            t += Duration::from_millis(300);
+            c.on_answer(Duration::from_millis(300), false, true, true, t);
+        }
+        assert!(c.fractional() < 1.0, "{}", c.fractional());
+        assert!(c.paced_until().is_some_and(|p| p > t));
     }
 
     #[test]
