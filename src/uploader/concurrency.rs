@@ -40,11 +40,11 @@ const EWMA_ALPHA: f64 = 0.4;
 const NOT_LONGER: f64 = 1.05;
 /// The shortest window, so that a sub-millisecond round trip does not make the limit jump.
 const MIN_WINDOW: Duration = Duration::from_millis(10);
-/// Past `base * RTT_FACTOR + RTT_SLACK` the server is queueing our requests (or those of
+/// Past `base * BASE_FACTOR + RTT_SLACK` the server is queueing our requests (or those of
 /// a fleet); the slack keeps a loopback server's millisecond base from forbidding any
 /// queueing at all. A single gateway still fills the server's slots at this bound (twice
 /// its base is twice the requests it serves at once); a fleet settles there.
-const RTT_FACTOR: f64 = 2.0;
+const BASE_FACTOR: f64 = 2.0;
 const RTT_SLACK: Duration = Duration::from_millis(20);
 /// The deepest single cut on a long round trip.
 const QUEUED_CUT_MAX: f64 = 0.5;
@@ -249,7 +249,7 @@ impl Concurrency {
     fn queued(&mut self, window_rtt: Duration, mean: f64, var: f64) -> Option<f64> {
         let bound = self
             .base()
-            .map(|b| b.mul_f64(RTT_FACTOR) + RTT_SLACK)
+            .map(|b| b.mul_f64(BASE_FACTOR) + RTT_SLACK)
             .filter(|bound| window_rtt > *bound);
         self.past_bound = if bound.is_some() {
             self.past_bound.saturating_add(1)
