@@ -21,10 +21,10 @@
 //! request in flight is 50 against a server that serves 8 at once, and the queue they
 //! make is seen only in the round trip; it goes below one only once three windows in a
 //! row were past the bound, the last at one request in flight (a queue that is not ours,
-//! not a slow answer on a loaded machine). Below one, one request is in flight and the
-//! next waits `(1 / limit - 1)` mean round trips after its answer (0.25: three); it grows
-//! back by a sixteenth per clean window, so that a fleet all growing at once adds a few
-//! requests at a time, not one each. A cut on a long round trip is proportional to how
+//! not a slow answer on a loaded machine; below, every such window cuts). Below one, one
+//! request is in flight and the next waits `(1 / limit - 1)` mean round trips after its
+//! answer (0.25: three); it grows back by a sixteenth per clean window, so that a fleet
+//! all growing at once adds a few requests at a time, not one each. A cut on a long round trip is proportional to how
 //! far past its bound it is (down to half at once): the bound is where a fleet settles.
 
 use std::time::{Duration, Instant};
@@ -279,11 +279,10 @@ impl Concurrency {
         } else if let Some(cut) = self.queued(window_rtt, mean, var) {
             // Below one only on a queue that lasts at one request in flight: it is not
             // ours then (a fleet's); one slow window on a loaded machine is not that.
-            let lowest = if self.limit <= 1.0 && self.past_bound >= PAST_BOUND_BELOW_ONE {
-                MIN_LIMIT
-            } else {
-                1.0
-            };
+            // Once below, every window past the bound cuts: a fleet comes down at once.
+            let below =
+                self.limit < 1.0 || (self.limit <= 1.0 && self.past_bound >= PAST_BOUND_BELOW_ONE);
+            let lowest = if below { MIN_LIMIT } else { 1.0 };
             self.limit = (self.limit * cut).max(lowest.min(self.limit));
         } else if w.full && rtt <= mean * NOT_LONGER {
             let step = if self.limit < 1.0 {
