@@ -9,6 +9,9 @@
 //! - A failure of one request is not an outage: that reading goes back, to be sent again
 //!   no sooner than its `Retry-After` (capped at `backoff_max`) or a short jittered delay,
 //!   while the others go on. Back-pressure cuts the concurrency instead.
+//! - Below a concurrency of one (a fleet queueing at one server), one request is in flight
+//!   and the next waits out the pause the controller sets after each answer; the wake
+//!   time says when. An outage's probes keep their own timing.
 //! - Only when nothing gets through (a run of failures with no success between them, or
 //!   failures for a while with none) does uploading pause as a whole, then probe with one
 //!   request at a time, with an exponential backoff that grows with the outage but never
