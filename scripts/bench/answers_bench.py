@@ -172,6 +172,7 @@ class InFlightSampler(threading.Thread):
         super().__init__(daemon=True)
         self.hexport = f":{port:04X}"
         self.peak_open = self.peak_waiting = 0
+        self.sum_waiting = self.samples = 0
         self.stop_at = None
 
     def sample(self):
@@ -190,6 +191,8 @@ class InFlightSampler(threading.Thread):
                     waiting += rx
         self.peak_open = max(self.peak_open, open_)
         self.peak_waiting = max(self.peak_waiting, waiting)
+        self.sum_waiting += waiting
+        self.samples += 1
 
     def run(self):
         while self.stop_at is None:
@@ -222,6 +225,45 @@ def first_probe_after(log_path, restarted_wall):
     return min(after) if after else None
 
 
+# The failure log's lines: a run of failures starts with one WARN and ends with one INFO
+# that counts it.
+RUN_START = re.compile(r"^(\S+Z) .*WARN .*upload failed: (.*)$")
+RUN_OVER = re.compile(r"^(\S+Z) .*upload failure over after (\d+) times in .*?: (.*?)(?: count=\d+)?$")
+
+
+def failure_kind(message):
+    for kind, needle in [("timeout", "no answer within"), ("refused", "Connection refused"),
+                         ("reset", "Connection reset")]:
+        if needle in message:
+            return kind
+    return "other"
+
+
+def failures_after(log_path, restarted_wall):
+    """Failures of the runs that began once the server was back, by kind (a timeout, a
+    refused or reset connection, other): the outage's own refused probes are not counted."""
+    kinds, open_runs = {}, {}
+    with open(log_path, errors="replace") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            for rx, over in ((RUN_START, False), (RUN_OVER, True)):
+                m = rx.match(line)
+                if not m:
+                    continue
+                at = datetime.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
+                kind = failure_kind(m.group(m.lastindex))
+                if not over:
+                    open_runs[kind] = at
+                else:
+                    began = open_runs.pop(kind, at)
+                    if began >= restarted_wall:
+                        kinds[kind] = kinds.get(kind, 0) + int(m.group(2))
+    for kind, began in open_runs.items():
+        if began >= restarted_wall:
+            kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
 def step_fleet(args, R):
     n = args.fleet
     rate = n / args.fleet_interval_s
@@ -238,6 +280,10 @@ def step_fleet(args, R):
                            interval=f"{int(args.fleet_interval_s * 1000)}ms", concurrency=AUTO,
                            batch_size=args.batch_size,
                            log_level="warn,profilo_gateway::uploader=debug")
+            # A fresh gateway: no readings or log left by an earlier run in this --work.
+            for f in os.listdir(g.dir):
+                if f.startswith("queue.db") or f == "gateway.log":
+                    os.remove(os.path.join(g.dir, f))
             g.start(wait_ready=True)
             gws.append(g)
         time.sleep(5)
@@ -285,6 +331,11 @@ def step_fleet(args, R):
         probes = [first_probe_after(os.path.join(g.dir, "gateway.log"), restarted_wall)
                   for g in gws]
         probes = sorted(p for p in probes if p is not None)
+        kinds = {}
+        for g in gws:
+            for kind, count in failures_after(os.path.join(g.dir, "gateway.log"),
+                                              restarted_wall).items():
+                kinds[kind] = kinds.get(kind, 0) + count
         log(f"    one gateway, the same {backlog} readings, same server")
         one = drain(args, s, args.backlog_path, "fleet-one", backlog)
         w2 = wrk_limit(args, s, 16, args.wrk_seconds)
@@ -305,10 +356,12 @@ def step_fleet(args, R):
         "limit_allows_s": round(backlog / max(limit - rate, 1), 2),
         "one_gateway_s": one["seconds"], "one_gateway_per_s": one["readings_per_s"],
         "server_peak_open": sampler.peak_open, "server_peak_waiting": sampler.peak_waiting,
+        "server_mean_waiting": round(sampler.sum_waiting / max(sampler.samples, 1), 1),
         "server_slots": 2 * 4,
         "server_non_2xx": st.get("data_other", 0) + st.get("data_503", 0)
         - before.get("data_other", 0) - before.get("data_503", 0),
         "fleet_transient_failures": failures,
+        "failures_after_recovery": kinds,
     }
     log(f"    {R['fleet']}")
 
@@ -395,6 +448,11 @@ def report(R):
     return "\n".join(L) + "\n"
 
 
+def kinds_text(e):
+    kinds = e.get("failures_after_recovery") or {}
+    return ", ".join(f"**{n}** {k}" for k, n in sorted(kinds.items())) or "**0**"
+
+
 def fleet_rows(e, load):
     fleet = (f"E fleet of {e['gateways']} processes (sampling every {e['interval_s']:g} s) "
              f"through a {e['outage_s']:g} s outage, 2x4")
@@ -413,10 +471,12 @@ def fleet_rows(e, load):
         row("E load", "the server's peak requests in flight (waiting unread in its sockets + "
             f"the {e['server_slots']} it serves at once), connections open, 5xx, failures the "
             "fleet saw after recovery (timeouts included)",
-            f"<= {e['server_peak_waiting']} + {e['server_slots']}, {e['server_peak_open']} open; "
-            f"**{e['server_non_2xx']}** non-2xx, **{e['fleet_transient_failures']}** failures",
+            f"<= {e['server_peak_waiting']} + {e['server_slots']} (mean waiting "
+            f"{e.get('server_mean_waiting')}), {e['server_peak_open']} open; "
+            f"**{e['server_non_2xx']}** non-2xx; {e['fleet_transient_failures']} failures from "
+            f"3 s before the restart on, of which after it: {kinds_text(e)}",
             "0 5xx, 0 timeouts",
-            e["server_non_2xx"] == 0 and e["fleet_transient_failures"] == 0),
+            e["server_non_2xx"] == 0 and e.get("failures_after_recovery", {}).get("timeout", 0) == 0),
         row("E jitter", "first request after the server came back, per gateway: min / median / "
             f"max over {p.get('gateways')} gateways",
             f"{p.get('min')} / {p.get('median')} / **{p.get('max')} s**; first stored after "

@@ -9,6 +9,9 @@
 //! - A failure of one request is not an outage: that reading goes back, to be sent again
 //!   no sooner than its `Retry-After` (capped at `backoff_max`) or a short jittered delay,
 //!   while the others go on. Back-pressure cuts the concurrency instead.
+//! - Below a concurrency of one (a fleet queueing at one server), one request is in flight
+//!   and the next waits out the pause the controller sets after each answer; the wake
+//!   time says when. An outage's probes keep their own timing.
 //! - Only when nothing gets through (a run of failures with no success between them, or
 //!   failures for a while with none) does uploading pause as a whole, then probe with one
 //!   request at a time, with an exponential backoff that grows with the outage but never
@@ -273,7 +276,9 @@ impl<T> Drain<T> {
             {
                 return None;
             }
-        } else if in_flight >= self.concurrency.limit() {
+        } else if in_flight >= self.concurrency.limit()
+            || self.concurrency.paced_until().is_some_and(|t| now < t)
+        {
             return None;
         }
         let (id, item) = self.pick(now)?;
@@ -319,7 +324,8 @@ impl<T> Drain<T> {
         }
         match answer {
             Answer::Accepted | Answer::Refused { .. } => {
-                self.concurrency.on_answer(rtt, false, flight.alone, now);
+                self.concurrency
+                    .on_answer(rtt, false, true, flight.alone, now);
                 match answer {
                     Answer::Refused { status, body } => self.answered.dead.push((id, status, body)),
                     _ => self.answered.acked.push(id),
@@ -331,8 +337,10 @@ impl<T> Drain<T> {
                 retry_after,
                 back_pressure,
             } => {
+                // A failure without back-pressure (a refused connection, a portal's page)
+                // is no round trip of the server's.
                 self.concurrency
-                    .on_answer(rtt, back_pressure, flight.alone, now);
+                    .on_answer(rtt, back_pressure, false, flight.alone, now);
                 let delay = match retry_after {
                     Some(ra) => ra.min(self.settings.backoff_max),
                     None => {
@@ -493,7 +501,13 @@ impl<T> Drain<T> {
         if let Some(t) = self.not_before.filter(future) {
             return Some(t);
         }
-        self.retry.iter().map(|r| r.due).filter(future).min()
+        let paced = self.concurrency.paced_until().filter(future);
+        self.retry
+            .iter()
+            .map(|r| r.due)
+            .filter(future)
+            .chain(paced)
+            .min()
     }
 
     /// The wait for a session is over early (new passwords after a failed login): the
@@ -1027,5 +1041,67 @@ mod tests {
         d.session_back(later);
         assert_ne!(d.state(later), State::WaitingForLogin);
         assert_eq!(d.next_send(later).map(|(id, _)| id), Some(1));
+    }
+
+    #[test]
+    fn a_limit_below_one_paces_sends_and_an_outage_still_ends_on_the_first_success() {
+        let mut t = Instant::now();
+        let mut d: Drain<()> = Drain::new(settings(64, Mode::Auto { max: 32 }), t);
+        let _ = d.wants_fetch(t);
+        d.fetched((1..=100).map(|i| (i, ())).collect(), 64);
+        // Alone, 20 ms each: the base. Then 400 ms (a fleet's queue): past 2 x 20 + 20 ms.
+        for rtt in [20, 20, 20, 400, 400, 400, 400] {
+            let (id, ()) = d.next_send(t).unwrap_or_else(|| panic!("send"));
+            t += Duration::from_millis(rtt);
+            assert_eq!(d.answered(id, (), Answer::Accepted, t), None);
+            if let Some(w) = d.next_wake(t) {
+                t = w;
+            }
+        }
+        assert!(
+            d.concurrency.fractional() < 0.5,
+            "{}",
+            d.concurrency.fractional()
+        );
+        assert_eq!(
+            d.concurrency(),
+            1,
+            "upload_concurrency stays a whole number"
+        );
+        // One in flight, then a pause after its answer: the wake says when.
+        let (id, ()) = d.next_send(t).unwrap_or_else(|| panic!("send"));
+        assert!(d.next_send(t).is_none());
+        t += Duration::from_millis(400);
+        d.answered(id, (), Answer::Accepted, t);
+        let wake = d.next_wake(t).unwrap_or_else(|| panic!("a paced wake"));
+        assert!(wake >= t + Duration::from_millis(400), "{:?}", wake - t);
+        assert!(d.next_send(wake - Duration::from_millis(1)).is_none());
+        t = wake;
+        let (id, ()) = d.next_send(t).unwrap_or_else(|| panic!("send when due"));
+        // An outage: its probes are timed by the backoff, not by the pacing, and the first
+        // success ends it.
+        let refused = Answer::Failed {
+            retry_after: None,
+            back_pressure: false,
+        };
+        assert_eq!(d.answered(id, (), refused.clone(), t), None);
+        let mut pause = None;
+        while pause.is_none() {
+            t = d.next_wake(t).unwrap_or(t + Duration::from_millis(10));
+            if let Some((id, ())) = d.next_send(t) {
+                pause = d.answered(id, (), refused.clone(), t);
+            }
+        }
+        assert_eq!(d.state(t), State::BackingOff);
+        let probe_at = d.next_wake(t).unwrap_or_else(|| panic!("a probe"));
+        let (id, ()) = d.next_send(probe_at).unwrap_or_else(|| panic!("the probe"));
+        t = probe_at + Duration::from_millis(20);
+        d.answered(id, (), Answer::Accepted, t);
+        assert_eq!(d.state(t), State::Uploading, "one success ends it");
+        assert!(
+            d.concurrency.base() == Some(Duration::from_millis(20)),
+            "refused connections do not make the base: {:?}",
+            d.concurrency.base()
+        );
     }
 }
