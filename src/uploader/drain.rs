@@ -15,8 +15,8 @@
 //! - Only when nothing gets through (a run of failures with no success between them, or
 //!   failures for a while with none) does uploading pause as a whole, then probe with one
 //!   request at a time, with an exponential backoff that grows with the outage but never
-//!   past a quarter of its length so far (a fleet back after a 30 s outage is back within
-//!   seconds, not after half the outage). When every failure of that run came with a
+//!   past an eighth of its length so far (a fleet back after a 30 s outage is back within
+//!   4 s, not after half the outage). When every failure of that run came with a
 //!   `Retry-After`, the pause is that long and the backoff does not grow. One success
 //!   ends it.
 
@@ -35,6 +35,10 @@ const STREAK_FAILURES: u32 = 8;
 const STREAK_SILENCE: Duration = Duration::from_secs(10);
 /// The longest "short" delay before a failed reading is sent again (without `Retry-After`).
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(1);
+/// An outage's pause is at most its length so far divided by this. The next probe after
+/// the server is back comes within that pause: at a quarter, a fleet's last gateway came
+/// back 6-7 s after a 30 s outage, as long as the server needed for the whole backlog.
+const OUTAGE_SHARE: u32 = 8;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -411,7 +415,7 @@ impl<T> Drain<T> {
             Some(ra) => (ra.min(self.settings.backoff_max), true),
             None => {
                 let elapsed = now.saturating_duration_since(since);
-                let cap = (elapsed / 4).max(self.settings.backoff_base);
+                let cap = (elapsed / OUTAGE_SHARE).max(self.settings.backoff_base);
                 (self.backoff.next_wait_within(cap), false)
             }
         };
@@ -806,13 +810,13 @@ mod tests {
         });
         sim.run_until(|s| s.queue.is_empty(), Duration::from_secs(600));
         assert!(sim.queue.is_empty());
-        // One outage: its pauses grow, never past a quarter of the outage so far
+        // One outage: its pauses grow, never past an eighth of the outage so far
         // (and the base), and are all probes of one request.
         assert!(sim.pauses.len() >= 5, "{:?}", sim.pauses);
         for (at, p) in &sim.pauses {
             assert!(!p.retry_after);
             assert!(
-                p.wait <= (*at / 4).max(Duration::from_secs(1)),
+                p.wait <= (*at / OUTAGE_SHARE).max(Duration::from_secs(1)),
                 "{at:?}: {p:?}"
             );
         }
@@ -821,7 +825,7 @@ mod tests {
             during < 40,
             "probes one at a time, not the backlog: {during}"
         );
-        // Back within a quarter of the outage after it ended, not half of it.
+        // Back within an eighth of the outage after it ended, not half of it.
         let first_after = sim
             .send_times
             .iter()
@@ -829,7 +833,7 @@ mod tests {
             .copied()
             .unwrap_or(sim.t);
         assert!(
-            first_after - down_until <= Duration::from_millis(7_500),
+            first_after - down_until <= Duration::from_millis(3_750),
             "{:?}",
             first_after - down_until
         );
