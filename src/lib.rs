@@ -22,6 +22,8 @@
 //! - [`queue`]: the SQLite store and forward (`Queue`: enqueue, peek, ack):
 //!   - `queue::schema`: open, check, migrate, move a corrupt file aside;
 //!   - `queue::bounds`: `max_readings`, `max_bytes`, the overflow policy;
+//!   - `queue::layout`: field names stored once per layout, rows keep their values;
+//!   - `queue::wal_index`: SQLite's wal-index on tmpfs (`/dev/shm`), off the card;
 //!   - `queue::redate`: readings captured before the clock was synchronised;
 //!   - `queue::dead`: dead letters and quarantine;
 //!   - `queue::stats`: what `queue stats` shows;
