@@ -5,7 +5,7 @@
 /// The most characters of text kept when a body has no better summary.
 pub const TEXT_KEPT: usize = 200;
 
-/// What `body` says, on one line, at most about [`TEXT_KEPT`] characters.
+/// What `body` says, on one line, at most about `TEXT_KEPT` characters.
 pub fn summarize(body: &str) -> String {
     let trimmed = body.trim_start();
     if trimmed.is_empty() {

@@ -1,6 +1,6 @@
 //! Building sensors from validated `[[sensors]]` entries, without opening any device.
 //! What each type builds (and whether its reads run on their own thread) is said by
-//! the type itself, in [`SensorType::build`].
+//! the type itself, in `SensorType::build`.
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
 //! Sensors: the [`Sensor`] trait, its [`Measurement`]s and [`SensorError`]s; the
-//! `[[sensors]]` configuration in [`config`], building sensors from it in [`build`].
+//! `[[sensors]]` configuration in [`config`], building sensors from it in [`build()`].
 //! One file per sensor type, grouped: [`i2c`] (the bus and the driver glue every I2C
 //! chip shares), [`climate`], [`accel`], [`sysfs`], [`gpio`], [`simulated`].
 //! [`set::SensorSet`] is what the sampler calls once per tick; [`worker`] reads a sensor
@@ -68,7 +68,7 @@ pub struct Measurement {
 /// A sensor that can be read at every sampling tick. Reads are synchronous and short
 /// (an I2C transaction, a sysfs file); a sensor that must sample faster than the tick
 /// (accelerometers) runs its own thread and returns an aggregate here. A sensor whose
-/// reads can hang (a stuck bus) is wrapped in [`worker::Threaded`] by [`build`].
+/// reads can hang (a stuck bus) is wrapped in [`worker::Threaded`] by [`build()`].
 ///
 /// A sensor opens its device lazily, on the first read, and drops it after an error so
 /// the next read opens and initialises it again (the chip may have been power-cycled).
