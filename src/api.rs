@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 mod classify;
+mod lanes;
 mod summary;
 use classify::{classify, error_chain, location, network_error, Class};
 pub use classify::{parse_retry_after, retry_after, snippet};
@@ -126,7 +127,7 @@ struct RefreshBody<'a> {
 
 #[derive(Clone)]
 pub struct Api {
-    client: reqwest::Client,
+    lanes: std::sync::Arc<lanes::Lanes<reqwest::Client>>,
     base: Url,
     server_certificate: crate::tls::SeenCertificate,
 }
@@ -180,42 +181,54 @@ impl Api {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let mut builder = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_keepalive(Duration::from_secs(30))
-            // A redirect is never an answer of this API: followed, a POST becomes a GET of
-            // a maintenance page whose 200 looks like an acceptance, or a 307 re-sends the
-            // password, a refresh token or a reading to another place.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("profilo-gateway/", env!("CARGO_PKG_VERSION")));
         // Reading the system's CA certificates costs ~300 KiB of heap for good: no TLS
         // set-up at all when neither the server nor the proxy is https (a LAN, a test bench).
+        // The lanes share the one configuration (and so its roots and TLS sessions).
         let https =
             base.scheme() == "https" || transport.proxy.is_some_and(|p| p.starts_with("https:"));
         let mut server_certificate = crate::tls::SeenCertificate::default();
-        if https {
+        let tls = if https {
             let (tls, seen) =
                 crate::tls::client_config(&transport.tls, std::sync::Arc::new(transport.clock))
                     .map_err(|e| ApiError::Client(e.to_string()))?;
-            builder = builder.use_preconfigured_tls(tls);
             server_certificate = seen;
+            Some(tls)
         } else {
-            builder = builder.tls_built_in_root_certs(false);
-        }
-        if let Some(proxy) = transport.proxy {
+            None
+        };
+        let proxy = match transport.proxy {
             // Set, it replaces the environment's proxy settings (NO_PROXY included: there is
             // one server).
-            let proxy = reqwest::Proxy::all(proxy)
-                .map_err(|e| ApiError::Client(format!("api.proxy: {e}")))?;
-            builder = builder.proxy(proxy);
-        }
-        let client = builder
-            .build()
-            .map_err(|e| ApiError::Client(e.to_string()))?;
+            Some(p) => Some(
+                reqwest::Proxy::all(p).map_err(|e| ApiError::Client(format!("api.proxy: {e}")))?,
+            ),
+            None => None,
+        };
+        let recipe = move || {
+            let mut builder = reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(10)))
+                .pool_idle_timeout(Duration::from_secs(60))
+                // A lane carries one request at a time (lanes.rs): one connection to keep.
+                .pool_max_idle_per_host(1)
+                .tcp_keepalive(Duration::from_secs(30))
+                // A redirect is never an answer of this API: followed, a POST becomes a GET
+                // of a maintenance page whose 200 looks like an acceptance, or a 307
+                // re-sends the password, a refresh token or a reading to another place.
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("profilo-gateway/", env!("CARGO_PKG_VERSION")));
+            builder = match &tls {
+                Some(tls) => builder.use_preconfigured_tls(tls.clone()),
+                None => builder.tls_built_in_root_certs(false),
+            };
+            if let Some(proxy) = &proxy {
+                builder = builder.proxy(proxy.clone());
+            }
+            builder.build().map_err(|e| e.to_string())
+        };
+        let lanes = lanes::Lanes::new(Box::new(recipe)).map_err(ApiError::Client)?;
         Ok(Api {
-            client,
+            lanes,
             base,
             server_certificate,
         })
@@ -262,8 +275,8 @@ impl Api {
         // here can reach them. What this code owns (the serialised body, the answer's
         // bytes, the parsed strings) is wiped when dropped.
         let url = self.url(path);
-        let request = self
-            .client
+        let lane = self.lanes.take();
+        let request = lane
             .post(url.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .body(body.to_vec());
@@ -290,10 +303,8 @@ impl Api {
     /// `GET /api/auth/profile/`.
     pub async fn profile(&self, access: &SecretString) -> Result<serde_json::Value, CallError> {
         let url = self.url("api/auth/profile/");
-        let request = self
-            .client
-            .get(url.clone())
-            .bearer_auth(access.expose_secret());
+        let lane = self.lanes.take();
+        let request = lane.get(url.clone()).bearer_auth(access.expose_secret());
         let (status, bytes) = self.call_bytes(request, &url).await?;
         match serde_json::from_slice::<JsonObject>(&bytes) {
             Ok(profile) => Ok(serde_json::Value::Object(profile)),
@@ -358,8 +369,9 @@ impl Api {
         reading: &serde_json::Value,
     ) -> SendOutcome {
         let url = self.url("api/send/data/");
-        let response = match self
-            .client
+        // Held until the answer is read to its end, when the connection is free again.
+        let lane = self.lanes.take();
+        let response = match lane
             .post(url.clone())
             .bearer_auth(access.expose_secret())
             .json(reading)
