@@ -33,7 +33,8 @@
 //!   - `queue::health`: whether the open file is still the queue (deleted, replaced, corrupt);
 //!   - `queue::lock`: one daemon per queue (flock).
 //! - [`api`]: the HTTP client of shared/API.md (`api::classify`: what every answer means;
-//!   `api::summary`: error bodies a person can read).
+//!   `api::summary`: error bodies a person can read; `api::lanes`: a connection per request
+//!   in flight, none opened idle).
 //! - [`tls`]: the TLS client configuration: CA file, pinned self-signed certificates, client certificates, errors explained.
 //! - [`auth`]: the token manager (`auth::manager`), JWT claims (`auth::jwt`), password sources (`auth::password`).
 //! - [`uploader`]: the event loop that drains the queue:

@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -200,6 +201,42 @@ class InFlightSampler(threading.Thread):
             time.sleep(0.05)
 
 
+class UnusedConnSampler(threading.Thread):
+    """Connections the server accepted that carried no request for 0.5 s or more, from
+    `ss -ti` (bytes_received per socket) every 100 ms: a threaded server (gunicorn gthread)
+    gives each new connection a thread until its first request, for up to 5 s, so a few of
+    them stall the whole server. None when `ss` is missing."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.port = port
+        self.seen = {}  # peer port -> [first seen, last seen, most bytes received]
+        self.stop_at = None
+        self.available = shutil.which("ss") is not None
+
+    def run(self):
+        while self.available and self.stop_at is None:
+            out = subprocess.run(["ss", "-tinH", "state", "established",
+                                  f"( sport = :{self.port} )"],
+                                 capture_output=True, text=True).stdout
+            now, peer = time.monotonic(), None
+            for line in out.splitlines():
+                m = re.match(r"\s*\d+\s+\d+\s+\S+:\d+\s+\S+:(\d+)", line)
+                if m:
+                    peer = m.group(1)
+                elif peer:
+                    got = re.search(r"bytes_received:(\d+)", line)
+                    s = self.seen.setdefault(peer, [now, now, 0])
+                    s[1], s[2] = now, max(s[2], int(got.group(1)) if got else 0)
+                    peer = None
+            time.sleep(0.1)
+
+    def unused(self):
+        if not self.available:
+            return None
+        return sum(1 for first, last, got in self.seen.values() if got == 0 and last - first >= 0.5)
+
+
 # Every pause the uploader logs says when its next request goes: "... retry_in=3s 345ms".
 RETRY_IN = re.compile(r"^(\S+Z) .*uploads? (?:paused|still paused).*retry_in=(.+?)(?: pending=.*)?$")
 
@@ -273,6 +310,7 @@ def step_fleet(args, R):
     port = s.port
     gws = []
     sampler = InFlightSampler(port)
+    unused = UnusedConnSampler(port)
     try:
         w = wrk_limit(args, s, 16, args.wrk_seconds)
         for i in range(n):
@@ -302,6 +340,7 @@ def step_fleet(args, R):
         restart_same(args, s, port)
         restarted, restarted_wall = time.monotonic(), time.time()
         sampler.start()
+        unused.start()
         log(f"    server up again; the gateways hold {backlog} readings")
         first_ok = t_done = None
         base_ok = before.get("data_ok", 0)
@@ -324,7 +363,7 @@ def step_fleet(args, R):
             for g in gws:
                 g.drain_notify()
             time.sleep(0.2)
-        sampler.stop_at = time.monotonic()
+        sampler.stop_at = unused.stop_at = time.monotonic()
         st = rb.wait_until(lambda: safe_stats(s), 120)
         failures = sum(x["uploads"]["transient_failures"] for x in fleet_stats(gws)) - failures0
         stop_all(gws)
@@ -341,6 +380,7 @@ def step_fleet(args, R):
         w2 = wrk_limit(args, s, 16, args.wrk_seconds)
     finally:
         sampler.stop_at = sampler.stop_at or time.monotonic()
+        unused.stop_at = unused.stop_at or time.monotonic()
         stop_all(gws)
         s.stop()
     limit = (w["requests_per_s"] + w2["requests_per_s"]) / 2
@@ -358,6 +398,7 @@ def step_fleet(args, R):
         "server_peak_open": sampler.peak_open, "server_peak_waiting": sampler.peak_waiting,
         "server_mean_waiting": round(sampler.sum_waiting / max(sampler.samples, 1), 1),
         "server_slots": 2 * 4,
+        "server_unused_connections": unused.unused(),
         "server_non_2xx": st.get("data_other", 0) + st.get("data_503", 0)
         - before.get("data_other", 0) - before.get("data_503", 0),
         "fleet_transient_failures": failures,
@@ -469,10 +510,12 @@ def fleet_rows(e, load):
             "<= 2x the limit's time",
             e["drain_s"] is not None and e["drain_s"] <= 2 * max(e["limit_allows_s"], 1), load),
         row("E load", "the server's peak requests in flight (waiting unread in its sockets + "
-            f"the {e['server_slots']} it serves at once), connections open, 5xx, failures the "
+            f"the {e['server_slots']} it serves at once), connections open (and opened without "
+            "a request: each holds a gthread thread), 5xx, failures the "
             "fleet saw after recovery (timeouts included)",
             f"<= {e['server_peak_waiting']} + {e['server_slots']} (mean waiting "
-            f"{e.get('server_mean_waiting')}), {e['server_peak_open']} open; "
+            f"{e.get('server_mean_waiting')}), {e['server_peak_open']} open, "
+            f"{e.get('server_unused_connections')} of them with no request for 0.5 s or more; "
             f"**{e['server_non_2xx']}** non-2xx; {e['fleet_transient_failures']} failures from "
             f"3 s before the restart on, of which after it: {kinds_text(e)}",
             "0 5xx, 0 timeouts",
