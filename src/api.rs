@@ -801,6 +801,93 @@ mod tests {
         silent.abort();
     }
 
+    /// A keep-alive HTTP/1.1 server answering every request with a stored reading; counts
+    /// the requests of each connection it accepted, in the order accepted.
+    async fn kept_alive() -> (String, std::sync::Arc<std::sync::Mutex<Vec<usize>>>) {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let counts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = counts.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let n = {
+                    let mut c = seen.lock().unwrap_or_else(|e| panic!("{e}"));
+                    c.push(0);
+                    c.len() - 1
+                };
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut sock = tokio::io::BufReader::new(sock);
+                    loop {
+                        let mut length = 0;
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            match sock.read_line(&mut line).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) if line == "\r\n" => break,
+                                Ok(_) => {}
+                            }
+                            if let Some(v) =
+                                line.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0u8; length];
+                        if sock.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        seen.lock().unwrap_or_else(|e| panic!("{e}"))[n] += 1;
+                        let body = r#"{"id":1,"temperature":1.0}"#;
+                        let answer = format!(
+                            "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n\
+                             Content-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if sock.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}"), counts)
+    }
+
+    #[tokio::test]
+    async fn a_reading_now_and_then_keeps_one_connection_and_readings_at_once_one_each() {
+        let (base, counts) = kept_alive().await;
+        let api = Api::new(&base, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}"));
+        let token: SecretString = "a.b.c".to_owned().into();
+        let reading = serde_json::json!({"temperature": 1.0});
+        // Far longer than a lane rests: each send finds the last one's lane and connection.
+        for _ in 0..4 {
+            assert_eq!(
+                api.send_reading(&token, &reading).await,
+                SendOutcome::Accepted
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(*counts.lock().unwrap_or_else(|e| panic!("{e}")), vec![4]);
+        // Five at once: five lanes, the rested one and four new, each connection carrying
+        // its request (none opened to wait idle).
+        let sends: Vec<_> = (0..5).map(|_| api.send_reading(&token, &reading)).collect();
+        for outcome in futures_util::future::join_all(sends).await {
+            assert_eq!(outcome, SendOutcome::Accepted);
+        }
+        let counts = counts.lock().unwrap_or_else(|e| panic!("{e}")).clone();
+        assert_eq!(counts.len(), 5, "{counts:?}");
+        assert_eq!(counts.iter().sum::<usize>(), 9, "{counts:?}");
+        assert!(
+            counts.iter().all(|&n| n > 0),
+            "a connection without a request: {counts:?}"
+        );
+    }
+
     #[test]
     fn a_secret_body_is_written_once_into_a_buffer_of_its_final_size() {
         let password = "p\"w\\\u{1}é".to_owned();
