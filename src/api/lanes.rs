@@ -12,10 +12,10 @@
 //! E).
 //!
 //! So each request takes a lane: a client of its own, used by one request at a time, whose
-//! pool keeps at most its one connection. A lane given back is left to cool for [`COOL`]
-//! (its connection's own give-back to finish) before it is taken again: a request that finds
-//! no cool lane gets a new one, whose connection carries that request at once. Among the
-//! cool lanes the one given back last is taken: a gateway sending a reading every few
+//! pool keeps at most its one connection. A lane given back rests for [`REST`] (for its
+//! connection's own give-back to finish) before it is taken again: a request that finds no
+//! rested lane gets a new one, whose connection carries that request at once. Among the
+//! rested lanes the one given back last is taken: a gateway sending a reading every few
 //! seconds keeps using one connection, kept alive.
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 /// How long a lane rests after its request: far longer than hyper takes to put the
 /// connection back in the lane's pool (microseconds), and short enough that a drain of a
 /// few hundred readings a second needs only a few lanes more than its requests in flight.
-pub(super) const COOL: Duration = Duration::from_millis(10);
-/// The most lanes built; past it a warm lane is taken (and may race as reqwest alone
-/// would). Well above `upload.max_concurrency`'s default (32) and the token calls.
+pub(super) const REST: Duration = Duration::from_millis(10);
+/// The most lanes built while some are free; past it a lane still resting is taken (and
+/// may race as reqwest alone would). Well above `upload.max_concurrency`'s default (32) and the token calls.
 pub(super) const MAX_LANES: usize = 96;
 
 /// How to build one more lane's client (for [`super::Api`], a `reqwest::Client`: each has
@@ -39,14 +39,14 @@ pub(super) struct Lanes<C> {
     /// The first client built: lent when a new lane cannot be built (it could once, so
     /// this does not happen), sharing its pool as reqwest alone would.
     spare: C,
-    cool: Duration,
+    rest: Duration,
     max: usize,
     state: Mutex<Free<C>>,
 }
 
 struct Free<C> {
-    /// The lanes not in use with when each was given back (never: the first, built cool),
-    /// the oldest first.
+    /// The lanes not in use with when each was given back (never: the first, rested from
+    /// the start), the oldest first.
     lanes: Vec<(Option<Instant>, C)>,
     built: usize,
 }
@@ -54,15 +54,15 @@ struct Free<C> {
 impl<C: Clone> Lanes<C> {
     /// Lanes built by `recipe`, which is called once now: its error is the caller's.
     pub(super) fn new(recipe: Box<Recipe<C>>) -> Result<Arc<Lanes<C>>, String> {
-        Lanes::with(recipe, COOL, MAX_LANES)
+        Lanes::with(recipe, REST, MAX_LANES)
     }
 
-    fn with(recipe: Box<Recipe<C>>, cool: Duration, max: usize) -> Result<Arc<Lanes<C>>, String> {
+    fn with(recipe: Box<Recipe<C>>, rest: Duration, max: usize) -> Result<Arc<Lanes<C>>, String> {
         let first = recipe()?;
         Ok(Arc::new(Lanes {
             recipe,
             spare: first.clone(),
-            cool,
+            rest,
             max,
             state: Mutex::new(Free {
                 lanes: vec![(None, first)],
@@ -82,12 +82,12 @@ impl<C: Clone> Lanes<C> {
 
     fn pick(&self, now: Instant) -> C {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        // Given back in order: the cool ones are the first `cool` of the list.
-        let cool = state.lanes.partition_point(|(back, _)| {
-            back.is_none_or(|back| now.saturating_duration_since(back) >= self.cool)
+        // Kept in the order given back: the rested ones are the first `rested` of the list.
+        let rested = state.lanes.partition_point(|(back, _)| {
+            back.is_none_or(|back| now.saturating_duration_since(back) >= self.rest)
         });
-        if cool > 0 {
-            return state.lanes.remove(cool - 1).1;
+        if rested > 0 {
+            return state.lanes.remove(rested - 1).1;
         }
         if state.built < self.max || state.lanes.is_empty() {
             state.built += 1;
@@ -99,7 +99,9 @@ impl<C: Clone> Lanes<C> {
 
     fn give_back(&self, client: C, now: Instant) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.lanes.push((Some(now), client));
+        // In order even when two requests ending at once take the lock in the other order.
+        let at = state.lanes.partition_point(|(back, _)| *back <= Some(now));
+        state.lanes.insert(at, (Some(now), client));
     }
 }
 
@@ -133,11 +135,11 @@ mod tests {
     const HOUR: Duration = Duration::from_secs(3600);
 
     /// Lanes whose clients are numbers, in the order they were built.
-    fn numbered(cool: Duration, max: usize) -> Arc<Lanes<u32>> {
+    fn numbered(rest: Duration, max: usize) -> Arc<Lanes<u32>> {
         let built = AtomicU32::new(0);
         Lanes::with(
             Box::new(move || Ok(built.fetch_add(1, Ordering::SeqCst))),
-            cool,
+            rest,
             max,
         )
         .unwrap()
@@ -161,23 +163,23 @@ mod tests {
         assert_eq!(
             built(&lanes),
             3,
-            "cool at once: never more than were in flight"
+            "rested at once: never more than were in flight"
         );
     }
 
     #[test]
     fn a_lane_just_given_back_is_not_taken_again_a_new_one_is() {
-        // With an hour's cooling, "just" is certain however slow the machine.
+        // With an hour's rest, "just" is certain however slow the machine.
         let lanes = numbered(HOUR, 8);
         let first = *lanes.take();
-        assert_eq!(first, 0, "the lane built at the start is cool");
+        assert_eq!(first, 0, "the lane built at the start is rested");
         let second = *lanes.take();
-        assert_ne!(second, first, "the first is still cooling: a new lane");
+        assert_ne!(second, first, "the first is still resting: a new lane");
         assert_eq!(built(&lanes), 2);
     }
 
     #[test]
-    fn the_cool_lane_given_back_last_is_taken_so_a_slow_sender_keeps_one_connection() {
+    fn the_rested_lane_given_back_last_is_taken_so_a_slow_sender_keeps_one_connection() {
         let lanes = numbered(HOUR, 8);
         let t0 = Instant::now();
         let (a, b, c) = (lanes.take(), lanes.take(), lanes.take());
@@ -188,19 +190,34 @@ mod tests {
         lanes.give_back(nc, t0);
         lanes.give_back(na, t0 + Duration::from_secs(1));
         lanes.give_back(nb, t0 + Duration::from_secs(2));
-        // Two hours on all three are cool: the last given back (b) comes first.
+        // Two hours on all three have rested: the last given back (b) comes first.
         let later = t0 + 2 * HOUR;
         assert_eq!(lanes.pick(later), nb);
         assert_eq!(lanes.pick(later), na);
         assert_eq!(lanes.pick(later), nc);
-        // At a moment when only c (given back first) is cool, c is taken.
+        // At a moment when only c (given back first) has rested, c is taken.
         lanes.give_back(nc, t0);
         lanes.give_back(na, t0 + 2 * HOUR);
         assert_eq!(lanes.pick(t0 + HOUR + Duration::from_secs(1)), nc);
     }
 
     #[test]
-    fn past_the_most_lanes_the_oldest_is_taken_even_warm() {
+    fn lanes_given_back_out_of_order_are_kept_in_the_order_of_their_times() {
+        // Two requests end at once and take the lock in the other order than their times.
+        let lanes = numbered(HOUR, 8);
+        let t0 = Instant::now();
+        let (a, b) = (lanes.take(), lanes.take());
+        let (na, nb) = (*a, *b);
+        std::mem::forget((a, b));
+        lanes.give_back(nb, t0 + Duration::from_secs(2));
+        lanes.give_back(na, t0 + Duration::from_secs(1));
+        // Only a (given back at 1 s) has rested an hour at 1 h 1.5 s.
+        assert_eq!(lanes.pick(t0 + HOUR + Duration::from_millis(1500)), na);
+        assert_eq!(lanes.pick(t0 + 2 * HOUR), nb);
+    }
+
+    #[test]
+    fn past_the_most_lanes_the_oldest_is_taken_even_resting() {
         let lanes = numbered(HOUR, 2);
         let t0 = Instant::now();
         let (a, b) = (lanes.take(), lanes.take());
