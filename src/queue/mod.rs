@@ -51,6 +51,13 @@ pub use stats::{status_key, Stats};
 use schema::SCHEMA_VERSION;
 use stats::{bump_counter, COUNTER_DEAD_EVICTED, COUNTER_DROPPED, COUNTER_UPLOADED};
 
+/// A file named after the queue's: `queue.db` + `-wal` is SQLite's log beside it.
+pub(crate) fn beside(queue: &Path, suffix: &str) -> PathBuf {
+    let mut name = queue.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("cannot create the queue directory {path}: {source} (the service user needs write access to its StateDirectory)")]
@@ -299,17 +306,26 @@ impl Queue {
             let mut bad = Vec::new();
             let mut seen = 0;
             {
+                // Which rows are pending is said once, for both layouts of the table.
+                macro_rules! pending_after {
+                    () => {
+                        " WHERE r.id > ?1 AND (r.clock_synced = 1 OR ?3 IS NULL
+                             OR (r.boot_id IS NOT ?3 AND NOT ?4 AND r.captured_at_ms >= ?5))
+                         ORDER BY r.id LIMIT ?2"
+                    };
+                }
                 let mut stmt = self.conn.prepare_cached(if self.packed {
-                    "SELECT r.id, r.captured_at_ms, r.fields, r.clock_synced, l.names
-                     FROM readings r LEFT JOIN layouts l ON l.id = r.layout
-                     WHERE r.id > ?1 AND (r.clock_synced = 1 OR ?3 IS NULL
-                         OR (r.boot_id IS NOT ?3 AND NOT ?4 AND r.captured_at_ms >= ?5))
-                     ORDER BY r.id LIMIT ?2"
+                    concat!(
+                        "SELECT r.id, r.captured_at_ms, r.fields, r.clock_synced, l.names
+                         FROM readings r LEFT JOIN layouts l ON l.id = r.layout",
+                        pending_after!()
+                    )
                 } else {
-                    "SELECT id, captured_at_ms, fields, clock_synced, NULL FROM readings
-                     WHERE id > ?1 AND (clock_synced = 1 OR ?3 IS NULL
-                         OR (boot_id IS NOT ?3 AND NOT ?4 AND captured_at_ms >= ?5))
-                     ORDER BY id LIMIT ?2"
+                    concat!(
+                        "SELECT r.id, r.captured_at_ms, r.fields, r.clock_synced, NULL
+                         FROM readings r",
+                        pending_after!()
+                    )
                 })?;
                 let params = params![
                     cursor,

@@ -131,9 +131,7 @@ fn file_name(queue: &Path) -> String {
 }
 
 fn beside(queue: &Path) -> PathBuf {
-    let mut p = queue.as_os_str().to_owned();
-    p.push(".status.json");
-    PathBuf::from(p)
+    super::beside(queue, ".status.json")
 }
 
 #[cfg(test)]

@@ -41,9 +41,7 @@ impl Queue {
                 source,
             })?;
         }
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        if !path.exists() && Path::new(&wal).exists() {
+        if !path.exists() && super::beside(path, "-wal").exists() {
             // The queue was deleted under a daemon: its log alone would be replayed into
             // the fresh file as a torso of the old one.
             let aside = move_aside(path)?;
@@ -452,19 +450,11 @@ fn move_aside(path: &Path) -> Result<PathBuf, QueueError> {
         }
     }
     for suffix in ["", "-wal", "-shm"] {
-        let mut from = path.as_os_str().to_owned();
-        from.push(suffix);
-        let mut to = aside.as_os_str().to_owned();
-        to.push(suffix);
-        match std::fs::rename(&from, &to) {
+        let from = super::beside(path, suffix);
+        match std::fs::rename(&from, super::beside(&aside, suffix)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(QueueError::MoveAside {
-                    path: PathBuf::from(from),
-                    source,
-                })
-            }
+            Err(source) => return Err(QueueError::MoveAside { path: from, source }),
         }
     }
     Ok(aside)

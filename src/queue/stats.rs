@@ -151,9 +151,7 @@ pub(super) fn bump_counter(conn: &Connection, name: &str, by: u64) -> Result<(),
 }
 
 fn wal_path(path: &Path) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push("-wal");
-    PathBuf::from(p)
+    super::beside(path, "-wal")
 }
 
 fn file_len(path: &Path) -> u64 {

@@ -36,10 +36,9 @@ pub fn location(path: &Path) -> Option<PathBuf> {
         meta.ino() as u32,
         meta.dev() as u32
     ));
-    let mut beside = path.as_os_str().to_owned();
-    beside.push("-shm");
-    let beside = PathBuf::from(beside);
-    [tmpfs, beside].into_iter().find(|p| p.exists())
+    [tmpfs, super::beside(path, "-shm")]
+        .into_iter()
+        .find(|p| p.exists())
 }
 
 /// `<path>-shm` when it exists beside a queue whose index this build keeps on tmpfs: a
@@ -48,9 +47,7 @@ pub fn location(path: &Path) -> Option<PathBuf> {
 /// corrupt the queue.
 pub fn foreign_index(path: &Path) -> Option<PathBuf> {
     let ours = location(path).filter(|p| p.starts_with(WAL_INDEX_DIR))?;
-    let mut beside = path.as_os_str().to_owned();
-    beside.push("-shm");
-    let beside = PathBuf::from(beside);
+    let beside = super::beside(path, "-shm");
     (ours != beside && beside.exists()).then_some(beside)
 }
 

@@ -673,9 +673,7 @@ mod tests {
     /// Frames in the WAL: `(len - header) / (page + frame header)`, the page size as the
     /// WAL header says (bytes 8..12, big-endian).
     fn wal_frames(config: &QueueConfig) -> u64 {
-        let mut wal = config.path.as_os_str().to_owned();
-        wal.push("-wal");
-        let bytes = std::fs::read(wal).unwrap_or_default();
+        let bytes = std::fs::read(crate::queue::beside(&config.path, "-wal")).unwrap_or_default();
         let page = match bytes.get(8..12) {
             Some(&[a, b, c, d]) => u64::from(u32::from_be_bytes([a, b, c, d])),
             _ => return 0,
