@@ -299,6 +299,8 @@ fn stats_text(s: &Stats) -> String {
          last upload:    {}\n\
          last error:     {}\n\
          uploader:       {}\n\
+         concurrency:    {}\n\
+         wal-index:      {}\n\
          daemon seen:    {}\n",
         s.path,
         s.pending,
@@ -313,6 +315,8 @@ fn stats_text(s: &Stats) -> String {
         opt(&s.last_upload_at),
         opt(&s.last_error),
         opt(&s.uploader_state),
+        opt(&s.upload_concurrency.map(|n| format!("{n} request(s) in flight allowed"))),
+        opt(&s.wal_index),
         opt(&s.daemon_updated_at),
     );
     if let Some(sensors) = s.sensors.as_ref().and_then(|v| v.as_array()) {
