@@ -315,7 +315,9 @@ fn stats_text(s: &Stats) -> String {
         opt(&s.last_upload_at),
         opt(&s.last_error),
         opt(&s.uploader_state),
-        opt(&s.upload_concurrency.map(|n| format!("{n} request(s) in flight allowed"))),
+        opt(&s
+            .upload_concurrency
+            .map(|n| format!("{n} request(s) in flight allowed"))),
         opt(&s.wal_index),
         opt(&s.daemon_updated_at),
     );
