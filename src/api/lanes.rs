@@ -6,7 +6,8 @@
 //! a task of its own that runs just after an answer's last byte, and a drain sends its next
 //! reading right then: a pool shared by the drain races all the time. A threaded server
 //! gives every accepted connection a thread until its first request arrives (gunicorn's
-//! gthread waits up to 5 s, older releases until the client closes, a sync worker forever):
+//! gthread waits up to 5 s, older releases until the client sends or closes; a sync worker
+//! blocks its whole process until the arbiter's timeout kills it, 30 s by default):
 //! after an outage, a fleet's idle connections held every thread of the test server's 2 x 4
 //! for seconds at a time, the server idle with 20-50 requests waiting (BENCHMARKS, issue 12
 //! E).
