@@ -388,14 +388,28 @@ impl Base {
         self.seen.0 += 1;
     }
 
-    /// Of both spans: the `BASE_RANK`-th lowest, or a lower rank while they saw few.
+    /// Of both spans: the `BASE_RANK`-th lowest, or a lower rank while they saw few (the
+    /// highest kept when both hold fewer). Asked at every window's end: the two sorted
+    /// lists are walked together, not merged into a new one.
     fn value(&self) -> Option<Duration> {
-        let mut all = self.current.clone();
-        for rtt in &self.previous {
-            lowest_kept(&mut all, *rtt);
-        }
         let rank = ((self.seen.0 + self.seen.1) / BASE_PER_RANK).clamp(1, BASE_RANK);
-        all.get(rank.min(all.len()).checked_sub(1)?).copied()
+        let (mut a, mut b) = (
+            self.current.iter().peekable(),
+            self.previous.iter().peekable(),
+        );
+        let mut nth = None;
+        for _ in 0..rank {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if y < x => b.next(),
+                (Some(_), _) => a.next(),
+                (None, _) => b.next(),
+            };
+            match next {
+                Some(rtt) => nth = Some(*rtt),
+                None => break,
+            }
+        }
+        nth
     }
 }
 
@@ -411,6 +425,34 @@ fn lowest_kept(kept: &mut Vec<Duration>, rtt: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_base_is_the_ranked_lowest_of_both_spans_as_if_merged() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let ms = Duration::from_millis;
+        for _ in 0..2000 {
+            let list = |rng: &mut fastrand::Rng| {
+                let mut v: Vec<Duration> = (0..rng.usize(0..=BASE_RANK))
+                    .map(|_| ms(rng.u64(1..50)))
+                    .collect();
+                v.sort();
+                v
+            };
+            let base = Base {
+                since: Instant::now(),
+                current: list(&mut rng),
+                previous: list(&mut rng),
+                seen: (rng.usize(0..12), rng.usize(0..12)),
+            };
+            let mut all: Vec<Duration> =
+                base.current.iter().chain(&base.previous).copied().collect();
+            all.sort();
+            all.truncate(BASE_RANK);
+            let rank = ((base.seen.0 + base.seen.1) / BASE_PER_RANK).clamp(1, BASE_RANK);
+            let want = rank.min(all.len()).checked_sub(1).map(|i| all[i]);
+            assert_eq!(base.value(), want, "{base:?}");
+        }
+    }
 
     /// A server with `slots` requests served at once, each taking `service`, and a queue
     /// before them: the round trip of `n` requests in flight.
